@@ -1,0 +1,28 @@
+# Two commands a newcomer needs: `make demo` (the main job) and `make test` (the suite).
+# Each creates its own virtual environment in $(VENV) and installs what it needs.
+# TORCH_SPEC pins the CPU wheel; GPU users: `make demo TORCH_SPEC=torch` (PyPI's CUDA build on Linux).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.irface-installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/irface demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(TEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,52 @@
+"""`irface <subcommand>`: argument parsing only; each subcommand's module calls the library.
+
+Each module in this package defines `register(subparsers)` (adds its parser and sets `func`) so
+subcommands are added without touching this file's logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from irface import __version__
+from irface.errors import UserError
+
+# Order shown in `irface --help`.
+SUBCOMMANDS = ("train", "eval", "export", "embed", "verify", "align", "data", "convert", "bench", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="irface",
+        description="Train, evaluate, export and serve face-recognition embedding models (IResNet / ArcFace).",
+    )
+    parser.add_argument("--version", action="version", version=f"irface {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"irface.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad usage or input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"irface {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"irface {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""irface.engine (see DESIGN.md)."""

@@ -1,0 +1,21 @@
+"""Errors caused by the user's input (files, arguments, configuration).
+
+The CLI turns any `UserError` into one line on stderr and a non-zero exit instead of a traceback;
+everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: the message names the file or key and what is wrong."""
+
+
+class ConfigError(UserError):
+    """An unknown configuration key, a wrong type or a contradiction between settings."""
+
+
+class DataError(UserError):
+    """A data file (RecordIO, image folder, `.bin`) that cannot be read as promised."""
+
+
+class ModelFileError(UserError):
+    """A model or checkpoint file that cannot be loaded, or does not match what was asked."""

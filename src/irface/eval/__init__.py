@@ -1,0 +1,1 @@
+"""irface.eval (see DESIGN.md)."""

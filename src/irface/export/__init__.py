@@ -1,0 +1,1 @@
+"""irface.export (see DESIGN.md)."""

@@ -1,0 +1,134 @@
+"""Open any model file as an `Embedder`: uint8 RGB face crops in, raw embeddings out.
+
+Accepted: everything `irface.models.loading` reads (irface checkpoints and run folders, bare
+state dicts, safetensors, MindSpore `.ckpt`), TorchScript files and ONNX files (onnxruntime).
+Normalisation happens here, once, as `irface.data.transforms` defines it.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from irface.data.transforms import normalize, to_nchw_tensor
+from irface.errors import ModelFileError
+from irface.models.loading import load_backbone
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelFileError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelFileError(f"device '{name}' asked for, but no CUDA device is available")
+    return device
+
+
+class Embedder:
+    """Common interface: `embed(uint8 (N, H, W, 3) RGB) -> float32 (N, E)` raw (un-normalised) embeddings."""
+
+    input_size: int = 112
+    embedding_size: int = 512
+    info: dict[str, Any]
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_input(self, images: np.ndarray) -> None:
+        if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ModelFileError(
+                f"{self.info.get('path', 'model')}: expects {self.input_size}x{self.input_size} RGB images, "
+                f"got an array of shape {tuple(images.shape)}")
+
+
+class TorchEmbedder(Embedder):
+    def __init__(self, model: torch.nn.Module, info: dict[str, Any], device: torch.device,
+                 input_size: int, embedding_size: int, dtype: Optional[torch.dtype] = None):
+        self.model = model.eval().to(device)
+        self.info = info
+        self.device = device
+        self.input_size = input_size
+        self.embedding_size = embedding_size
+        self.dtype = dtype  # bf16/fp16 autocast on CUDA, None for fp32
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        self.check_input(images)
+        x = normalize(to_nchw_tensor(images).to(self.device, non_blocking=True))
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(x)
+        return out.float().cpu().numpy()
+
+
+class OnnxEmbedder(Embedder):
+    def __init__(self, path: Path, device: torch.device):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelFileError(f"{path}: running ONNX models needs onnxruntime (pip install onnxruntime)") from None
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as e:
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        inp = self.session.get_inputs()[0]
+        out = self.session.get_outputs()[0]
+        self.input_name = inp.name
+        shape = inp.shape
+        self.input_size = shape[2] if isinstance(shape[2], int) else 112
+        self.embedding_size = out.shape[1] if isinstance(out.shape[1], int) else 512
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.info = {"kind": "onnx", "path": str(path)}
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        self.check_input(images)
+        x = normalize(to_nchw_tensor(images)).numpy()
+        if self.fixed_batch and x.shape[0] != self.fixed_batch:
+            # A fixed-batch export: run it sample-group by sample-group, padding the tail.
+            outs = []
+            for i in range(0, x.shape[0], self.fixed_batch):
+                chunk = x[i:i + self.fixed_batch]
+                pad = self.fixed_batch - chunk.shape[0]
+                if pad:
+                    chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+                outs.append(self.session.run(None, {self.input_name: chunk})[0][:self.fixed_batch - pad])
+            return np.concatenate(outs).astype(np.float32)
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or n.endswith("code/__torch__.py") or "/code/" in n for n in z.namelist())
+
+
+def load_model(path: str | Path, network: Optional[str] = None, device: str | torch.device = "cpu",
+               precision: str = "fp32") -> Embedder:
+    """Open `path` (any supported model file) as an Embedder on `device`."""
+    path = Path(path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".onnx":
+        return OnnxEmbedder(path, device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if path.is_file() and _is_torchscript(path):
+        try:
+            model = torch.jit.load(str(path), map_location=device)
+        except Exception as e:
+            raise ModelFileError(f"{path}: not a loadable TorchScript model ({str(e).splitlines()[0]})") from None
+        size = int(getattr(model, "input_size", 112)) if hasattr(model, "input_size") else 112
+        with torch.inference_mode():
+            emb = model.eval()(torch.zeros(1, 3, size, size, device=device)).shape[1]
+        return TorchEmbedder(model, {"kind": "torchscript", "path": str(path)}, device, size, emb, dtype)
+    model, info = load_backbone(path, network)
+    return TorchEmbedder(model, info, device, model.input_size, model.embedding_size, dtype)

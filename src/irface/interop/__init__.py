@@ -1,0 +1,1 @@
+"""irface.interop (see DESIGN.md)."""

@@ -1,0 +1,117 @@
+"""Read backbone weights from any file irface understands, without the training engine.
+
+- an irface training checkpoint (`.pt`, a dict with `format: irface-checkpoint` and `backbone`),
+  or a run folder (its newest complete checkpoint);
+- a bare state dict in the common PyTorch IResNet layout (`backbone.pth`), possibly under a
+  `state_dict` / `model` key, possibly with a `module.` prefix from DDP;
+- a safetensors file;
+- a MindSpore `.ckpt` of the seed (converted in memory by `irface.interop.mindspore`).
+
+The architecture is read off the keys, so no network name is needed; when one is given it is checked.
+Torch files are loaded with `weights_only=True`: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from irface.errors import ModelFileError
+from irface.models.iresnet import IResNet
+from irface.models.variants import DEPTHS, arch_from_state_dict, network_for_layers
+
+CHECKPOINT_FORMAT = "irface-checkpoint"
+CHECKPOINT_GLOB = "checkpoint-*.pt"
+
+
+def newest_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest complete checkpoint in a run folder (engine's naming); None if there is none.
+
+    The engine writes each checkpoint to a temporary name and renames it, so every file matching the
+    pattern is complete.
+    """
+    found = sorted(folder.glob(CHECKPOINT_GLOB), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({str(e).splitlines()[0]})") from None
+    except Exception as e:
+        raise ModelFileError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    for prefix in ("module.", "backbone.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Backbone state dict and what the file said about itself (`kind`, and `config` for checkpoints)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = newest_checkpoint(path)
+        if ckpt is None:
+            raise ModelFileError(f"{path}: a folder with no checkpoint ({CHECKPOINT_GLOB}) in it")
+        path = ckpt
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".ckpt":
+        from irface.interop.mindspore import read_mindspore_backbone  # only this file type needs it
+
+        state, info = read_mindspore_backbone(path)
+        return state, {"kind": "mindspore", "path": str(path), **info}
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ModelFileError(f"{path}: reading safetensors needs the 'safetensors' package (pip install safetensors)") from None
+        try:
+            return _strip_prefix(load_file(str(path))), {"kind": "safetensors", "path": str(path)}
+        except Exception as e:
+            raise ModelFileError(f"{path}: not a safetensors file ({e})") from None
+    if suffix == ".onnx":
+        raise ModelFileError(f"{path}: an ONNX model has no PyTorch weights; use it where a model file is accepted for inference")
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        return obj["backbone"], {"kind": "irface-checkpoint", "path": str(path), "config": obj.get("config", {}),
+                                 "threshold": obj.get("threshold")}
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "backbone"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFileError(f"{path}: not a checkpoint or state dict (found {type(obj).__name__})")
+    return _strip_prefix(obj), {"kind": "state-dict", "path": str(path)}
+
+
+def load_backbone(path: str | Path, network: Optional[str] = None) -> tuple[IResNet, dict[str, Any]]:
+    """Build the IResNet stored in `path` and load its weights (strict); check `network` if given."""
+    state, info = read_backbone_state(path)
+    try:
+        arch = arch_from_state_dict(state)
+    except KeyError as e:
+        raise ModelFileError(f"{info['path']}: {e.args[0]}") from None
+    name = network_for_layers(arch["layers"])
+    if network is not None:
+        if network not in DEPTHS:
+            raise ModelFileError(f"unknown network '{network}'; known: {', '.join(DEPTHS)}")
+        if DEPTHS[network] != arch["layers"]:
+            raise ModelFileError(f"{info['path']}: holds {name or 'an IResNet with depths ' + str(arch['layers'])}, not {network}")
+    model = IResNet(**arch)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{info['path']}: weights do not fit {name or 'the IResNet'}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    model.features.weight.requires_grad_(False)
+    info.update(network=name, arch=arch)
+    return model, info

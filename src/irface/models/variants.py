@@ -1,0 +1,95 @@
+"""The IResNet family (depth specs only) and rebuilding a backbone from a bare state dict."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional
+
+from irface.models.iresnet import IResNet
+from irface.models.registry import register_backbone
+
+DEPTHS: dict[str, list[int]] = {
+    "iresnet18": [2, 2, 2, 2],
+    "iresnet34": [3, 4, 6, 3],
+    "iresnet50": [3, 4, 14, 3],
+    "iresnet100": [3, 13, 30, 3],
+    "iresnet200": [6, 26, 60, 6],
+}
+
+
+def _iresnet(name: str, **kwargs: Any) -> IResNet:
+    kwargs.setdefault("layers", DEPTHS[name])
+    return IResNet(**kwargs)
+
+
+@register_backbone
+def iresnet18(**kwargs: Any) -> IResNet:
+    return _iresnet("iresnet18", **kwargs)
+
+
+@register_backbone
+def iresnet34(**kwargs: Any) -> IResNet:
+    return _iresnet("iresnet34", **kwargs)
+
+
+@register_backbone
+def iresnet50(**kwargs: Any) -> IResNet:
+    return _iresnet("iresnet50", **kwargs)
+
+
+@register_backbone
+def iresnet100(**kwargs: Any) -> IResNet:
+    return _iresnet("iresnet100", **kwargs)
+
+
+@register_backbone
+def iresnet200(**kwargs: Any) -> IResNet:
+    return _iresnet("iresnet200", **kwargs)
+
+
+def network_for_layers(layers: list[int]) -> Optional[str]:
+    """The registered name whose depth spec is `layers`, if any."""
+    for name, depths in DEPTHS.items():
+        if depths == list(layers):
+            return name
+    return None
+
+
+_BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.conv1\.weight$")
+
+
+def arch_from_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Read an IResNet's shape (depths, widths, stem, embedding, input size) off its state dict keys.
+
+    Works for any checkpoint in the common PyTorch IResNet layout, so a bare `backbone.pth` needs no
+    network name.
+    """
+    if "conv1.weight" not in state or "fc.weight" not in state:
+        raise KeyError("not an IResNet state dict: conv1.weight or fc.weight missing")
+    blocks: dict[int, int] = {}
+    for key in state:
+        m = _BLOCK_KEY.match(key)
+        if m:
+            stage, idx = int(m.group(1)), int(m.group(2))
+            blocks[stage] = max(blocks.get(stage, 0), idx + 1)
+    if not blocks or sorted(blocks) != list(range(1, len(blocks) + 1)):
+        raise KeyError("not an IResNet state dict: layerN.M blocks missing or not contiguous")
+    layers = [blocks[i] for i in range(1, len(blocks) + 1)]
+    widths = [int(state[f"layer{i}.0.conv1.weight"].shape[0]) for i in range(1, len(blocks) + 1)]
+    stem = int(state["conv1.weight"].shape[0])
+    emb, fc_in = (int(d) for d in state["fc.weight"].shape)
+    spatial = round((fc_in / widths[-1]) ** 0.5)
+    if spatial * spatial * widths[-1] != fc_in:
+        raise KeyError(f"fc.weight input size {fc_in} is not {widths[-1]} x a square")
+    return {
+        "layers": layers, "widths": widths, "stem_width": stem, "embedding_size": emb,
+        "input_size": spatial * 2 ** len(layers),
+    }
+
+
+def backbone_from_state_dict(state: Mapping[str, Any], strict: bool = True) -> IResNet:
+    """Build the IResNet whose shape matches `state` and load it."""
+    model = IResNet(**arch_from_state_dict(state))
+    model.load_state_dict(state, strict=strict)
+    model.features.weight.requires_grad_(False)
+    return model

@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny backbones so every test runs in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# Small enough for milliseconds per forward, deep enough to have every layer kind (two stages, downsample).
+TINY = dict(layers=[1, 1], widths=[8, 16], embedding_size=16, input_size=16)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def tiny_backbone():
+    from irface.models import IResNet
+
+    return IResNet(**TINY)
