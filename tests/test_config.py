@@ -76,3 +76,15 @@ def test_shipped_configs_load():
         load_config(path)
     seed = load_config(root / "lresnet100e_ir_config_gpu.yaml")
     assert seed.head == "softmax" and seed.scaled_lr(8) == pytest.approx(0.2)
+
+
+def test_docs_config_md_is_current():
+    """docs/config.md is generated from the dataclass; regenerate with `python -m irface.config > docs/config.md`."""
+    from pathlib import Path
+
+    from irface.config import describe_keys, field_names
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert describe_keys() in text
+    for key in field_names():
+        assert f"`{key}`" in text
