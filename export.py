@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     name = args.file_name
     if Path(name).suffix.lower() != SUFFIX[args.file_format]:
         name += SUFFIX[args.file_format]
-    try:
-        from irface.cli import main as irface_main
-    except ImportError:  # running from a checkout without `pip install -e .`
-        sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-        from irface.cli import main as irface_main
+    src = Path(__file__).resolve().parent / "src"
+    if (src / "irface").is_dir():  # the checkout this script belongs to, installed or not
+        sys.path.insert(0, str(src))
+    from irface.cli import main as irface_main
+
     cmd = ["export", "--ckpt", args.ckpt_file, "--output", name, "--format", args.file_format.lower(),
            "--batch-size", str(args.batch_size)]
     if args.network:

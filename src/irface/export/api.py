@@ -181,7 +181,9 @@ def _export_torchscript(net: torch.nn.Module, reference: torch.nn.Module, tmp: P
     except Exception as e:
         raise ParityError(f"{label}: TorchScript tracing failed ({_first_line(e)})") from None
     try:
-        loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
     except Exception as e:
         raise ParityError(f"{label}: the saved TorchScript does not load ({_first_line(e)}); output removed") from None
 
@@ -243,7 +245,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     model.eval()
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     meta = export_metadata(info, model.input_size, model.embedding_size, precision,
-                           batch_size if fmt in ("onnx", "torchscript") else None)
+                           batch_size if fmt == "onnx" else None)
     calib_images = load_calibration_images(calib, calib_count, model.input_size) if int8 else None
     tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     batches = (batch_size,) if batch_size and fmt == "onnx" else CHECK_BATCHES

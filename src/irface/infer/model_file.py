@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -136,7 +137,9 @@ def _is_torchscript(path: Path) -> bool:
 def _torchscript_meta(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
-        model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the file is still read correctly
+            model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as e:
         raise ModelFileError(f"{path}: not a loadable TorchScript model ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     try:
