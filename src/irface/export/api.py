@@ -262,7 +262,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or "iresnet", output, fmt, precision)
     with staged_output(output) as tmp:
         if fmt == "onnx" and int8:
-            checks, agreement = _export_int8(net, model, tmp, label, meta, opset, batch_size, CHECK_BATCHES,
+            checks, agreement = _export_int8(net, model, tmp, label, meta, opset, batch_size, batches,
                                              calib_images, calib_method, int8_min_cosine)
             report["int8_agreement"] = agreement
             report["calibration"] = {"source": str(calib), "images": int(len(calib_images)), "method": calib_method}
