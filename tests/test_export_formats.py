@@ -8,7 +8,6 @@ import torch
 
 from infer_export_util import TINY, save_checkpoint, save_state_dict, tiny_model, torch_embed, faces
 from irface.cli import main
-from irface.errors import ConfigError, ModelFileError
 from irface.export import ParityError, export_model, fold_batchnorm, relative_error
 from irface.export.check import random_input
 

@@ -8,15 +8,12 @@ consumers that read the input size off the session's input shape get integers.
 from __future__ import annotations
 
 import inspect
-import logging
 import warnings
 from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 INPUT_NAME = "data"
 OUTPUT_NAME = "embedding"

@@ -12,7 +12,6 @@ or None.
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,8 +25,6 @@ from irface.errors import ModelFileError
 from irface.export.fold import fold_batchnorm
 from irface.export.metadata import THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, threshold_from
 from irface.models.loading import load_backbone
-
-log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
