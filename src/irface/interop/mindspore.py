@@ -261,6 +261,17 @@ def torch_name(ms_name: str) -> str:
     return f"{module}{dot}{PARAM_RENAMES.get(param, param)}"
 
 
+def mindspore_name(key: str, ndim: int) -> str:
+    """The seed's name for an IResNet state-dict key (for messages): the inverse of `torch_name`."""
+    module, dot, param = key.rpartition(".")
+    if param == "weight" and ndim == 1:
+        param = "w" if module.endswith("prelu") else "gamma"
+    else:
+        param = {"bias": "beta" if ndim == 1 and not module == "fc" else "bias", "running_mean": "moving_mean",
+                 "running_var": "moving_variance"}.get(param, param)
+    return f"{module}{dot}{param}"
+
+
 def _expected_state(arch: dict[str, Any]) -> dict[str, torch.Size]:
     from irface.models.iresnet import IResNet
 
@@ -318,8 +329,8 @@ def read_mindspore_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], 
         except (KeyError, ValueError) as e:
             raise ModelFileError(f"{path}: {e.args[0] if e.args else e}") from None
         expected = _expected_state(arch)
-        missing = [k for k in expected if k not in state]
-        extra = [k for k in state if k not in expected]
+        missing = [mindspore_name(k, len(v)) for k, v in expected.items() if k not in state]
+        extra = [f"{prefix}{k}" for k in state if k not in expected]
         if missing or extra:
             what = []
             if missing:
@@ -329,8 +340,8 @@ def read_mindspore_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], 
             raise ModelFileError(f"{path}: the weights do not form an IResNet ({'; '.join(what)})")
         for k, shape in expected.items():
             if state[k].shape != shape:
-                raise ModelFileError(f"{path}: '{k}' has shape {list(state[k].shape)}, the IResNet it belongs to "
-                                     f"needs {list(shape)}")
+                raise ModelFileError(f"{path}: '{prefix}{mindspore_name(k, len(shape))}' has shape "
+                                     f"{list(state[k].shape)}, the IResNet it belongs to needs {list(shape)}")
         state = {k: state[k] for k in expected}  # the order of a freshly built IResNet
 
         info: dict[str, Any] = {"format": "mindspore", "arch": arch, "network": network_for_layers(arch["layers"]),
