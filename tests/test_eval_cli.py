@@ -156,22 +156,22 @@ def test_mindspore_checkpoint_evaluates_directly(tmp_path, capsys):
     assert re.fullmatch(SEED_LINES[2].format("lfw"), out.splitlines()[2])
 
 
-def test_run_eval_script_writes_eval_log(tmp_path, model_files):
+def test_run_eval_script_writes_eval_log(tmp_path):
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
     data = tmp_path / "sets"
     for i, name in enumerate(("lfw", "cfp_fp", "agedb_30")):
-        make_bin(data / f"{name}.bin", n_pairs=10, size=SIZE, seed=i)
+        make_bin(data / f"{name}.bin", n_pairs=10, size=8, seed=i)  # the MindSpore fixture takes 8x8
     script = Path(__file__).parents[1] / "scripts" / "run_eval.sh"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "IRFACE_PYTHON": sys.executable}
-    done = subprocess.run([bash, str(script), str(data), str(model_files["checkpoint"]), "--batch-size", "8"],
+    done = subprocess.run([bash, str(script), str(data), str(FIXTURE), "--batch-size", "8"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "eval.log").read_text()
     for name in ("lfw", "cfp_fp", "agedb_30"):
         assert re.search(SEED_LINES[2].format(name), log)
     assert "[agedb_30]Accuracy-Flip" in done.stdout
-    failed = subprocess.run([bash, str(script), str(data / "missing"), str(model_files["checkpoint"])],
+    failed = subprocess.run([bash, str(script), str(data / "missing"), str(FIXTURE)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert failed.returncode != 0 and "not a directory" in failed.stdout + failed.stderr

@@ -133,9 +133,9 @@ def test_too_few_pairs_and_malformed_bin(tmp_path):
 
 
 def test_streaming_never_holds_the_decoded_set(tmp_path):
-    n_pairs, size = 1000, 64
+    n_pairs, size = 600, 64
     make_bin(tmp_path / "big.bin", n_pairs=n_pairs, size=size, fmt="jpeg")
-    decoded_uint8 = 2 * n_pairs * size * size * 3  # 24.6 MB; a float copy would be 4-8x that
+    decoded_uint8 = 2 * n_pairs * size * size * 3  # 14.7 MB; a float copy would be 4-8x that
     encoded = (tmp_path / "big.bin").stat().st_size  # read once, then unpickled: held twice at most
 
     def cheap(images):  # a model that allocates next to nothing itself
@@ -175,7 +175,9 @@ def test_ranks_share_the_work_and_all_get_every_embedding(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_shard_worker, args=(2, port, str(tmp_path / "lfw.bin"), str(tmp_path / "out")), nprocs=2)
+    # fork: the children need not import torch again (spawn costs seconds on a busy machine)
+    mp.start_processes(_shard_worker, args=(2, port, str(tmp_path / "lfw.bin"), str(tmp_path / "out")), nprocs=2,
+                       start_method="fork")
     seen = 0
     for rank in range(2):
         got = np.load(tmp_path / f"out-{rank}.npz")

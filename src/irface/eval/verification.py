@@ -49,7 +49,8 @@ def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool
     plain = np.asarray(embeddings, dtype=np.float64)
     if plain.ndim != 2 or plain.shape[0] != 2 * len(issame):
         raise ValueError(f"{name}: {plain.shape[0] if plain.ndim else 0} embeddings for {len(issame)} pairs")
-    acc, _ = fold_accuracies(pair_distances(l2_normalize(plain)), issame)
+    dist = pair_distances(l2_normalize(plain))
+    acc, _ = fold_accuracies(dist, issame)
     sets = [plain]
     acc_flip = None
     if embeddings_flip is not None:
@@ -57,10 +58,8 @@ def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool
         if flipped.shape != plain.shape:
             raise ValueError(f"{name}: mirrored embeddings {flipped.shape} differ from {plain.shape}")
         sets.append(flipped)
-        dist = pair_distances(l2_normalize(plain + flipped))
+        dist = pair_distances(l2_normalize(plain + flipped))  # the sum of raw vectors, as the reference
         acc_flip, _ = fold_accuracies(dist, issame)
-    else:
-        dist = pair_distances(l2_normalize(plain))
     scores = cosine_from_distance(dist)
     thr, thr_acc = best_threshold(dist, issame)
     fpr, tpr, _ = roc_curve(scores, issame)
