@@ -186,3 +186,24 @@ def test_ranks_share_the_work_and_all_get_every_embedding(tmp_path):
         assert 0 < int(got["images"]) < 2 * len(images)  # each rank embedded only its share
         seen += int(got["images"])
     assert seen == 2 * len(images)
+
+
+def test_whole_pass_matches_the_reference_style_pass(tmp_path, tiny_backbone):
+    # The reference decodes the whole set into float64 CHW arrays, mirrors axis 2 (width),
+    # normalises ((x / 255) - 0.5) / 0.5 in float64 and feeds float32 to the network.
+    from irface.data import load_bin
+
+    make_bin(tmp_path / "lfw.bin", n_pairs=24, seed=5)
+    model = tiny_backbone.eval()
+    images, issame = load_bin(tmp_path / "lfw.bin", image_size=16)
+    chw = np.transpose(images, (0, 3, 1, 2)).astype(np.float64)
+    outs = []
+    for data in (chw, np.flip(chw, axis=3)):  # axis 2 of each CHW image
+        x = torch.from_numpy(((data / 255) - 0.5) / 0.5).float()
+        with torch.no_grad():
+            outs.append(model(x).numpy().astype(np.float64))
+    ref = evaluate_embeddings("lfw", outs[0], issame, outs[1])
+    ours = evaluate_bin(module_embed_fn(model), tmp_path / "lfw.bin", batch_size=10)
+    for key in ("accuracy", "accuracy_std", "accuracy_flip", "accuracy_flip_std"):
+        assert abs(getattr(ours, key) - getattr(ref, key)) < 1e-5, key
+    assert ours.xnorm == pytest.approx(ref.xnorm, rel=1e-5)
