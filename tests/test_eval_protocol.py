@@ -284,6 +284,15 @@ def test_best_threshold_as_cosine_reproduces_its_accuracy():
     assert r.threshold_accuracy >= r.accuracy - 0.05  # tuned on all pairs: at least as good as the folds
 
 
+def test_best_threshold_sits_in_the_middle_of_a_tied_run():
+    from irface.eval import best_threshold
+
+    dist = np.array([0.2] * 5 + [1.0] * 5)  # every threshold in (0.2, 1.0] separates perfectly
+    same = np.array([True] * 5 + [False] * 5)
+    t, acc = best_threshold(dist, same)
+    assert acc == 1.0 and t == pytest.approx((0.21 + 1.0) / 2, abs=0.006)
+
+
 def test_seed_lines_byte_for_byte():
     r = evaluate_embeddings("x", *noisy_pairs(20, seed=12))
     r.accuracy, r.accuracy_std, r.accuracy_flip, r.accuracy_flip_std, r.xnorm = 0.997, 0.00277, 0.9975, 0.00214, 22.5

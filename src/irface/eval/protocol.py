@@ -126,10 +126,18 @@ def mean_norm(*embedding_sets: np.ndarray) -> float:
 
 def best_threshold(dist: np.ndarray, issame: np.ndarray,
                    thresholds: Optional[np.ndarray] = None) -> tuple[float, float]:
-    """The protocol threshold with the best accuracy over all pairs (first on ties) and that accuracy."""
+    """The protocol threshold with the best accuracy over all pairs, and that accuracy.
+
+    Several neighbouring thresholds often tie (no pair lies between them); the middle of the first
+    run of best ones is taken, so a threshold reused on new faces keeps a margin on both sides.
+    """
     thresholds = protocol_thresholds() if thresholds is None else thresholds
     correct = _correct_counts(np.asarray(dist, dtype=np.float64), np.asarray(issame, dtype=bool), thresholds)
-    idx = int(np.argmax(correct))
+    first = int(np.argmax(correct))
+    last = first
+    while last + 1 < len(correct) and correct[last + 1] == correct[first]:
+        last += 1
+    idx = (first + last) // 2
     return float(thresholds[idx]), float(correct[idx]) / len(dist)
 
 
