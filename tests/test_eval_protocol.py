@@ -269,7 +269,8 @@ def test_far_support_follows_the_different_pair_count():
 
 
 def test_eer_known_values():
-    assert equal_error_rate(np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1]), np.array([1, 1, 1, 0, 0, 0], bool)) == pytest.approx(1 / 3)
+    scores = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1])
+    assert equal_error_rate(scores, np.array([1, 1, 1, 0, 0, 0], bool)) == pytest.approx(1 / 3)
     assert equal_error_rate(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0], bool)) == 0.0
     assert equal_error_rate(np.array([0.5, 0.5]), np.array([1, 1], bool)) is None
 

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     arch = s["network"] or f"IResNet {s['arch']}"
     extra = []
     if s["classes"]:
-        extra.append(f"classifier of {s['classes']:,} classes {'kept as a softmax head' if s['head_written'] else 'dropped (kept only in .pt)'}")
+        fate = "kept as a softmax head" if s["head_written"] else "dropped (kept only in .pt)"
+        extra.append(f"classifier of {s['classes']:,} classes {fate}")
     if s["ignored"]:
         extra.append(f"{s['ignored']:,} optimizer/bookkeeping entries ignored")
     if s["prelu_clamped"]:

@@ -27,8 +27,8 @@ class TargetResult:
     are the seed's 10-fold protocol. The rest are computed on all pairs at once from the embeddings
     named by `scores_from` ("flip" when flip was on, else "plain"): `tar_at_far` maps each FAR to
     the TAR, or None where there are too few different pairs to measure it; `threshold` is the
-    protocol distance threshold with the best accuracy on all pairs (middle of a tied run) and `threshold_cos` the same as
-    a cosine similarity (two faces match when their cosine is > threshold_cos).
+    protocol distance threshold with the best accuracy on all pairs (middle of a tied run) and
+    `threshold_cos` the same as a cosine similarity (faces match when their cosine is > it).
     """
 
     name: str

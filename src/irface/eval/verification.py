@@ -172,7 +172,9 @@ def _gather_shards(emb, emb_flip, starts, batch_size, n, flip):
     """Every rank's batches to every rank (ranks whose share was empty send nothing)."""
     from irface import dist
 
-    mine = [(s, emb[s:s + batch_size], emb_flip[s:s + batch_size] if flip else None) for s in starts] if emb is not None else []
+    mine = []
+    if emb is not None:
+        mine = [(s, emb[s:s + batch_size], emb_flip[s:s + batch_size] if flip else None) for s in starts]
     pieces = [p for part in dist.all_gather_object(mine) for p in part]
     dim = pieces[0][1].shape[1]
     full = np.zeros((n, dim), dtype=np.float32)

@@ -71,7 +71,8 @@ def write_converted(state: dict[str, torch.Tensor], info: dict[str, Any], output
         try:
             from safetensors.torch import save
         except ImportError:
-            raise UserError(f"{output}: writing safetensors needs the 'safetensors' package (pip install safetensors)") from None
+            raise UserError(f"{output}: writing safetensors needs the 'safetensors' package "
+                            "(pip install safetensors)") from None
         data = save({k: v.contiguous() for k, v in state.items()},
                     metadata={"format": "pt", "source": str(info.get("format", ""))})
         with atomic_write(output, "wb") as f:

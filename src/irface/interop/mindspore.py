@@ -303,7 +303,8 @@ def read_mindspore_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], 
             t = ckpt.tensor(name)
             if ckpt.entries[name].dtype in FLOAT_TYPES:
                 return t.float()
-            raise ModelFileError(f"{path}: network weight '{name}' has type {ckpt.entries[name].dtype}, expected a float type")
+            raise ModelFileError(f"{path}: network weight '{name}' has type {ckpt.entries[name].dtype}, "
+                                 "expected a float type")
 
         state: dict[str, torch.Tensor] = {}
         ignored: list[str] = []
