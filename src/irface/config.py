@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -190,6 +191,9 @@ def _suggest(key: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats, nothing else is converted."""
     origin = typing.get_origin(annotation)
@@ -207,6 +211,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return [_coerce(key, v, item_type) for v in value]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
     if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. data_path=2024 or resume=3
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
