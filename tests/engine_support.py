@@ -61,16 +61,81 @@ def write_image_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(extra_path: Path | None = None, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    paths = ([str(extra_path)] if extra_path else []) + [str(SRC)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHON"] = sys.executable
+    env.update(extra)
     return env
 
 
-def run(args: list[str], timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=subprocess_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(args: list[str], timeout: float = 180, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env or subprocess_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+# Fault injection for subprocesses (plain `python -m irface train` and torchrun workers alike): a
+# sitecustomize.py that Python imports at start-up when its folder is on PYTHONPATH. Armed by
+# IRFACE_TEST_FAULT=kill|term|kill-in-save and IRFACE_TEST_FAULT_AT=N (the N-th step, or the N-th
+# checkpoint write); IRFACE_TEST_FAULT_RANK limits it to one rank; never on a torchrun restart.
+FAULT_HOOKS = """
+import os
+
+_mode = os.environ.get("IRFACE_TEST_FAULT")
+_rank = os.environ.get("IRFACE_TEST_FAULT_RANK")
+if (_mode and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        and (_rank is None or os.environ.get("RANK") == _rank)):
+    import io
+    import signal
+
+    import torch
+
+    import irface.engine.trainer as _trainer
+
+    _at = int(os.environ["IRFACE_TEST_FAULT_AT"])
+    if _mode in ("kill", "term"):
+        _step = _trainer.Trainer._train_step
+
+        def _train_step(self, batches):
+            loss = _step(self, batches)
+            if self.step + 1 == _at:
+                os.kill(os.getpid(), signal.SIGKILL if _mode == "kill" else signal.SIGTERM)
+            return loss
+
+        _trainer.Trainer._train_step = _train_step
+    elif _mode == "kill-in-save":
+        _save, _count = torch.save, [0]
+
+        def _half_save(obj, f, *args, **kwargs):
+            _count[0] += 1
+            if _count[0] != _at:
+                return _save(obj, f, *args, **kwargs)
+            buf = io.BytesIO()
+            _save(obj, buf, *args, **kwargs)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch.save = _half_save
+"""
+
+
+def fault_env(folder: Path, mode: str, at: int, rank: int | None = None) -> dict[str, str]:
+    """Environment for a subprocess that kills or signals itself (see FAULT_HOOKS)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(FAULT_HOOKS)
+    extra = {"IRFACE_TEST_FAULT": mode, "IRFACE_TEST_FAULT_AT": str(at)}
+    if rank is not None:
+        extra["IRFACE_TEST_FAULT_RANK"] = str(rank)
+    return subprocess_env(folder, **extra)
+
+
+def write_config(path: Path, overrides: list[str]) -> Path:
+    """A YAML config file holding `key=value` overrides."""
+    path.write_text("\n".join(o.replace("=", ": ", 1) for o in overrides) + "\n")
+    return path
 
 
 def load(path: Path) -> dict:
