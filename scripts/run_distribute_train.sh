@@ -46,4 +46,4 @@ fi
 
 exec "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" --nproc-per-node "$DEVICE_NUM" \
     --max-restarts "${MAX_RESTARTS:-0}" \
-    -m irface train --config "$ROOT/configs/lresnet100e_ir_config_gpu.yaml" "data_path=$DATA_PATH" "$@"
+    -m irface train --config "$ROOT/configs/lresnet100e_ir_config_gpu.yaml" --set "data_path=$DATA_PATH" "$@"

@@ -26,4 +26,4 @@ if [ -n "${DEVICE_ID:-}" ]; then
 fi
 
 exec "$PYTHON" -m irface train --config "$ROOT/configs/lresnet100e_ir_config_gpu.yaml" \
-    "data_path=$DATA_PATH" "$@"
+    --set "data_path=$DATA_PATH" "$@"

@@ -47,7 +47,17 @@ def init_distributed(device: torch.device, timeout_s: float = 1800) -> None:
         # One GPU per process: collectives and all_gather_object use this device.
         torch.cuda.set_device(device)
         kwargs = {"device_id": device}
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    timeout = timedelta(seconds=timeout_s)
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world_size = next(rendezvous("env://", timeout=timeout))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is not None and int(os.environ.get("GROUP_WORLD_SIZE", 1)) == 1:
+        # torchrun's store outlives a restart and still holds the dead workers' addresses; a fast
+        # new rank can read one and fail to connect. On one machine every worker of an attempt
+        # shares the restart count, so a prefix per attempt keeps the attempts apart.
+        store = dist.PrefixStore(f"irface/attempt-{restart}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
 
 
 def destroy() -> None:

@@ -25,6 +25,9 @@ def register(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys (defaults: the seed's values)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config keys on top of the file, e.g. max_steps=50 schedule=[8,14] precision=bf16")
+    p.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="a config key like the positional ones, usable before other options (scripts use it); "
+                        "positional key=value arguments win over it")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the run's summary (step, loss, checkpoint, verification) as one JSON object "
                         "to FILE, or to stdout when no FILE is given")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from irface.engine import NonFiniteLossError, train
     from irface.utils import atomic_write
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.set, *args.overrides])
     try:
         result = train(cfg)
     except NonFiniteLossError as e:

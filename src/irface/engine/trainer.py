@@ -314,9 +314,11 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        self._install_signals()
         try:
             self._setup()
+            # Only now: during set-up a signal should simply end the process (nothing to save yet,
+            # and a handler cannot run while the process group is being formed).
+            self._install_signals()
             return self._loop()
         finally:
             self._restore_signals()
