@@ -57,11 +57,11 @@ def test_distribute_script_two_gloo_ranks_survive_a_killed_worker_and_match_one_
     assert got[0] == pytest.approx(expected[0], rel=1e-5)
     assert got == pytest.approx(expected, rel=1e-2)
     reference = load(result.checkpoint)
-    for key, value in reference["head"].items():
-        torch.testing.assert_close(final["head"][key], value, rtol=1e-2, atol=1e-3)
-    for key, value in reference["backbone"].items():
-        if "running" not in key and "num_batches" not in key:  # BN statistics: rank 0's own batches
-            torch.testing.assert_close(final["backbone"][key], value, rtol=1e-2, atol=1e-3, msg=key)
+    # BN running statistics are rank 0's own batches (DDP broadcasts them), so they are left out.
+    keys = [k for k in reference["backbone"] if "running" not in k and "num_batches" not in k]
+    ours = torch.cat([final["head"]["weight"].flatten()] + [final["backbone"][k].flatten() for k in keys])
+    theirs = torch.cat([reference["head"]["weight"].flatten()] + [reference["backbone"][k].flatten() for k in keys])
+    assert (ours - theirs).norm() / theirs.norm() < 1e-3
 
     # The checkpoint is usable by everything that reads model files, and it resumes in one process.
     model, info = load_backbone(out)
