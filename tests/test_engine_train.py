@@ -272,3 +272,13 @@ def test_verification_is_skipped_without_bin_files_or_eval_package(tmp_path, mon
     (data / "lfw.bin").write_bytes(b"")
     result = train(cfg_for(tmp_path / "out", data, max_steps=6), tiny_dataset())
     assert result.val == {} and "verification skipped" in (tmp_path / "out" / "train.log").read_text()
+
+
+@pytest.mark.faults
+def test_a_bad_image_in_a_loader_worker_is_one_line(tmp_path):
+    data = write_image_folder(tmp_path / "data")
+    (data / "id03" / "002.png").write_bytes(b"not a png")
+    with pytest.raises(UserError) as e:
+        train(cfg_for(tmp_path / "out", data, num_workers=1, persistent_workers="false"))
+    assert "id03/002.png" in str(e.value) and "cannot decode image" in str(e.value)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)

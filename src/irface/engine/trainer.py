@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -36,7 +37,7 @@ from irface.engine import validation
 from irface.engine.logs import Meter, TrainLogger, seed_loss_line, seed_time_line
 from irface.engine.optim import LRSchedule, build_optimizer, clip_gradients, global_grad_norm
 from irface.engine.precision import LossScaler, autocast, configure_backends
-from irface.errors import ConfigError, ModelFileError
+from irface.errors import ConfigError, ModelFileError, UserError
 from irface.heads.partial_fc import PartialFC
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,15 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
+def _one_line(error: UserError) -> UserError:
+    """A user error raised in a loader worker arrives wrapped in the worker's traceback: keep its own line."""
+    text = str(error)
+    if "Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
+    return type(error)(text)
+
+
 def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -138,6 +148,10 @@ class Trainer:
         configure_backends(self.device, cfg.deterministic)
         # Found before the model is built: a resumed run ignores init_backbone.
         self._found = ckpt_io.find_checkpoint(cfg.resume, self.out) if cfg.resume else None
+        seen = dist.all_gather_object(None if self._found is None else str(self._found[0]))
+        if len(set(seen)) > 1:
+            raise ConfigError(f"resume={cfg.resume}: the processes see different checkpoints ({', '.join(map(str, seen))}); "
+                              "output_dir must be on storage that every machine shares")
         self._build_data()
         torch.manual_seed(cfg.seed)  # the same initial backbone on every rank, whatever the world size
         self._build_model()
@@ -405,7 +419,10 @@ class Trainer:
         self.lr = self.schedule.apply((self.opt_backbone, self.opt_head), position)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
-            images, labels = next(batches)
+            try:
+                images, labels = next(batches)
+            except UserError as e:
+                raise _one_line(e) from None
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             x = normalize(images)
