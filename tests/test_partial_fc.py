@@ -161,7 +161,8 @@ TWO_RANK_KINDS = [KINDS[0], KINDS[3]]
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("pfc2")
-    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, start_method="spawn")
+    # fork: the children start in milliseconds instead of importing torch again.
+    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, start_method="fork")
     return out
 
 

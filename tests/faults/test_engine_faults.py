@@ -8,13 +8,13 @@ the promise holds at every step, so any draw must pass.
 import errno
 import os
 import random
+import re
 import signal
-import sys
 
 import pytest
 import torch
 
-from engine_support import assert_same_weights, fault_env, load, run, tiny_overrides, write_image_folder
+from engine_support import ROOT, assert_same_weights, fault_env, load, run, tiny_overrides, write_config, write_image_folder
 from irface.config import load_config
 from irface.engine import train
 from irface.engine.checkpoint import load_checkpoint
@@ -47,7 +47,9 @@ def reference(data, tmp_path_factory):
 
 
 def _train_cli(out, data, **extra):
-    return [sys.executable, "-m", "irface", "train", *tiny_overrides(out, data, checkpoint_every=5, **extra)]
+    """The interrupted runs go through the seed's one-device script (which tests it too)."""
+    config = write_config(out.parent / "tiny.yaml", tiny_overrides(out, "", checkpoint_every=5, **extra))
+    return ["bash", str(ROOT / "scripts" / "run_standalone_train.sh"), str(data), "--config", str(config)]
 
 
 def _resume_and_compare(out, data, reference):
@@ -71,7 +73,10 @@ def test_killed_or_terminated_run_resumes_bit_identical(tmp_path, data, referenc
     else:
         assert r.returncode == 0, note  # SIGTERM: a checkpoint of the current step, then a clean exit
         assert steps[-1] == at, note
-        assert "stopping on SIGTERM at step" in (out / "train.log").read_text()
+        log = (out / "train.log").read_text()
+        assert f"stopping on SIGTERM at step {at}" in log
+        if at > 6:  # the seed's lines, from the script's run
+            assert re.search(r"^epoch: 1 step: 6, loss is [0-9.]+\nepoch time: [0-9.]+ ms, per step time: [0-9.]+ ms$", log, re.M)
     _resume_and_compare(out, data, reference)
 
 
