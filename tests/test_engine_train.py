@@ -138,6 +138,8 @@ def test_init_backbone_fine_tunes_from_a_bare_state_dict(tmp_path):
     ({"network": "resnet9"}, None, "'network': unknown backbone"),
     ({"image_size": 18}, None, "'network': input_size 18 must be divisible by 4"),
     ({"device": "tpu"}, None, "'device'"),
+    ({"init_backbone": "/nonexistent/backbone.pth"}, None, "backbone.pth: no such file"),
+    ({"resume": "/nonexistent/run"}, None, "resume=/nonexistent/run: no such file or folder"),
 ])
 def test_bad_settings_fail_before_any_work_with_one_line(tmp_path, extra, data, message):
     folder = write_image_folder(tmp_path / "data") if data is None else (tmp_path / data if data else "")

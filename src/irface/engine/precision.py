@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -27,8 +27,14 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
-def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """Kernel choices: TF32 and cuDNN autotuning for speed, or deterministic kernels for exact resume."""
+def configure_backends(device: torch.device, deterministic: bool) -> Callable[[], None]:
+    """Kernel choices: TF32 and cuDNN autotuning for speed, or deterministic kernels for exact resume.
+
+    Returns a function that puts the previous (process-wide) settings back.
+    """
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if deterministic:
         # cuBLAS needs this before its first use to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -39,6 +45,13 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[2:]
+
+    return restore
 
 
 class LossScaler:

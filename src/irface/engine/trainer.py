@@ -145,7 +145,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self._check_output_dir()
         self.logger = TrainLogger(self.out, self.is_main, cfg.tensorboard)
-        configure_backends(self.device, cfg.deterministic)
+        self._restore_backends = configure_backends(self.device, cfg.deterministic)
         # Found before the model is built: a resumed run ignores init_backbone.
         self._found = ckpt_io.find_checkpoint(cfg.resume, self.out) if cfg.resume else None
         seen = dist.all_gather_object(None if self._found is None else str(self._found[0]))
@@ -177,15 +177,16 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml")
 
     def _check_output_dir(self) -> None:
-        if self.is_main:
+        def probe() -> None:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
-                probe = self.out / f".irface-write-test-{self.rank}"
-                probe.write_bytes(b"")
-                probe.unlink()
+                path = self.out / ".irface-write-test"
+                path.write_bytes(b"")
+                path.unlink()
             except OSError as e:
                 raise ConfigError(f"config key 'output_dir': {self.out} is not writable ({e.strerror or e})") from None
-        dist.barrier()
+
+        self._on_rank0(probe)
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -338,6 +339,8 @@ class Trainer:
             self._restore_signals()
             if hasattr(self, "logger"):
                 self.logger.close()
+            if hasattr(self, "_restore_backends"):
+                self._restore_backends()
             dist.destroy()
 
     def _describe(self) -> None:
