@@ -176,6 +176,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         train(cfg_for(tmp_path, checkpoint_every=2), tiny_dataset())
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pt"))[-1] == "checkpoint-e0001-s00000004.pt"
     assert load_checkpoint(tmp_path / "checkpoint-e0001-s00000004.pt")["step"] == 4
+    assert "stopped: step 5 (epoch 1): the loss is nan" in (tmp_path / "train.log").read_text()
 
 
 @pytest.mark.faults

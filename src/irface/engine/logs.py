@@ -96,6 +96,11 @@ class TrainLogger:
         if self.bar is not None:
             self.bar.refresh()
 
+    def file_only(self, message: str) -> None:
+        """A line for train.log alone (the console gets it from whoever raises)."""
+        if self.file_handler is not None:
+            self.file_handler.handle(logging.LogRecord(__name__, logging.ERROR, __file__, 0, message, None, None))
+
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
             for key, value in values.items():

@@ -469,7 +469,9 @@ class Trainer:
 
     def _diverged(self, what: str) -> None:
         last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-        raise NonFiniteLossError(f"step {self.step + 1} (epoch {self.epoch + 1}): {what}; training stopped, {last}")
+        message = f"step {self.step + 1} (epoch {self.epoch + 1}): {what}; training stopped, {last}"
+        self.logger.file_only(f"stopped: {message}")
+        raise NonFiniteLossError(message)
 
     def _log_progress(self, meter: Meter, loss: float) -> None:
         r = meter.report(self.step)
