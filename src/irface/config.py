@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class TrainConfig:
     dropout: float = 0.0  #: dropout before the embedding FC
     image_size: int = 112  #: seed key: side of the square aligned face
     grad_checkpointing: bool = False  #: recompute activations in backward to save memory
+    network_layers: list[int] = field(default_factory=list)  #: blocks per stage, replacing the network's depths ([] = the network's own)
+    network_widths: list[int] = field(default_factory=list)  #: channels per stage ([] = 64, 128, 256, 512)
+    stem_width: int = 0  #: channels of the stem conv (0 = the first stage's width)
 
     # --- head (loss) ---
     head: str = "softmax"  #: softmax (what the seed trains), arcface, cosface or combined
@@ -88,6 +92,7 @@ class TrainConfig:
 
     # --- logging, checkpoints, verification ---
     log_every: int = 50  #: steps between log lines
+    tensorboard: bool = True  #: TensorBoard scalars in output_dir/tensorboard (when the package is installed)
     checkpoint_every: int = 0  #: steps between checkpoints (0 = only at epoch end)
     keep_checkpoints: int = 3  #: newest step checkpoints kept
     eval_every: int = 0  #: steps between verification passes (0 = only at epoch end)
@@ -126,6 +131,15 @@ class TrainConfig:
             raise bad("margins", f"needs three values m1, m2, m3, got {self.margins}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epoch_size:
             raise bad("warmup_epochs", f"must be between 0 and epoch_size ({self.epoch_size}), got {self.warmup_epochs}")
+        for key in ("network_layers", "network_widths"):
+            if any(v <= 0 for v in getattr(self, key)):
+                raise bad(key, f"entries must be positive, got {getattr(self, key)}")
+        if self.network_layers and self.network_widths and len(self.network_layers) != len(self.network_widths):
+            raise bad("network_widths", f"needs one width per stage of network_layers {self.network_layers}, got {self.network_widths}")
+        if self.stem_width < 0:
+            raise bad("stem_width", f"must not be negative, got {self.stem_width}")
+        if self.best_target and self.best_target not in [Path(t).stem for t in self.val_targets]:
+            raise bad("best_target", f"{self.best_target!r} is not one of val_targets {self.val_targets}")
         if self.head == "softmax" and self.sample_rate < 1.0:
             raise bad("sample_rate", "Partial FC sampling needs a margin head (arcface, cosface or combined), not softmax")
 
@@ -139,6 +153,18 @@ class TrainConfig:
         if self.lr_batch_reference == 0:
             return self.lr
         return self.lr * self.total_batch(world_size) / self.lr_batch_reference
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `irface.models.create_backbone(cfg.network, ...)`."""
+        kwargs: dict[str, Any] = {"embedding_size": self.embedding_size, "dropout": self.dropout,
+                                  "input_size": self.image_size, "grad_checkpointing": self.grad_checkpointing}
+        if self.network_layers:
+            kwargs["layers"] = list(self.network_layers)
+        if self.network_widths:
+            kwargs["widths"] = list(self.network_widths)
+        if self.stem_width:
+            kwargs["stem_width"] = self.stem_width
+        return kwargs
 
     def head_params(self) -> dict[str, Any]:
         """Keyword arguments for `irface.heads.create_head` for the configured head."""
@@ -165,6 +191,9 @@ def _suggest(key: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against the field's type; ints are accepted for floats, nothing else is converted."""
     origin = typing.get_origin(annotation)
@@ -182,6 +211,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return [_coerce(key, v, item_type) for v in value]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
     if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. data_path=2024 or resume=3
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):

@@ -42,8 +42,22 @@ def init_distributed(device: torch.device, timeout_s: float = 1800) -> None:
     if is_initialized() or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    kwargs = {}
+    if device.type == "cuda":
+        # One GPU per process: collectives and all_gather_object use this device.
+        torch.cuda.set_device(device)
+        kwargs = {"device_id": device}
+    timeout = timedelta(seconds=timeout_s)
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world_size = next(rendezvous("env://", timeout=timeout))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is not None and int(os.environ.get("GROUP_WORLD_SIZE", 1)) == 1:
+        # torchrun's store outlives a restart and still holds the dead workers' addresses; a fast
+        # new rank can read one and fail to connect. On one machine every worker of an attempt
+        # shares the restart count, so a prefix per attempt keeps the attempts apart.
+        store = dist.PrefixStore(f"irface/attempt-{restart}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout, **kwargs)
 
 
 def destroy() -> None:
@@ -115,3 +129,32 @@ def all_gather_object(obj):
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_rows(tensor: torch.Tensor, sizes: list[int], dst: int = 0) -> torch.Tensor | None:
+    """Concatenate row-shards of unequal length (rank r holds `sizes[r]` rows) on rank `dst` only.
+
+    Returns the whole tensor on `dst` and None elsewhere; in one process it returns `tensor`. Every
+    rank must call it (it is a collective). Shards are padded to the longest for the transfer.
+    """
+    if not is_initialized():
+        return tensor
+    rank, longest = get_rank(), max(sizes)
+    if tensor.shape[0] != sizes[rank]:
+        raise ValueError(f"rank {rank} holds {tensor.shape[0]} rows, expected {sizes[rank]}")
+    padded = tensor.new_zeros((longest,) + tuple(tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor
+    out = [torch.empty_like(padded) for _ in sizes] if rank == dst else None
+    dist.gather(padded, out, dst=dst)
+    if rank != dst:
+        return None
+    return torch.cat([part[:n] for part, n in zip(out, sizes)])
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when `flag` is true on at least one (e.g. a stop request)."""
+    if not is_initialized():
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -23,4 +23,6 @@ def create_head(kind: str, embedding_size: int, num_classes: int, **params) -> n
     return cls(embedding_size, num_classes, **params)
 
 
-__all__ = ["create_head", "HEAD_KINDS", "SoftmaxHead", "MarginHead", "ArcFaceHead", "CosFaceHead", "CombinedMarginHead"]
+from irface.heads.partial_fc import PartialFC, class_range, distributed_cross_entropy  # noqa: E402 (needs the above)
+
+__all__ = ["create_head", "HEAD_KINDS", "PartialFC", "class_range", "distributed_cross_entropy", "SoftmaxHead", "MarginHead", "ArcFaceHead", "CosFaceHead", "CombinedMarginHead"]

@@ -14,6 +14,8 @@ Torch files are loaded with `weights_only=True`: a checkpoint cannot run code.
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,14 +29,44 @@ CHECKPOINT_FORMAT = "irface-checkpoint"
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 
 
-def newest_checkpoint(folder: Path) -> Optional[Path]:
-    """The newest complete checkpoint in a run folder (engine's naming); None if there is none.
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-e(\d+)-s(\d+)\.pt$")
 
-    The engine writes each checkpoint to a temporary name and renames it, so every file matching the
-    pattern is complete.
+
+def checkpoint_step(path: str | Path) -> Optional[int]:
+    """The optimizer step in an engine checkpoint's name (`checkpoint-e0003-s00012000.pt` -> 12000)."""
+    m = _CHECKPOINT_NAME.match(Path(path).name)
+    return int(m.group(2)) if m else None
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """The run folder's checkpoints, oldest first: by the step in the name (then the name), not by mtime.
+
+    File times lie after a copy or a restore from backup; the step in the name does not.
     """
-    found = sorted(folder.glob(CHECKPOINT_GLOB), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    found = [p for p in Path(folder).glob(CHECKPOINT_GLOB) if p.is_file()]
+    return sorted(found, key=lambda p: (checkpoint_step(p) is not None, checkpoint_step(p) or 0, p.name))
+
+
+def is_complete_checkpoint_file(path: str | Path) -> bool:
+    """Cheap completeness check: a whole torch zip archive (a truncated one has no end record)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def newest_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest complete checkpoint in a run folder (the highest step in its name); None if none.
+
+    The engine writes each checkpoint to a temporary name and renames it; a file that is not a whole
+    archive anyway (copied half-way, a full disk) is passed over. The engine's own resume also checks
+    the tensors' digest stored inside.
+    """
+    for path in reversed(list_checkpoints(folder)):
+        if is_complete_checkpoint_file(path):
+            return path
+    return None
 
 
 def _looks_like_torch_file(path: Path) -> bool:

@@ -1,0 +1,90 @@
+"""Verification during training: the one place the engine talks to `irface.eval`.
+
+`irface.eval.run_verification(embed_fn, data_dir, targets, batch_size)` runs the community protocol
+(10 folds, flip) on `.bin` sets; here we only give it an embedding function over the current backbone
+and turn its results into log lines and plain numbers for checkpoints. Imported lazily so that the
+engine works (and its tests run) without the evaluation package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from irface.data.transforms import normalize, to_nchw_tensor
+from irface.engine.precision import autocast
+
+log = logging.getLogger(__name__)
+
+
+def find_targets(val_targets: list[str], data_path: str) -> dict[str, Path]:
+    """`.bin` files to verify on: names are looked up beside the training data, paths taken as given.
+
+    Missing ones are left out (the caller logs which); the result maps name -> path.
+    """
+    base = Path(data_path) if data_path else Path(".")
+    if base.is_file():
+        base = base.parent
+    found: dict[str, Path] = {}
+    for entry in val_targets:
+        path = Path(entry) if entry.endswith(".bin") or "/" in entry else base / f"{entry}.bin"
+        if path.is_file():
+            found[path.stem] = path
+    return found
+
+
+def make_embed_fn(backbone: nn.Module, device: torch.device, precision: str,
+                  channels_last: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 (N, H, W, 3) RGB -> float32 (N, E) raw embeddings from `backbone` as it is now."""
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        x = normalize(to_nchw_tensor(images).to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), autocast(precision, device):
+            out = backbone(x)
+        return out.float().cpu().numpy()
+
+    return embed
+
+
+def run(backbone: nn.Module, targets: dict[str, Path], device: torch.device, precision: str,
+        batch_size: int, channels_last: bool = False) -> dict[str, Any]:
+    """Verify on every target; returns the eval package's result objects by name. Restores train mode."""
+    from irface.eval import run_verification
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        embed = make_embed_fn(backbone, device, precision, channels_last)
+        by_dir: dict[Path, list[str]] = defaultdict(list)
+        for name, path in targets.items():
+            by_dir[path.parent].append(name)
+        results: dict[str, Any] = {}
+        for folder, names in by_dir.items():
+            results.update(run_verification(embed, folder, names, batch_size))
+        return results
+    finally:
+        backbone.train(was_training)
+
+
+def seed_lines(results: dict[str, Any]) -> list[str]:
+    """The seed's `[lfw]Accuracy-Flip: 0.99750+-0.00214` lines (and whatever else eval prints)."""
+    from irface.eval import format_seed_lines
+
+    lines: list[str] = []
+    for name, result in results.items():
+        lines += format_seed_lines(name, result)
+    return lines
+
+
+def summarize(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Plain numbers for checkpoints, JSON and TensorBoard."""
+    return {name: {"accuracy_flip": float(r.accuracy_flip), "accuracy_flip_std": float(r.accuracy_flip_std),
+                   "threshold_cos": float(r.threshold_cos)} for name, r in results.items()}
