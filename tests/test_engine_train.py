@@ -285,3 +285,21 @@ def test_a_bad_image_in_a_loader_worker_is_one_line(tmp_path):
         train(cfg_for(tmp_path / "out", data, num_workers=1, persistent_workers="false"))
     assert "id03/002.png" in str(e.value) and "cannot decode image" in str(e.value)
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
+def test_max_minutes_stops_with_a_checkpoint(tmp_path, monkeypatch):
+    """A time budget ends the run at a step boundary and saves, like max_steps."""
+    import irface.engine.trainer as trainer_module
+
+    clock = {"t": 1000.0}
+
+    def fake_monotonic():  # each call advances 1 s: the budget of 0.1 min lasts a handful of steps
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(trainer_module.time, "monotonic", fake_monotonic)
+    result = train(cfg_for(tmp_path, max_minutes=0.1), tiny_dataset())
+    assert result.stopped == "max_minutes"
+    assert 0 < result.step < 24
+    assert result.checkpoint and f"s{result.step:08d}" in result.checkpoint
+    assert "max_minutes=0.1 reached" in (tmp_path / "train.log").read_text()

@@ -80,6 +80,7 @@ class TrainConfig:
     # --- run ---
     batch_size: int = 128  #: seed key: per device (per process)
     max_steps: int = 0  #: stop after this many optimizer steps (0 = run every epoch); for smoke runs
+    max_minutes: float = 0.0  #: stop (with a checkpoint) after this much training time (0 = no limit); for time budgets
     seed: int = 0  #: seeds model init, sampler order and augmentation
     output_dir: str = "runs/default"  #: checkpoints, train.log and the resolved config go here
     resume: str = ""  #: "" (fresh), "auto" (newest checkpoint in output_dir) or a checkpoint path
@@ -117,6 +118,8 @@ class TrainConfig:
                     "keep_checkpoints", "max_bad_images", "lr_batch_reference"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must not be negative, got {getattr(self, key)}")
+        if self.max_minutes < 0:
+            raise bad("max_minutes", f"must not be negative, got {self.max_minutes}")
         if not 0.0 < self.sample_rate <= 1.0:
             raise bad("sample_rate", f"must be in (0, 1], got {self.sample_rate}")
         if not 0.0 <= self.dropout < 1.0:

@@ -49,7 +49,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainResult:
-    """How a run ended: `stopped` is "completed", "max_steps" or "signal"."""
+    """How a run ended: `stopped` is "completed", "max_steps", "max_minutes" or "signal"."""
 
     step: int
     epoch: int  # epochs completed
@@ -362,6 +362,7 @@ class Trainer:
         meter = Meter(cfg.total_batch(self.world), limit, self.step)
         last_loss: Optional[float] = None
         stopped = "completed" if limit == run_steps else "max_steps"
+        self._deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else None
         while self.step < limit and self.epoch < cfg.epoch_size:
             set_loader_epoch(self.loader, self.epoch, self.step_in_epoch * cfg.grad_accum)
             batches = iter(self.loader)
@@ -371,7 +372,7 @@ class Trainer:
             epoch_t0, epoch_steps = time.perf_counter(), 0
             self.logger.start_bar(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{cfg.epoch_size}")
             while self.step_in_epoch < self.steps_per_epoch and self.step < limit:
-                if self._stop_requested():
+                if self._stop_requested() or self._time_is_up():
                     break
                 loss = self._train_step(batches)
                 self.step += 1
@@ -400,7 +401,14 @@ class Trainer:
             if self._stop_requested():  # every rank asks, so the collectives stay in step
                 stopped = "signal"
                 break
-        if stopped == "signal":
+            if self._time_is_up():
+                stopped = "max_minutes"
+                break
+        if stopped == "max_minutes":
+            self.logger.info(f"stopping at step {self.step}: max_minutes={cfg.max_minutes:g} reached")
+            if self.step != self._last_saved_step:
+                self.save()
+        elif stopped == "signal":
             name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
             self.logger.info(f"stopping on {name} at step {self.step}")
             if self.step != self._last_saved_step:
@@ -410,6 +418,13 @@ class Trainer:
         return TrainResult(self.step, self.epoch, last_loss, stopped,
                            str(self.last_checkpoint) if self.last_checkpoint else None, str(self.out),
                            self.last_val, self.threshold)
+
+    def _time_is_up(self) -> bool:
+        """True on every rank once rank 0's budget is spent (one clock decides, so ranks agree)."""
+        if self._deadline is None:
+            return False
+        flag = torch.tensor([float(time.monotonic() >= self._deadline)], device=self.device)
+        return bool(dist.broadcast(flag, 0).item())
 
     def _stop_requested(self) -> bool:
         if self.world == 1:
