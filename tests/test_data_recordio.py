@@ -297,3 +297,22 @@ def test_worker_error_reaches_the_user_as_one_line(tmp_path):
         list(loader)
     msg = str(e.value)
     assert "\n" not in msg and "record 2: cannot decode" in msg and "Traceback" not in msg
+
+
+@pytest.mark.parametrize("layout", ["header", "plain"])
+def test_dataset_writer_round_trip_in_both_layouts(tmp_path, layout):
+    from irface.data.recordio import write_recordio_dataset
+
+    labels = [0, 0, 2, 2, 2, 3]  # class 1 has no images: an empty identity range
+    items = [(lab, jpeg(COLORS[i])) for i, lab in enumerate(labels)]
+    assert write_recordio_dataset(tmp_path, items, num_classes=4, image_size=(16, 16), layout=layout) == 6
+    assert (tmp_path / "property").read_text() == "4,16,16\n"
+    ds = RecordIODataset(tmp_path, image_size=16)
+    assert ds.layout == layout and len(ds) == 6 and ds.num_classes == 4
+    assert [ds[i][1] for i in range(6)] == labels
+    if layout == "header":
+        # byte-level: record 0 is the header record at offset 0, as in insightface's files
+        data = (tmp_path / "train.rec").read_bytes()
+        assert data[:8 + 24] == struct.pack("<II", MAGIC, 32) + irheader(2, 0.0)
+        assert struct.unpack("<2f", data[32:40]) == (7.0, 11.0)
+        np.testing.assert_array_equal(ds.meta.identity_ranges(), [[1, 3], [3, 3], [3, 6], [6, 7]])

@@ -26,7 +26,7 @@ import struct
 import tempfile
 from collections import namedtuple
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -299,7 +299,7 @@ class RecordIOWriter:
         self.idx_path = Path(idx_path) if idx_path is not None else None
         self.rec_path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp: list[tuple[str, Path]] = []
-        self._rec = self._open_tmp(self.rec_path, "wb")
+        self._rec = self._open_tmp(self.rec_path, "w+b")
         self._idx = self._open_tmp(self.idx_path, "w") if self.idx_path is not None else None
         self._keys: set[int] = set()
         self.count = 0
@@ -330,6 +330,18 @@ class RecordIOWriter:
         pos = self.write(record)
         self._idx.write(f"{key}\t{pos}\n")
         return pos
+
+    def patch(self, offset: int, record: bytes) -> None:
+        """Overwrite the record at `offset` with one of the same framed size (e.g. a header record 0)."""
+        framed = _frame(record)
+        end = self._rec.tell()
+        self._rec.seek(offset)
+        old = self._rec.read(len(framed)) if self._rec.readable() else None
+        if old is not None and len(old) != len(framed):
+            raise ValueError("patch must keep the record's size")
+        self._rec.seek(offset)
+        self._rec.write(framed)
+        self._rec.seek(end)
 
     def close(self) -> None:
         """Flush, sync and move both files into place."""
@@ -387,6 +399,56 @@ def write_property(path: str | Path, num_classes: int, height: int, width: int) 
 
     with atomic_write(path, "w") as f:
         f.write(f"{num_classes},{height},{width}\n")
+
+
+def write_recordio_dataset(folder: str | Path, items: Iterable[tuple[int, bytes]], num_classes: int,
+                           image_size: tuple[int, int] = (112, 112), layout: str = "header") -> int:
+    """Write `train.rec`, `train.idx` and `property` from (label, encoded image) items; returns the image count.
+
+    `layout="header"` writes insightface's layout (header record 0, images 1..N, then one identity
+    record per class holding its image range) and needs the items grouped by class in increasing
+    order; `layout="plain"` writes images as records 0..N-1. Images are stored as given (no re-encode).
+    """
+    if layout not in ("header", "plain"):
+        raise ValueError(f"layout must be 'header' or 'plain', got {layout!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    header = layout == "header"
+    starts = np.full(num_classes + 1, -1, dtype=np.int64)
+    n = 0
+    last = -1
+    with RecordIOWriter(folder / REC_NAME, folder / IDX_NAME) as w:
+        if header:
+            w.write_idx(0, pack(IRHeader(0, [0.0, 0.0], 0, 0), b""))  # patched once the counts are known
+        for label, image in items:
+            label = int(label)
+            if not 0 <= label < num_classes:
+                raise ValueError(f"label {label} outside 0..{num_classes - 1}")
+            if header and label < last:
+                raise ValueError("the header layout needs the images grouped by class in increasing order")
+            key = n + 1 if header else n
+            w.write_idx(key, pack(IRHeader(0, float(label), key, 0), image))
+            if starts[label] < 0:
+                starts[label] = key
+            last = label
+            n += 1
+        if n == 0:
+            raise ValueError("no images to write")
+        if header:
+            first_id = n + 1
+            ends = np.empty(num_classes, dtype=np.int64)
+            nxt = n + 1
+            for c in range(num_classes - 1, -1, -1):  # a class without images gets an empty range
+                ends[c] = nxt
+                if starts[c] >= 0:
+                    nxt = starts[c]
+                else:
+                    starts[c] = nxt
+            for c in range(num_classes):
+                w.write_idx(first_id + c, pack(IRHeader(0, [float(starts[c]), float(ends[c])], 0, 0), b""))
+            w.patch(0, pack(IRHeader(0, [float(first_id), float(first_id + num_classes)], 0, 0), b""))
+    write_property(folder / PROPERTY_NAME, num_classes, image_size[0], image_size[1])
+    return n
 
 
 # ----------------------------------------------------------------------------- layout
