@@ -307,6 +307,10 @@ class RecordIOWriter:
     def _open_tmp(self, path: Path, mode: str):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         self._tmp.append((tmp, path))
+        # mkstemp makes 0600 files; data files get the usual permissions (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         return os.fdopen(fd, mode, **({"newline": "\n", "encoding": "ascii"} if "b" not in mode else {}))
 
     def tell(self) -> int:
@@ -586,7 +590,7 @@ class RecordIODataset(Dataset):
             raise DataError(f"{folder}: no {REC_NAME} here")
         if not idx.is_file():
             raise DataError(f"{folder}: {REC_NAME} has no {IDX_NAME} beside it "
-                            "(rebuild it with `irface data info --reindex`)")
+                            "(rebuild it with `irface data reindex FOLDER`)")
         self.folder = folder
         self.image_size = image_size
         self.reader = RecordIOReader(rec, idx)

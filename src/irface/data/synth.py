@@ -32,7 +32,7 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image, ImageFilter
 
-from irface.utils import atomic_write
+from irface.data.pairs import plan_pairs
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,11 @@ def draw_nuisance(rng: np.random.Generator, n: int, flavour: str = "train", diff
         "light_az": u(0, 2 * np.pi), "light_strength": u(0, 0.75) * min(d, 1.5),
         "ambient": 1.0 - u(0, 0.45) * min(d, 1.5), "contrast": 1.0 + sym(0.25 * d),
         "gain": np.exp(rng.normal(0, 0.16 * d, (n, 3))).astype(np.float32),
-        "bg": rng.uniform(0.05, 0.95, (n, 3)).astype(np.float32),
-        "bg_grad": sym(0.4), "bg_angle": u(0, 2 * np.pi),
-        "blob": rng.uniform(0, 1, (n, 2, 6)).astype(np.float32),
-        "mouth_open": u(0, 1) ** 2 * min(d, 1.0), "brow_raise": sym(0.03 * d), "blink": u(0, 1),
+        "bg": (0.5 + (rng.uniform(0.05, 0.95, (n, 3)) - 0.5) * min(d, 1.0)).astype(np.float32),
+        "bg_grad": sym(0.4 * min(d, 1.0)), "bg_angle": u(0, 2 * np.pi),
+        "blob": rng.uniform(0, 1, (n, 2, 7)).astype(np.float32) * np.float32([1] * 6 + [min(d, 1.0)]),
+        "mouth_open": u(0, 1) ** 2 * min(d, 1.0), "brow_raise": sym(0.03 * d),
+        "blink": 1.0 - u(0, 1) * min(d, 1.0),
         "occ": (u(0, 1) < 0.3 * min(d, 2.0)).astype(np.float32), "occ_kind": u(0, 3),
         "occ_pos": rng.uniform(0, 1, (n, 4)).astype(np.float32),
         "occ_color": rng.uniform(0.05, 0.95, (n, 3)).astype(np.float32),
@@ -178,7 +179,7 @@ def render(traits: np.ndarray, nz: dict, size: int = 112, render_size: Optional[
         b = nz["blob"][:, k]
         m = _ellipse(gx, gy, _col(b[:, 0] * 2 - 1), _col(b[:, 1] * 2 - 1), _col(0.15 + 0.4 * b[:, 2]),
                      _col(0.15 + 0.4 * b[:, 3]), px)
-        _blend(img, np.stack([b[:, 4], b[:, 5], 1 - b[:, 4]], 1), m * 0.7, tmp)
+        _blend(img, np.stack([b[:, 4], b[:, 5], 1 - b[:, 4]], 1), m * _col(0.7 * b[:, 6]), tmp)
 
     # --- hair (behind the face), grey with age
     hair_base = HAIR_PALETTE[np.minimum((t["hair_hue"] * len(HAIR_PALETTE)).astype(int), len(HAIR_PALETTE) - 1)]
@@ -383,38 +384,16 @@ def train_images(seed: int, ids: int, per_id: int, size: int = 112, difficulty: 
         yield from zip(labels.tolist(), render_encoded(traits, nz, size))
 
 
-def pair_plan(rng: np.random.Generator, identities: np.ndarray, pairs: int, folds: int = 10) -> np.ndarray:
-    """(pairs, 3) rows (identity a, identity b, same) in `folds` consecutive folds.
-
-    Each fold alternates positive and negative pairs (so every fold is balanced) and draws from its
-    own group of identities when there are enough (folds are identity-disjoint, as in LFW's protocol).
-    """
-    identities = np.asarray(identities)
-    if len(identities) < 2:
-        raise ValueError("pairs need at least 2 identities")
-    folds = max(1, min(folds, pairs))
-    disjoint = len(identities) >= 2 * folds
-    groups = np.array_split(rng.permutation(identities), folds) if disjoint else [identities] * folds
-    sizes = [len(a) for a in np.array_split(np.arange(pairs), folds)]
-    rows = []
-    for group, n in zip(groups, sizes):
-        for j in range(n):
-            if j % 2 == 0:
-                a = rng.choice(group)
-                rows.append((a, a, 1))
-            else:
-                a, b = rng.choice(group, 2, replace=False)
-                rows.append((a, b, 0))
-    return np.asarray(rows, dtype=np.int64)
-
-
 def verification_set(seed: int, name: str, identities: np.ndarray, pairs: int, size: int = 112,
                      difficulty: float = 1.0) -> tuple[list[bytes], list[bool]]:
     """2 x `pairs` JPEG images and `pairs` same-identity flags for one of `BIN_SETS`."""
     first, second = BIN_SETS[name]
     stream = list(BIN_SETS).index(name)
     rng = np.random.default_rng([seed, _STREAM_PAIRS, stream])
-    plan = pair_plan(rng, identities, pairs)
+    identities = np.asarray(identities)
+    # Every render is a fresh image, so an identity has as many images as pairs need.
+    rows = plan_pairs(rng, np.full(len(identities), 1 << 20), pairs, source="held-out identities")
+    plan = np.stack([identities[rows[:, 0]], identities[rows[:, 2]], rows[:, 4]], 1)
     ta = identity_traits(seed, plan[:, 0])
     tb = identity_traits(seed, plan[:, 1])
     na = draw_nuisance(rng, pairs, first, difficulty)
