@@ -11,8 +11,8 @@ def plan_pairs(rng: np.random.Generator, image_counts: np.ndarray | list[int], p
                source: str = "identities") -> np.ndarray:
     """Choose `pairs` pairs: rows (identity a, image of a, identity b, image of b, same).
 
-    The rows come in `folds` consecutive folds, each alternating positive and negative pairs (so
-    every fold is balanced, whatever the fold count). With at least 2 x `folds` identities the folds
+    The rows alternate positive and negative pairs and come in `folds` consecutive folds (so every
+    fold of even size is balanced, and the whole set too). With at least 2 x `folds` identities the folds
     use disjoint identities, as in LFW, so a threshold chosen on nine folds meets new people in the
     tenth. Within a pair the two images differ; pairs do not repeat while distinct ones remain.
     `image_counts[i]` is how many images identity i has.
@@ -37,9 +37,10 @@ def plan_pairs(rng: np.random.Generator, image_counts: np.ndarray | list[int], p
     seen: set[tuple[int, int, int, int]] = set()
     for group, n in zip(groups, sizes):
         pos_ids = group[counts[group] >= 2]
-        for j in range(n):
+        for _ in range(n):
+            positive = len(rows) % 2 == 0  # alternate over the whole list: balanced overall and per fold
             for _ in range(50):  # a few tries for a pair not chosen yet; then a repeat is accepted
-                if j % 2 == 0:
+                if positive:
                     a = b = int(rng.choice(pos_ids))
                     ia, ib = (int(x) for x in rng.choice(counts[a], 2, replace=False))
                 else:
