@@ -81,3 +81,12 @@ def test_pickled_code_in_a_weights_file_does_not_run(tmp_path):
     with pytest.raises(ModelFileError, match="refused"):
         load_backbone(path)
     assert not marker.exists()
+
+
+def test_a_text_file_is_not_called_a_hostile_pickle(tmp_path):
+    from irface.errors import ModelFileError
+
+    path = tmp_path / "notes.pth"
+    path.write_bytes(b"no")
+    with pytest.raises(ModelFileError, match="not a PyTorch weights file"):
+        load_backbone(path)

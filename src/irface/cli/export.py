@@ -1,7 +1,92 @@
-"""`irface export`: export a model to ONNX, TorchScript, .pth or safetensors."""
+"""`irface export`: export a model to ONNX, TorchScript, .pth or safetensors, checked against PyTorch."""
 
-from irface.cli._stub import register_stub
+from __future__ import annotations
+
+import argparse
+import sys
+
+from irface.cli._output import add_json_argument, emit
+
+
+def batch_size_arg(text: str):
+    if text.lower() == "dynamic":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got {text!r}")
+    return value
 
 
 def register(sub) -> None:
-    register_stub(sub, "export", "Export a model to ONNX, TorchScript, .pth or safetensors")
+    from irface.export.api import FORMATS
+    from irface.export.calibration import DEFAULT_CALIB_COUNT
+    from irface.export.onnx_export import DEFAULT_OPSET
+    from irface.export.quantize import CALIB_METHODS
+
+    p = sub.add_parser(
+        "export", help="Export a model to ONNX, TorchScript, .pth or safetensors (checked against PyTorch)",
+        description="Export a backbone to ONNX, TorchScript, a bare state dict (.pth) or safetensors. The file "
+                    "is checked (onnx.checker; outputs vs PyTorch at batch 1 and 7) before it is put in place; "
+                    "a failed check leaves no file and exits 1. See docs/export.md.")
+    p.add_argument("--ckpt", required=True, metavar="MODEL",
+                   help="checkpoint, run folder, bare state dict, safetensors or MindSpore .ckpt")
+    p.add_argument("--format", choices=FORMATS, type=str.lower, help="output format (default: from --output's suffix)")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|dynamic",
+                   help="ONNX batch axis: a fixed size or 'dynamic' (default)")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights (input/output stay float32)")
+    p.add_argument("--int8", action="store_true", help="ONNX int8 (onnxruntime static QDQ, per-channel); needs --calib")
+    p.add_argument("--calib", metavar="DIR_OR_BIN", help="int8 calibration faces: an image folder or a .bin")
+    p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT,
+                   help=f"calibration images, spread over the source (default {DEFAULT_CALIB_COUNT})")
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax", help="int8 range estimation (default minmax)")
+    p.add_argument("--network", help="check that the model is this backbone (e.g. iresnet100)")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                   help="keep BatchNorm layers instead of folding them into the convs (ONNX, TorchScript)")
+    p.add_argument("--eval-bin", action="append", default=[], metavar="BIN",
+                   help="also report verification accuracy of the export vs PyTorch on this .bin (repeatable)")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="batch size for --eval-bin (default 64)")
+    add_json_argument(p)
+    p.set_defaults(func=run)
+
+
+def _summary(report: dict) -> str:
+    head = (f"exported {report['output']} ({report['format']} {report['precision']}, batch {report['batch']}"
+            + (f", opset {report['opset']}" if "opset" in report else "") + ")")
+    lines = [head]
+    if "int8_agreement" in report:
+        a = report["int8_agreement"]
+        lines.append(f"  int8 vs fp32 cosine similarity on {a['faces']} calibration faces: mean {a['mean_cosine']:.5f}, "
+                     f"min {a['min_cosine']:.5f}; runs at batch " + ", ".join(str(c["batch"]) for c in report["checks"]))
+    else:
+        lines.append("  relative error vs PyTorch: " + ", ".join(
+            f"{c['relative_error']:.2e} at batch {c['batch']}" for c in report["checks"])
+            + f" (tolerance {report['checks'][0]['tolerance']:.0e})")
+    for entry in report.get("accuracy", []):
+        lines.append(f"  {entry['bin']}: PyTorch {entry['reference']}  exported {entry['exported']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from irface.export import ParityError, export_model
+
+    try:
+        report = export_model(
+            args.ckpt, args.output, args.format, network=args.network, opset=args.opset, batch_size=args.batch_size,
+            fp16=args.fp16, int8=args.int8, calib=args.calib, calib_count=args.calib_count,
+            calib_method=args.calib_method, fold_bn=args.fold_bn)
+    except ParityError as e:
+        print(f"irface export: check failed: {e}", file=sys.stderr)
+        return 1
+    if args.eval_bin:
+        from irface.infer import load_model
+        from irface.infer.accuracy import compare_accuracy
+
+        reference = load_model(args.ckpt, args.network, fold_bn=False)
+        report["accuracy"] = compare_accuracy(reference, load_model(args.output), args.eval_bin, args.eval_batch_size)
+    emit(report, args.json, _summary(report))
+    return 0

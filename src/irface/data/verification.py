@@ -13,7 +13,7 @@ import io
 import pickle
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 import numpy as np
 from PIL import Image
@@ -68,22 +68,23 @@ def _safe_dtype(spec, align=False, copy=False):
     return dtype
 
 
-def safe_unpickle(data: bytes):
-    """Unpickle with the allow-list; also accepts Python 2 pickles (their str become bytes)."""
-    return _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+def safe_unpickle(data: bytes | IO[bytes]):
+    """Unpickle bytes or a binary file with the allow-list; Python 2 pickles' str become bytes."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    return _SafeUnpickler(stream, encoding="bytes").load()
 
 
 def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     """Read a `.bin` without decoding: (2N encoded images, N bool "same identity" flags)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        # Unpickled straight from the file: the encoded images are held once, not twice.
+        with open(path, "rb") as f:
+            obj = safe_unpickle(f)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a .bin file") from None
-    try:
-        obj = safe_unpickle(raw)
     except pickle.UnpicklingError as e:
         raise DataError(f"{path}: not a safe verification .bin ({e})") from None
     except Exception as e:  # truncated or garbage pickle streams raise many types

@@ -37,7 +37,16 @@ def newest_checkpoint(folder: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (or, in the legacy format, a pickle starting with PROTO 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def _torch_load(path: Path) -> Any:
+    if not _looks_like_torch_file(path):
+        raise ModelFileError(f"{path}: not a PyTorch weights file (neither a torch.save archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -1,0 +1,43 @@
+"""`--json [FILE]` for commands that report figures: one JSON object to FILE, or alone on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any, Optional
+
+from irface.utils import atomic_write
+
+STDOUT = "-"
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", nargs="?", const=STDOUT, default=None, metavar="FILE",
+                        help="write the figures as one JSON object to FILE (or to stdout, and nothing else there)")
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no inf/nan: report them as strings rather than writing invalid JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def emit(report: dict[str, Any], json_target: Optional[str], text: str) -> None:
+    """Print `text` (human lines) unless the JSON goes to stdout; write the JSON where asked."""
+    if json_target is None or json_target != STDOUT:
+        print(text)
+    if json_target is None:
+        return
+    body = json.dumps(_clean(report), indent=2, sort_keys=False) + "\n"
+    if json_target == STDOUT:
+        sys.stdout.write(body)
+    else:
+        with atomic_write(json_target, "w") as f:
+            f.write(body)

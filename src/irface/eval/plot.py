@@ -1,0 +1,55 @@
+"""ROC curves of every target in one PNG (matplotlib is an optional extra: `pip install 'irface[plot]'`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from irface.errors import UserError
+from irface.eval.result import TargetResult
+from irface.utils import atomic_write
+
+
+def require_matplotlib() -> None:
+    """Fail early, in one line, when a plot is asked for and matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("--plot needs matplotlib, which is not installed (pip install 'irface[plot]')") from None
+
+
+def plot_roc(results: Mapping[str, TargetResult], path: str | Path) -> None:
+    """TAR against FAR (log scale) for every target, written atomically to `path` as PNG."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; the figure only goes to a file
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    try:
+        floor, lowest = 1.0, 1.0
+        for name, r in results.items():
+            fpr, tpr = r.roc_fpr, r.roc_tpr
+            keep = fpr > 0  # a log axis cannot show FAR = 0
+            if keep.any():
+                floor = min(floor, float(fpr[keep].min()))
+                lowest = min(lowest, float(tpr[keep].min()))
+            auc = "n/a" if r.auc is None else f"{r.auc:.4f}"
+            ax.plot(fpr[keep], tpr[keep], label=f"{name} (AUC {auc}, {r.pairs} pairs)")
+        ax.set_xscale("log")
+        ax.set_xlim(max(floor, 1e-6), 1.0)
+        # Good models sit near TAR 1: zoom to the curves, in steps of 0.05.
+        ax.set_ylim(max(0.0, (int(lowest * 20) - 1) / 20), 1.002)
+        ax.set_xlabel("false accept rate")
+        ax.set_ylabel("true accept rate")
+        ax.set_title("ROC (flip embeddings)" if all(r.flip for r in results.values()) else "ROC")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["require_matplotlib", "plot_roc"]

@@ -1,0 +1,266 @@
+"""The embedding pass over `.bin` verification sets, streamed batch by batch, and the figures from it.
+
+`embed_fn(uint8 (N, H, W, 3) RGB) -> (N, E)` raw embeddings is all the model side needs: an
+`irface.infer` Embedder's `.embed`, or `module_embed_fn(model)` around a live training model.
+Images are decoded, mirrored and normalised one batch at a time: only the encoded bytes of a set and
+its embeddings are held, never a float copy of the images (the reference keeps ~11 GB for the three
+standard sets; this keeps tens of MB).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from irface.data.verification import decode_images, read_bin
+from irface.errors import DataError, ModelFileError
+from irface.eval.protocol import (
+    FARS,
+    N_FOLDS,
+    best_threshold,
+    cosine_from_distance,
+    equal_error_rate,
+    fold_accuracies,
+    l2_normalize,
+    mean_norm,
+    pair_distances,
+    roc_auc,
+    roc_curve,
+    tar_at_far,
+)
+from irface.eval.result import TargetResult
+
+log = logging.getLogger(__name__)
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+DEFAULT_BATCH_SIZE = 64
+
+
+def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool],
+                        embeddings_flip: Optional[np.ndarray] = None, seconds: float = 0.0) -> TargetResult:
+    """All figures of one set from its raw embeddings (2N, E) (and those of the mirrored images)."""
+    issame = np.asarray(issame, dtype=bool)
+    # The reference copies network outputs into float64 arrays before anything else.
+    plain = np.asarray(embeddings, dtype=np.float64)
+    if plain.ndim != 2 or plain.shape[0] != 2 * len(issame):
+        raise ValueError(f"{name}: {plain.shape[0] if plain.ndim else 0} embeddings for {len(issame)} pairs")
+    dist = pair_distances(l2_normalize(plain))
+    acc, _ = fold_accuracies(dist, issame)
+    sets = [plain]
+    acc_flip = None
+    if embeddings_flip is not None:
+        flipped = np.asarray(embeddings_flip, dtype=np.float64)
+        if flipped.shape != plain.shape:
+            raise ValueError(f"{name}: mirrored embeddings {flipped.shape} differ from {plain.shape}")
+        sets.append(flipped)
+        dist = pair_distances(l2_normalize(plain + flipped))  # the sum of raw vectors, as the reference
+        acc_flip, _ = fold_accuracies(dist, issame)
+    scores = cosine_from_distance(dist)
+    thr, thr_acc = best_threshold(dist, issame)
+    fpr, tpr, _ = roc_curve(scores, issame)
+    return TargetResult(
+        name=name, pairs=len(issame), positives=int(issame.sum()), negatives=int((~issame).sum()),
+        embedding_size=int(plain.shape[1]),
+        accuracy=float(np.mean(acc)), accuracy_std=float(np.std(acc)), xnorm=mean_norm(*sets),
+        accuracy_flip=None if acc_flip is None else float(np.mean(acc_flip)),
+        accuracy_flip_std=None if acc_flip is None else float(np.std(acc_flip)),
+        tar_at_far=tar_at_far(scores, issame, FARS), auc=roc_auc(scores, issame),
+        eer=equal_error_rate(scores, issame), threshold=thr, threshold_cos=1.0 - thr / 2.0,
+        threshold_accuracy=thr_acc, scores_from="flip" if acc_flip is not None else "plain",
+        fold_accuracies=acc.tolist(), fold_accuracies_flip=None if acc_flip is None else acc_flip.tolist(),
+        seconds=seconds, roc_fpr=fpr, roc_tpr=tpr)
+
+
+def _model_attr(embed_fn: EmbedFn, attr: str) -> Optional[int]:
+    """`input_size` / `embedding_size` of an Embedder's bound `.embed` or of a `module_embed_fn` function."""
+    for owner in (embed_fn, getattr(embed_fn, "__self__", None)):
+        value = getattr(owner, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _model_name(embed_fn: EmbedFn) -> str:
+    info = getattr(getattr(embed_fn, "__self__", None), "info", None)
+    return str(info.get("path", "the model")) if isinstance(info, dict) else "the model"
+
+
+def _image_size(data: bytes, source: str) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception as e:
+        raise DataError(f"{source} image 0: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def _run_embed(embed_fn: EmbedFn, images: np.ndarray, path: Path, expected_dim: Optional[int]) -> np.ndarray:
+    out = np.asarray(embed_fn(images))
+    if out.ndim != 2 or out.shape[0] != images.shape[0]:
+        raise ModelFileError(f"{_model_name(embed_fn)}: returned an array of shape {tuple(out.shape)} for "
+                             f"{images.shape[0]} images of {path.name}; expected (images, embedding size)")
+    if expected_dim is not None and out.shape[1] != expected_dim:
+        raise ModelFileError(f"{_model_name(embed_fn)}: returned {out.shape[1]}-d embeddings, "
+                             f"but {expected_dim}-d ones were expected")
+    return out.astype(np.float32, copy=False)
+
+
+def _batch_starts(n: int, batch_size: int, shard: bool) -> tuple[list[int], int, int]:
+    from irface import dist
+
+    starts = list(range(0, n, batch_size))
+    if shard and dist.is_initialized() and dist.get_world_size() > 1:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        return starts[rank::world], rank, world
+    return starts, 0, 1
+
+
+def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
+              image_size: Optional[int] = None, shard: bool = False,
+              min_pairs: int = 1) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+    """Raw float32 embeddings of a `.bin`'s images (and of their mirror images) and the pair labels.
+
+    `image_size` defaults to the model's (`embed_fn.input_size` or its Embedder's); the set's images
+    must have that size. With `shard=True` under torch.distributed every rank embeds every
+    world-th batch and the pieces are gathered, so all ranks must call it.
+    """
+    path = Path(path)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    bins, issame = read_bin(path)
+    if len(issame) < min_pairs:
+        raise DataError(f"{path}: {len(issame)} pairs; the 10-fold protocol needs at least {min_pairs}")
+    w, h = _image_size(bins[0], str(path))
+    size = image_size or _model_attr(embed_fn, "input_size")
+    if size is None:
+        if w != h:
+            raise DataError(f"{path}: images are {w}x{h}, not square")
+        size = w
+    elif (w, h) != (size, size):
+        raise ModelFileError(f"{_model_name(embed_fn)} expects {size}x{size} faces, but {path} holds {w}x{h} images")
+    expected_dim = _model_attr(embed_fn, "embedding_size")
+    n = len(bins)
+    starts, rank, world = _batch_starts(n, batch_size, shard)
+    emb: Optional[np.ndarray] = None
+    emb_flip: Optional[np.ndarray] = None
+    for start in starts:
+        images = decode_images(bins[start:start + batch_size], size, str(path))
+        out = _run_embed(embed_fn, images, path, expected_dim)
+        if emb is None:
+            expected_dim = out.shape[1]
+            emb = np.zeros((n, expected_dim), dtype=np.float32)
+            emb_flip = np.zeros((n, expected_dim), dtype=np.float32) if flip else None
+        emb[start:start + len(images)] = out
+        if flip:
+            # Horizontal mirror: the width axis of NHWC (the reference flips axis 2 of CHW).
+            emb_flip[start:start + len(images)] = _run_embed(embed_fn, np.ascontiguousarray(images[:, :, ::-1]), path,
+                                                                  expected_dim)
+    if world > 1:
+        emb, emb_flip = _gather_shards(emb, emb_flip, starts, batch_size, n, flip)
+    if not np.isfinite(emb).all() or (emb_flip is not None and not np.isfinite(emb_flip).all()):
+        log.warning("%s: some embeddings are NaN or infinite; the figures are meaningless", path)
+    return emb, emb_flip, issame
+
+
+def _gather_shards(emb, emb_flip, starts, batch_size, n, flip):
+    """Every rank's batches to every rank (ranks whose share was empty send nothing)."""
+    from irface import dist
+
+    mine = []
+    if emb is not None:
+        mine = [(s, emb[s:s + batch_size], emb_flip[s:s + batch_size] if flip else None) for s in starts]
+    pieces = [p for part in dist.all_gather_object(mine) for p in part]
+    dim = pieces[0][1].shape[1]
+    full = np.zeros((n, dim), dtype=np.float32)
+    full_flip = np.zeros((n, dim), dtype=np.float32) if flip else None
+    for start, e, ef in pieces:
+        full[start:start + len(e)] = e
+        if flip:
+            full_flip[start:start + len(e)] = ef
+    return full, full_flip
+
+
+def evaluate_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
+                 *, image_size: Optional[int] = None, shard: bool = False,
+                 name: Optional[str] = None) -> TargetResult:
+    """Embed one `.bin` set through `embed_fn` and compute every figure of the seed's protocol and ours."""
+    path = Path(path)
+    name = name or path.stem
+    t0 = time.perf_counter()
+    emb, emb_flip, issame = embed_bin(embed_fn, path, batch_size, flip, image_size, shard, min_pairs=N_FOLDS)
+    seconds = time.perf_counter() - t0
+    result = evaluate_embeddings(name, emb, issame, emb_flip, seconds)
+    log.info("%s: %d pairs, %d images%s embedded in %.1f s", name, len(issame), 2 * len(issame),
+             " (and mirrors)" if flip else "", seconds)
+    return result
+
+
+def find_targets(data_dir: str | Path, targets: Sequence[str]) -> dict[str, Path]:
+    """Target names (`lfw`, `cfp_fp.bin`, ...) -> their `.bin` paths in `data_dir`; all checked first."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a folder (expected a folder of .bin verification sets)")
+    found: dict[str, Path] = {}
+    for target in targets:
+        name = target.strip()
+        if name.endswith(".bin"):
+            name = name[: -len(".bin")]
+        if not name:
+            continue
+        path = data_dir / f"{name}.bin"
+        if not path.is_file():
+            present = sorted(p.stem for p in data_dir.glob("*.bin"))
+            listing = ", ".join(present) if present else "none"
+            raise DataError(f"{path}: no such verification set; .bin files in {data_dir}: {listing}")
+        found[name] = path
+    if not found:
+        raise DataError(f"{data_dir}: no targets given")
+    return found
+
+
+def run_verification(embed_fn: EmbedFn, data_dir: str | Path, targets: Sequence[str],
+                     batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True, *,
+                     image_size: Optional[int] = None, shard: bool = False) -> dict[str, TargetResult]:
+    """Evaluate each target (`lfw`, `cfp_fp`, ... looked up as `<data_dir>/<name>.bin`), in order.
+
+    Every target is checked to exist before any work starts; a missing one raises `DataError`
+    listing the `.bin` files present. With `shard=True` every rank must call this (see `embed_bin`).
+    """
+    paths = find_targets(data_dir, targets)
+    return {name: evaluate_bin(embed_fn, path, batch_size, flip, image_size=image_size, shard=shard, name=name)
+            for name, path in paths.items()}
+
+
+def module_embed_fn(model, device=None, dtype=None) -> EmbedFn:
+    """An `embed_fn` around a live `torch.nn.Module` (e.g. during training).
+
+    Runs in eval mode under inference mode (the module's train/eval state is restored afterwards),
+    on `device` (default: where the module's parameters are), with autocast to `dtype` if given.
+    """
+    import torch
+
+    from irface.data.transforms import normalize, to_nchw_tensor
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        try:
+            x = normalize(to_nchw_tensor(images).to(device, non_blocking=True))
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = model(x)
+            return out.float().cpu().numpy()
+        finally:
+            model.train(was_training)
+
+    for attr in ("input_size", "embedding_size"):
+        if isinstance(getattr(model, attr, None), int):
+            setattr(embed, attr, getattr(model, attr))
+    return embed

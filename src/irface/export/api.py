@@ -1,0 +1,289 @@
+"""`export_model`: one checked export of a backbone to ONNX, TorchScript, a bare `.pth` or safetensors.
+
+The file is written under a temporary name beside the output, checked (onnx.checker, then the
+exported model is run and compared with the PyTorch model at batch 1 and 7), and only then renamed
+into place; a failed check leaves no output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from irface.errors import ConfigError
+from irface.export.calibration import DEFAULT_CALIB_COUNT, load_calibration_images
+from irface.export.check import (
+    CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
+    reference_embeddings,
+)
+from irface.export.fold import fold_batchnorm
+from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
+from irface.export.onnx_export import (
+    DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
+)
+from irface.export.quantize import normalised_batch, quantize_int8
+from irface.models.loading import load_backbone
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "pth", "safetensors")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pth": ".pth", "safetensors": ".safetensors"}
+_FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
+                     ".pth": "pth", ".safetensors": "safetensors"}
+# Mean cosine similarity int8 vs fp32 embeddings of the calibration faces below which int8 is refused.
+INT8_MIN_COSINE = 0.95
+MIN_OPSET = 11
+
+
+def format_for(output: str | Path, fmt: Optional[str] = None) -> str:
+    """The export format: `fmt` if given (checked against the output's suffix), else read off the suffix."""
+    suffix = Path(output).suffix.lower()
+    if fmt is None:
+        if suffix not in _FORMAT_OF_SUFFIX:
+            raise ConfigError(f"{output}: cannot tell the format from the suffix; give --format "
+                              f"({', '.join(FORMATS)})")
+        return _FORMAT_OF_SUFFIX[suffix]
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{fmt}'; known: {', '.join(FORMATS)}")
+    # Model loaders pick the reader by suffix, so these two must carry theirs.
+    if fmt in ("onnx", "safetensors") and suffix != SUFFIX[fmt]:
+        raise ConfigError(f"{output}: a {fmt} file must end in {SUFFIX[fmt]}")
+    if fmt in ("torchscript", "pth") and suffix in (".onnx", ".safetensors"):
+        raise ConfigError(f"{output}: a {fmt} file must not end in {suffix}")
+    return fmt
+
+
+@contextlib.contextmanager
+def staged_output(output: Path) -> Iterator[Path]:
+    """A temporary path beside `output` (same suffix); renamed onto `output` only if the block succeeds."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=f".partial{output.suffix}", dir=output.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _check_onnx_file(path: Path, label: str):
+    """onnx.checker, then the input/output contract; returns an onnxruntime session."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise ParityError(f"{label}: onnx.checker refused the export ({_first_line(e)}); output removed") from None
+    try:
+        sess = onnx_session(path)
+    except Exception as e:
+        raise ParityError(f"{label}: onnxruntime cannot load the export ({_first_line(e)}); output removed") from None
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+        raise ParityError(f"{label}: expected one input '{INPUT_NAME}' and one output '{OUTPUT_NAME}', got "
+                          f"{[i.name for i in inputs]} -> {[o.name for o in outputs]}")
+    return sess
+
+
+def _onnx_runner(sess):
+    return lambda x: sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def _export_onnx(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
+                 opset: int, batch_size: Optional[int], tolerance: float, batches: Sequence[int]) -> list[dict]:
+    try:
+        export_onnx(net, tmp, reference.input_size, opset=opset, batch_size=batch_size, metadata=meta)
+    except Exception as e:
+        raise ParityError(f"{label}: the ONNX exporter failed ({_first_line(e)})") from None
+    sess = _check_onnx_file(tmp, label)
+    return check_parity(_onnx_runner(sess), reference, reference.input_size, tolerance, batches, label)
+
+
+def _export_int8(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
+                 opset: int, batch_size: Optional[int], batches: Sequence[int], calib_images: np.ndarray,
+                 calib_method: str, min_cosine: float) -> tuple[list[dict], dict[str, Any]]:
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="irface-export-") as work:
+        fp32 = Path(work) / "fp32.onnx"
+        try:
+            export_onnx(net, fp32, reference.input_size, opset=opset, batch_size=batch_size)
+        except Exception as e:
+            raise ParityError(f"{label}: the ONNX exporter failed ({_first_line(e)})") from None
+        try:
+            quantize_int8(fp32, tmp, calib_images, batch_size, calib_method)
+        except Exception as e:
+            raise ParityError(f"{label}: int8 quantisation failed ({_first_line(e)}); output removed") from None
+    proto = onnx.load(str(tmp))
+    set_metadata(proto, meta)
+    onnx.save(proto, str(tmp))
+    sess = _check_onnx_file(tmp, label)
+    run = _onnx_runner(sess)
+    size = reference.input_size
+    records = []
+    for batch in batches:  # int8 cannot match fp32 to 1e-4; it must run at every batch and stay finite
+        try:
+            out = np.asarray(run(random_input(batch, size)))
+        except Exception as e:
+            raise ParityError(f"{label}: the int8 model failed to run at batch {batch} ({_first_line(e)})") from None
+        if out.shape != (batch, reference.embedding_size) or not np.all(np.isfinite(out)):
+            raise ParityError(f"{label}: the int8 model gave shape {out.shape} or non-finite values at batch {batch}")
+        records.append({"batch": batch, "shape": list(out.shape)})
+    # Agreement where it matters: on the calibration faces, embedding by embedding.
+    faces = normalised_batch(calib_images[:64])
+    step = batch_size or len(faces)
+    got, ref = [], []
+    for i in range(0, len(faces) - (len(faces) % step if batch_size else 0), step):
+        chunk = faces[i:i + step]
+        got.append(run(chunk))
+        ref.append(reference_embeddings(reference, chunk))
+    if not got:  # fewer faces than one fixed batch
+        chunk = np.resize(faces, (batch_size,) + faces.shape[1:])
+        got, ref = [run(chunk)], [reference_embeddings(reference, chunk)]
+    cos = cosine_similarity(np.concatenate(got), np.concatenate(ref))
+    agreement = {"faces": int(len(cos)), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+                 "min_mean_cosine_required": min_cosine}
+    log.info("%s: int8 vs fp32 cosine similarity on %d faces: mean %.4f, min %.4f", label, len(cos), cos.mean(), cos.min())
+    if not cos.mean() >= min_cosine:
+        raise ParityError(f"{label}: int8 embeddings agree poorly with fp32 (mean cosine {cos.mean():.4f} < "
+                          f"{min_cosine}); output removed")
+    return records, agreement
+
+
+def _export_torchscript(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
+                        tolerance: float, batches: Sequence[int]) -> list[dict]:
+    size = reference.input_size
+    example = torch.zeros(batches[0], 3, size, size)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notices are not the user's concern
+            traced = torch.jit.trace(net.eval(), example, check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA_FILE: json.dumps(meta)})
+    except Exception as e:
+        raise ParityError(f"{label}: TorchScript tracing failed ({_first_line(e)})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
+    except Exception as e:
+        raise ParityError(f"{label}: the saved TorchScript does not load ({_first_line(e)}); output removed") from None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return loaded(torch.from_numpy(x)).float().numpy()
+
+    return check_parity(run, reference, size, tolerance, batches, label)
+
+
+def _bare_state(model: torch.nn.Module, fp16: bool) -> dict[str, torch.Tensor]:
+    # Own, contiguous tensors: safetensors refuses shared or strided storage.
+    return {k: (v.half() if fp16 and v.is_floating_point() else v).detach().clone().contiguous()
+            for k, v in model.state_dict().items()}
+
+
+def _check_weights_file(tmp: Path, reference: torch.nn.Module, label: str, tolerance: float,
+                        batches: Sequence[int]) -> list[dict]:
+    try:
+        reloaded, _ = load_backbone(tmp)
+    except Exception as e:
+        raise ParityError(f"{label}: the written weights do not load back ({_first_line(e)}); output removed") from None
+    reloaded.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return reference_embeddings(reloaded, x)
+
+    return check_parity(run, reference, reference.input_size, tolerance, batches, label)
+
+
+def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] = None, *,
+                 network: Optional[str] = None, opset: int = DEFAULT_OPSET, batch_size: Optional[int] = None,
+                 fp16: bool = False, int8: bool = False, calib: Optional[str | Path] = None,
+                 calib_count: int = DEFAULT_CALIB_COUNT, calib_method: str = "minmax", fold_bn: bool = True,
+                 int8_min_cosine: float = INT8_MIN_COSINE) -> dict[str, Any]:
+    """Export the backbone in `model_path` to `output`, check it, and return a report (JSON-ready dict).
+
+    `fmt`: onnx, torchscript, pth or safetensors (default: from the suffix). `batch_size`: None for a
+    dynamic batch (ONNX), else a fixed one. `fp16` halves the weights (input and output stay float32);
+    `int8` (ONNX only) quantises with onnxruntime, calibrated on `calib` (image folder or `.bin`).
+    Raises `ParityError` (nothing written) when the exported model disagrees with PyTorch.
+    """
+    output = Path(output)
+    fmt = format_for(output, fmt)
+    if fp16 and int8:
+        raise ConfigError("--fp16 and --int8 exclude each other")
+    if int8 and fmt != "onnx":
+        raise ConfigError(f"--int8 needs --format onnx (onnxruntime quantisation), not {fmt}")
+    if int8 and calib is None:
+        raise ConfigError("--int8 needs --calib (a folder of aligned faces or a .bin)")
+    if batch_size is not None and batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
+    if fmt == "onnx" and opset < MIN_OPSET:
+        raise ConfigError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+    if output.exists() and output.is_dir():
+        raise ConfigError(f"{output}: is a folder; give a file name")
+
+    model, info = load_backbone(model_path, network)
+    model.eval()
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    meta = export_metadata(info, model.input_size, model.embedding_size, precision,
+                           batch_size if fmt == "onnx" else None)
+    calib_images = load_calibration_images(calib, calib_count, model.input_size) if int8 else None
+    tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+    batches = (batch_size,) if batch_size and fmt == "onnx" else CHECK_BATCHES
+    label = str(output)
+    net: torch.nn.Module = fold_batchnorm(model) if fold_bn and fmt in ("onnx", "torchscript") else model
+    if fp16 and fmt in ("onnx", "torchscript"):
+        net = HalfPrecision(copy.deepcopy(net)).eval()
+    report: dict[str, Any] = {
+        "output": str(output), "format": fmt, "precision": precision, "source": str(model_path),
+        "network": info.get("network"), "input_size": model.input_size, "embedding_size": model.embedding_size,
+        "batch": "dynamic" if batch_size is None or fmt != "onnx" else batch_size,
+        "bn_folded": bool(fold_bn and fmt in ("onnx", "torchscript")),
+    }
+    log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or "iresnet", output, fmt, precision)
+    with staged_output(output) as tmp:
+        if fmt == "onnx" and int8:
+            checks, agreement = _export_int8(net, model, tmp, label, meta, opset, batch_size, batches,
+                                             calib_images, calib_method, int8_min_cosine)
+            report["int8_agreement"] = agreement
+            report["calibration"] = {"source": str(calib), "images": int(len(calib_images)), "method": calib_method}
+        elif fmt == "onnx":
+            checks = _export_onnx(net, model, tmp, label, meta, opset, batch_size, tolerance, batches)
+        elif fmt == "torchscript":
+            checks = _export_torchscript(net, model, tmp, label, meta, tolerance, batches)
+        elif fmt == "pth":
+            torch.save(_bare_state(model, fp16), tmp)
+            checks = _check_weights_file(tmp, model, label, tolerance, batches)
+        else:
+            try:
+                from safetensors.torch import save_file
+            except ImportError:
+                raise ConfigError("safetensors export needs the 'safetensors' package (pip install safetensors)") from None
+            save_file(_bare_state(model, fp16), str(tmp), metadata=meta)
+            checks = _check_weights_file(tmp, model, label, tolerance, batches)
+    if fmt == "onnx":
+        report["opset"] = opset
+    report["checks"] = checks
+    report["metadata"] = meta if fmt in ("onnx", "torchscript", "safetensors") else {}
+    report["bytes"] = output.stat().st_size
+    log.info("wrote %s (%d bytes)", output, report["bytes"])
+    return report

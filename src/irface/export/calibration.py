@@ -1,0 +1,58 @@
+"""Calibration images for int8 quantisation: a folder of aligned face crops or a verification `.bin`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from irface.data.datasets import IMAGE_SUFFIXES
+from irface.data.verification import decode_image, decode_images, read_bin
+from irface.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIB_COUNT = 256
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, in sorted path order; hidden files and folders skipped."""
+    found = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            found.append(p)
+    return sorted(found)
+
+
+def _spread(n: int, count: int) -> np.ndarray:
+    """`count` indices spread evenly over range(n), so calibration sees the whole set, not its first identities."""
+    if count >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, count).round().astype(int))
+
+
+def load_calibration_images(path: str | Path, count: int = DEFAULT_CALIB_COUNT, size: int = 112) -> np.ndarray:
+    """Up to `count` uint8 (N, size, size, 3) RGB images from a folder (recursive) or a `.bin`."""
+    path = Path(path)
+    if count <= 0:
+        raise DataError(f"{path}: calibration needs at least one image (count {count})")
+    if not path.exists():
+        raise DataError(f"{path}: no such calibration folder or .bin file")
+    if path.is_dir():
+        files = list_image_files(path)
+        if not files:
+            raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this calibration folder")
+        chosen = [files[i] for i in _spread(len(files), count)]
+        images = np.stack([decode_image(p.read_bytes(), size, str(p)) for p in chosen])
+    else:
+        bins, _ = read_bin(path)
+        if not bins:
+            raise DataError(f"{path}: the .bin holds no images")
+        idx = _spread(len(bins), count)
+        images = decode_images([bins[i] for i in idx], size, str(path))
+    log.info("calibration: %d images from %s", len(images), path)
+    return images

@@ -1,0 +1,61 @@
+"""What an exported file says about itself: preprocessing constants, sizes, precision, verify threshold.
+
+Stored as ONNX `metadata_props`, as the TorchScript extra file `irface.json`, and in the safetensors
+header; all values are strings (what those containers hold). `irface.infer.load_model` reads the
+threshold back from each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Optional
+
+from irface import __version__
+from irface.data.transforms import MEAN, STD
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT_EXTRA_FILE = "irface.json"
+THRESHOLD_KEY = "threshold"
+
+
+def threshold_from(value: Any, source: str = "model") -> Optional[float]:
+    """A stored verify threshold as a float (cosine similarity), or None when absent or unusable."""
+    if value is None or value == "":
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        log.warning("%s: ignoring stored threshold %r (not a number)", source, value)
+        return None
+    if not math.isfinite(t) or not -1.0 <= t <= 1.0:
+        log.warning("%s: ignoring stored threshold %r (a cosine similarity lies in [-1, 1])", source, value)
+        return None
+    return t
+
+
+def export_metadata(info: Mapping[str, Any], input_size: int, embedding_size: int, precision: str,
+                    batch_size: Optional[int] = None) -> dict[str, str]:
+    """The string key/value pairs written into every exported file that can hold them."""
+    meta = {
+        "producer": f"irface {__version__}",
+        "network": str(info.get("network") or "iresnet"),
+        "input_name": "data",
+        "input_layout": "NCHW",
+        "input_color": "RGB",
+        "input_size": str(input_size),
+        "input_mean": repr(MEAN),
+        "input_std": repr(STD),
+        "input_normalisation": "(x / 255 - 0.5) / 0.5",
+        "batch": "dynamic" if batch_size is None else str(batch_size),
+        "output_name": "embedding",
+        "embedding_size": str(embedding_size),
+        "output_l2_normalised": "false",
+        "precision": precision,
+    }
+    threshold = threshold_from(info.get(THRESHOLD_KEY), str(info.get("path", "checkpoint")))
+    if threshold is not None:
+        meta[THRESHOLD_KEY] = repr(threshold)
+        meta["threshold_metric"] = "cosine"
+    return meta

@@ -1,0 +1,122 @@
+"""Reading the images users point at: files, folders (recursive, sorted), a RecordIO folder."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from irface.data.datasets import IMAGE_SUFFIXES
+from irface.data.verification import MAX_IMAGE_PIXELS, decode_image
+from irface.errors import DataError
+from irface.export.calibration import list_image_files
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of `path`, with one-line errors for the usual mistakes."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+
+
+def read_face(path: str | Path, size: int = 112) -> np.ndarray:
+    """An aligned face crop as uint8 (size, size, 3) RGB; other sizes are resized as `decode_image` does."""
+    path = Path(path)
+    return decode_image(read_file(path), size, str(path))
+
+
+def open_rgb(path: str | Path) -> np.ndarray:
+    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does)."""
+    path = Path(path)
+    data = read_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{path}: image of {img.width}x{img.height} pixels is larger than allowed")
+            img = ImageOps.exif_transpose(img).convert("RGB")
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    return np.asarray(img, dtype=np.uint8)
+
+
+@dataclass
+class FaceSource:
+    """One face to embed: a name for the output's file list and a function that returns the crop."""
+
+    name: str
+    load: Callable[[], np.ndarray]
+
+
+def _is_recordio(path: Path) -> bool:
+    return (path.is_dir() and (path / "train.rec").exists()) or (path.is_file() and path.suffix.lower() == ".rec")
+
+
+def _recordio_sources(path: Path, size: int) -> list[FaceSource]:
+    # The RecordIO reader belongs to irface.data; imported only when a .rec is given.
+    from irface.data.datasets import open_train_dataset
+
+    dataset = open_train_dataset(path, image_size=size)
+    rec = path if path.is_file() else path / "train.rec"
+
+    def loader(i: int) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            image = dataset[i][0]
+            image = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
+            return np.ascontiguousarray(image.transpose(1, 2, 0))  # (3, H, W) -> (H, W, 3)
+
+        return load
+
+    return [FaceSource(f"{rec}#{i}", loader(i)) for i in range(len(dataset))]
+
+
+def collect_faces(inputs: Sequence[str | Path], size: int = 112) -> list[FaceSource]:
+    """Faces from image files, folders of images (recursive, sorted by path) and RecordIO folders, in order.
+
+    Raises DataError for a missing path or a folder with no images.
+    """
+    sources: list[FaceSource] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+        if _is_recordio(path):
+            found = _recordio_sources(path, size)
+            if not found:
+                raise DataError(f"{path}: the RecordIO file holds no images")
+            sources += found
+        elif path.is_dir():
+            files = list_image_files(path)
+            if not files:
+                raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            sources += [FaceSource(str(p), (lambda p=p: read_face(p, size))) for p in files]
+        else:
+            sources.append(FaceSource(str(path), (lambda p=path: read_face(p, size))))
+    return sources
+
+
+def save_image(path: str | Path, image: np.ndarray) -> None:
+    """Write uint8 (H, W, 3) RGB atomically; the format follows the suffix (.png, .jpg, ...)."""
+    from irface.errors import ConfigError
+    from irface.utils import atomic_write
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or not path.suffix:
+        raise ConfigError(f"{path}: unknown image format; use a suffix such as .png or .jpg")
+    extra = {"quality": 95} if fmt == "JPEG" else {}
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(np.ascontiguousarray(image)).save(f, format=fmt, **extra)

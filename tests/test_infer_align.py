@@ -1,0 +1,113 @@
+"""5-point alignment: the least-squares similarity transform and the Pillow warp, OpenCV's pixel convention."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from irface.cli import main
+from irface.errors import DataError
+from irface.infer.align import ARCFACE_TEMPLATE, align_face, parse_landmarks, similarity_transform, template
+
+
+def _similarity(angle, scale, tx, ty):
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    return np.array([[c, -s, tx], [s, c, ty]])
+
+
+def _apply(m, pts):
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def _landmarks_for(m):
+    """Image landmarks that `m` (image -> crop) carries exactly onto the template."""
+    full = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    return _apply(full, ARCFACE_TEMPLATE)
+
+
+@pytest.mark.parametrize("angle, scale, tx, ty", [(0.3, 1.7, 40.0, 25.0), (-1.2, 0.45, -10.0, 60.0), (0.0, 1.0, 0.0, 0.0)])
+def test_known_similarity_is_recovered(angle, scale, tx, ty):
+    m = _similarity(angle, scale, tx, ty)
+    got = similarity_transform(_landmarks_for(m), ARCFACE_TEMPLATE)
+    np.testing.assert_allclose(got, m, atol=1e-9)
+
+
+def test_least_squares_with_noisy_points_and_no_reflection():
+    rng = np.random.default_rng(0)
+    m = _similarity(0.4, 2.0, 5.0, -3.0)
+    src = rng.uniform(0, 100, size=(5, 2))
+    dst = _apply(m, src) + rng.normal(0, 0.5, size=(5, 2))
+    got = similarity_transform(src, dst)
+    # Naive reference: a similarity is linear in (a, b, tx, ty): x' = a x - b y + tx, y' = b x + a y + ty.
+    rows = np.concatenate([np.c_[src[:, 0], -src[:, 1], np.ones(5), np.zeros(5)],
+                           np.c_[src[:, 1], src[:, 0], np.zeros(5), np.ones(5)]])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(rows, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
+    np.testing.assert_allclose(got, [[a, -b, tx], [b, a, ty]], atol=1e-9)
+    np.testing.assert_allclose(got, m, atol=1.5)
+    mirrored = src * [-1, 1]  # a mirror image cannot be reached by rotation + scale: det stays positive
+    assert np.linalg.det(similarity_transform(mirrored, dst)[:, :2]) > 0
+
+
+def test_warp_samples_where_the_transform_says():
+    # A linear ramp image: bilinear sampling reproduces it exactly, so every crop pixel can be predicted.
+    h, w = 140, 120
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.stack([2 * xx, (1.5 * yy).astype(int), np.full_like(xx, 7)], -1).astype(np.uint8)
+    m = _similarity(0.35, 1.4, -20.0, -30.0)
+    crop = align_face(image, _landmarks_for(m)).astype(float)
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))
+    ys, xs = np.mgrid[0:112, 0:112]
+    u = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    v = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    inside = (u > 1) & (u < w - 2) & (v > 1) & (v < h - 2)
+    assert inside.mean() > 0.5
+    assert np.abs(crop[..., 0][inside] - 2 * u[inside]).max() <= 0.5 + 1e-6  # rounded, not truncated, no half-pixel shift
+    assert np.abs(crop[..., 1][inside] - 1.5 * v[inside]).max() <= 1.0
+    assert np.all(crop[..., 2][inside] == 7)
+
+
+def test_template_scales_with_size_and_identity_crop_is_unchanged():
+    np.testing.assert_allclose(template(224), ARCFACE_TEMPLATE * 2)
+    rng = np.random.default_rng(1)
+    face = rng.integers(0, 256, size=(112, 112, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(align_face(face, ARCFACE_TEMPLATE), face)
+
+
+@pytest.mark.parametrize("text", ["1,2,3", "a,b,c,d,e,f,g,h,i,j", "1,2,3,4,5,6,7,8,9,nan"])
+def test_bad_landmarks_are_refused(text):
+    with pytest.raises(DataError, match="10"):
+        parse_landmarks(text)
+
+
+def test_coincident_landmarks_are_refused():
+    with pytest.raises(DataError, match="coincide"):
+        align_face(np.zeros((50, 50, 3), np.uint8), np.ones((5, 2)))
+
+
+def test_cli_align_writes_the_crop(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    photo = rng.integers(0, 256, size=(200, 180, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    m = _similarity(0.2, 0.8, -30.0, -40.0)
+    lm = _landmarks_for(m)
+    text = ",".join(f"{v:.6f}" for v in lm.reshape(-1))
+    assert main(["align", str(tmp_path / "photo.png"), "--landmarks", text, "--output", str(tmp_path / "crop.png")]) == 0
+    crop = np.asarray(Image.open(tmp_path / "crop.png"))
+    assert crop.shape == (112, 112, 3)
+    np.testing.assert_array_equal(crop, align_face(photo, lm))
+
+
+@pytest.mark.parametrize("setup, argv_tail, message", [
+    (None, ["--landmarks", "1,2,3,4,5,6,7,8,9,10"], "no such file"),
+    (b"not an image", ["--landmarks", "1,2,3,4,5,6,7,8,9,10"], "cannot decode"),
+    ("png", ["--landmarks", "1,2,3"], "10"),
+])
+def test_cli_align_errors_are_one_line_and_write_nothing(tmp_path, capsys, setup, argv_tail, message):
+    src = tmp_path / "in.png"
+    if setup == "png":
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(src)
+    elif setup is not None:
+        src.write_bytes(setup)
+    assert main(["align", str(src), *argv_tail, "--output", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out.png").exists()
