@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from irface.cli._output import add_json_argument, emit
 
 HELP = "Inspect, pack, unpack and synthesise datasets"
 
@@ -34,8 +35,7 @@ def register(sub) -> None:
     info.add_argument("path", help="RecordIO folder (or its train.rec), image folder, or .bin file")
     info.add_argument("--scan", action="store_true",
                       help="read every record's label and check it (header layout; the plain layout always does)")
-    info.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                      help="write the figures as one JSON object to FILE, or to stdout (and nothing else) without FILE")
+    add_json_argument(info)
     info.set_defaults(func=run_info)
 
     pack = cmds.add_parser("pack", help="image folder -> train.rec/train.idx/property",
@@ -100,27 +100,11 @@ def register(sub) -> None:
     p.set_defaults(func=usage)
 
 
-def _emit_json(obj: dict, dest: str) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    if dest == "-":
-        sys.stdout.write(text)
-    else:
-        from irface.utils import atomic_write
-
-        with atomic_write(dest, "w") as f:
-            f.write(text)
-
-
 def run_info(args: argparse.Namespace) -> int:
     from irface.data.info import describe, format_info
 
     info = describe(args.path, scan=args.scan)
-    if args.json:
-        _emit_json(info, args.json)
-        if args.json != "-":
-            print(format_info(info))
-    else:
-        print(format_info(info))
+    emit(info, args.json, format_info(info))
     return 0
 
 

@@ -24,6 +24,7 @@ import numbers
 import os
 import struct
 import tempfile
+import warnings
 from collections import namedtuple
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -135,10 +136,9 @@ class RecordIOReader:
         self.idx_path = Path(idx_path) if idx_path is not None else None
         self.keys = np.zeros(0, dtype=np.int64)
         self.offsets = np.zeros(0, dtype=np.int64)
-        self._pos: dict[int, int] = {}
         if self.idx_path is not None:
+            # Sorted numpy arrays, not a dict: 5.9M keys cost 94 MB here and nothing extra per worker.
             self.keys, self.offsets = read_idx(self.idx_path, self.size)
-            self._pos = {int(k): i for i, k in enumerate(self.keys)}
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
 
@@ -214,10 +214,10 @@ class RecordIOReader:
 
     def read_idx(self, key: int) -> bytes:
         """The record stored under `key` in the `.idx` (like `MXIndexedRecordIO.read_idx`)."""
-        try:
-            i = self._pos[int(key)]
-        except KeyError:
-            raise DataError(f"{self.idx_path}: no record with key {key}") from None
+        key = int(key)
+        i = int(np.searchsorted(self.keys, key))
+        if i >= len(self.keys) or self.keys[i] != key:
+            raise DataError(f"{self.idx_path}: no record with key {key}")
         return self.read_at(int(self.offsets[i]), f"record {key}")[0]
 
     def __iter__(self) -> Iterator[bytes]:
@@ -239,15 +239,22 @@ class RecordIOReader:
         return out
 
 
-def read_idx(path: str | Path, rec_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Parse a `.idx` into (keys, offsets) sorted by key; refuses bad lines, duplicates and offsets past the end."""
-    path = Path(path)
+def _parse_idx_fast(text: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """numpy's parser for the common case (MS1MV2's 5.9M lines in about a second); None if anything is odd."""
+    lines = text.count("\n") + (0 if text.endswith("\n") else 1)  # blank lines: the slow path copes
     try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such index file (the .idx beside the .rec)") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a RecordIO index (expected text lines 'key<TAB>offset')") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            values = np.fromstring(text, dtype=np.int64, sep=" ") if text.strip() else np.zeros(0, np.int64)
+    except (ValueError, DeprecationWarning):
+        return None, None
+    if len(values) != 2 * lines or "." in text:
+        return None, None
+    return values[0::2].copy(), values[1::2].copy()
+
+
+def _parse_idx_slow(text: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Line by line, to name the first bad line."""
     keys, offsets = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -261,10 +268,23 @@ def read_idx(path: str | Path, rec_size: Optional[int] = None) -> tuple[np.ndarr
             raise DataError(f"{path}: line {lineno}: expected 'key<TAB>offset', got {line[:60]!r}") from None
         keys.append(key)
         offsets.append(offset)
-    if not keys:
+    return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+
+
+def read_idx(path: str | Path, rec_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a `.idx` into (keys, offsets) sorted by key; refuses bad lines, duplicates and offsets past the end."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such index file (the .idx beside the .rec)") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a RecordIO index (expected text lines 'key<TAB>offset')") from None
+    k, o = _parse_idx_fast(text)
+    if k is None:
+        k, o = _parse_idx_slow(text, path)
+    if len(k) == 0:
         raise DataError(f"{path}: index is empty")
-    k = np.asarray(keys, dtype=np.int64)
-    o = np.asarray(offsets, dtype=np.int64)
     order = np.argsort(k, kind="stable")
     k, o = k[order], o[order]
     dup = np.flatnonzero(k[1:] == k[:-1])
