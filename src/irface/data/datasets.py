@@ -6,18 +6,18 @@ Decoding stays in the worker processes; normalisation happens on the training de
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from irface.data.badimages import BadImageCounter
 from irface.data.verification import decode_image
 from irface.errors import DataError
+from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,14 @@ class ArrayDataset(Dataset):
 
 
 class ImageFolderDataset(Dataset):
-    """A folder of class subfolders (`root/<identity>/<image>.jpg`); class indices follow sorted names."""
+    """A folder of class subfolders (`root/<identity>/<image>.jpg`); class indices follow sorted names.
 
-    def __init__(self, root: str | Path, image_size: int = 112):
+    `classes[i]` is the folder name of class i (`save_classes` writes them, one a line, for the run).
+    Undecodable images are skipped (replaced by the next decodable one, with its own label) and
+    counted; past `max_bad_images` in one process the dataset raises `DataError`.
+    """
+
+    def __init__(self, root: str | Path, image_size: int = 112, max_bad_images: int = 100):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: not a folder")
@@ -53,31 +58,49 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"{self.root}: no class subfolders (expected root/<identity>/<image>.jpg)")
         self.samples: list[tuple[Path, int]] = []
         for idx, name in enumerate(self.classes):
-            files = sorted(p for p in (self.root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in (self.root / name).iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
             if not files:
                 raise DataError(f"{self.root / name}: class folder has no images ({', '.join(IMAGE_SUFFIXES)})")
             self.samples += [(p, idx) for p in files]
         self.num_classes = len(self.classes)
         self.image_size = image_size
+        self.bad = BadImageCounter(max_bad_images)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[i]
-        img = decode_image(path.read_bytes(), self.image_size, str(path))
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), label
+        n = len(self.samples)
+        for attempt in range(n):
+            path, label = self.samples[(i + attempt) % n]
+            try:
+                img = decode_image(path.read_bytes(), self.image_size, str(path))
+            except OSError as e:
+                raise DataError(f"{path}: cannot read ({e.strerror})") from None
+            except DataError as e:
+                self.bad.skip(e)
+                continue
+            return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), label
+        raise DataError(f"{self.root}: no decodable image left")
+
+    def save_classes(self, path: str | Path) -> None:
+        """Write the class names in index order, one a line (line i is class i)."""
+        with atomic_write(path, "w") as f:
+            f.write("".join(f"{name}\n" for name in self.classes))
 
 
-def open_train_dataset(path: str | Path, image_size: int = 112) -> Dataset:
+def open_train_dataset(path: str | Path, image_size: int = 112, max_bad_images: int = 100) -> Dataset:
     """Open training data as users have it: a RecordIO folder (train.rec/.idx/property) or an image folder."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such training data folder")
-    if path.is_file() and path.suffix == ".rec":
+    if path.is_file() and path.suffix in (".rec", ".idx"):
         path = path.parent
     if (path / "train.rec").exists():
         from irface.data.recordio import RecordIODataset
 
-        return RecordIODataset(path, image_size=image_size)
-    return ImageFolderDataset(path, image_size=image_size)
+        return RecordIODataset(path, image_size=image_size, max_bad_images=max_bad_images)
+    if path.is_file():
+        raise DataError(f"{path}: expected a folder (train.rec/train.idx/property, or class subfolders)")
+    return ImageFolderDataset(path, image_size=image_size, max_bad_images=max_bad_images)

@@ -7,10 +7,13 @@ batch; skipping the first k batches resumes an interrupted epoch exactly.
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from irface.errors import UserError
 
 
 class GlobalOrderSampler(Sampler[int]):
@@ -81,6 +84,35 @@ class RandomFlip(Dataset):
         return img, label
 
 
+def _worker_message(error: UserError) -> str:
+    """The one-line message of a user error raised in a DataLoader worker.
+
+    PyTorch re-raises a worker's exception with its type but with "Caught X in DataLoader worker
+    process N" and the worker's whole traceback as the message; the original line is the last one.
+    """
+    text = str(error)
+    if not text.startswith("Caught "):
+        return text
+    name = type(error).__name__
+    lines = [m.group(1) for m in re.finditer(rf"^(?:[\w.]*\.)?{name}: (.*)$", text, flags=re.M)]
+    return lines[-1] if lines else text.splitlines()[-1]
+
+
+class TrainLoader(DataLoader):
+    """A DataLoader whose data errors from worker processes come out as the worker's one-line message."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except UserError as e:
+                raise type(e)(_worker_message(e)) from None
+            yield batch
+
+
 def build_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                        num_workers: int = 4, pin_memory: bool = False, prefetch_factor: int = 2,
                        persistent_workers: bool = True, flip: bool = True) -> DataLoader:
@@ -90,7 +122,7 @@ def build_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_s
     kwargs = {}
     if num_workers > 0:
         kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    return TrainLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=True, **kwargs)
 
 

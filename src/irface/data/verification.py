@@ -106,27 +106,97 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     return bins, issame
 
 
-def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> np.ndarray:
-    """Encoded image -> uint8 (size, size, 3) RGB; other sizes are resized short side to `size` and centre-cropped."""
+_FAST_JPEG = None  # the optional simplejpeg module, imported on first use (False when absent)
+
+
+def _fast_jpeg():
+    global _FAST_JPEG
+    if _FAST_JPEG is None:
+        try:
+            import simplejpeg
+
+            _FAST_JPEG = simplejpeg
+        except ImportError:
+            _FAST_JPEG = False
+    return _FAST_JPEG
+
+
+def _too_big(width: int, height: int, source: str) -> DataError:
+    return DataError(f"{source}: image of {width}x{height} pixels is larger than allowed "
+                     f"({MAX_IMAGE_PIXELS} pixels; an image bomb?)")
+
+
+def _decode_jpeg_fast(data: bytes, source: str):
+    """RGB array through simplejpeg (libjpeg-turbo, about twice Pillow's speed), or None to use Pillow."""
+    sj = _fast_jpeg()
+    if not sj or data[:3] != b"\xff\xd8\xff":
+        return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        height, width, colorspace, _ = sj.decode_jpeg_header(data)
+    except Exception:
+        return None  # let Pillow decide and word the error
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_big(width, height, source)
+    if colorspace not in ("RGB", "YCbCr", "Gray"):  # CMYK / YCCK: Pillow converts those
+        return None
+    try:
+        return sj.decode_jpeg(data, colorspace="RGB")
+    except Exception:
+        return None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 (H, W, 3) RGB; 16- and 32-bit grey are scaled, not clipped."""
+    if img.mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit PNGs open as I;16 (or I): Pillow's convert("RGB") would clip them to white.
+        grey = np.asarray(img).astype(np.int64) >> 8
+        grey = np.clip(grey, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    # Grey, palette, CMYK (Adobe-inverted handled by Pillow), RGBA / LA (alpha dropped, as OpenCV does).
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _resize_center(img: np.ndarray, size: int) -> np.ndarray:
+    """Short side to `size` (bilinear), then the centre `size` x `size`."""
+    h, w = img.shape[:2]
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    pil = Image.fromarray(img).resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> np.ndarray:
+    """Encoded image -> uint8 (size, size, 3) RGB; other sizes are resized short side to `size` and centre-cropped.
+
+    Any mode is accepted (grey, palette, RGBA, CMYK, 16-bit); images declaring more than
+    `MAX_IMAGE_PIXELS` pixels are refused before their pixels are decoded. Uses simplejpeg for JPEG
+    when it is installed (the `fast` extra), Pillow otherwise; both give the same pixels.
+    """
+    arr = _decode_jpeg_fast(data, source)
+    if arr is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))  # reads the header only
             if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"{source}: image of {img.width}x{img.height} pixels is larger than allowed")
-            img = img.convert("RGB")
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})") from None
-    if img.size != (size, size):
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8)
+                raise _too_big(img.width, img.height, source)
+            img.load()
+            arr = _to_rgb(img)
+        except DataError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(f"{source}: image is larger than allowed (an image bomb?)") from None
+        except Exception as e:
+            raise DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})") from None
+    if arr.shape[0] != size or arr.shape[1] != size:
+        arr = _resize_center(arr, size)
+    return arr
 
 
 def decode_images(bins: Sequence[bytes], size: int = INPUT_SIZE, source: str = ".bin") -> np.ndarray:
