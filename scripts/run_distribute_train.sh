@@ -7,7 +7,7 @@
 # Trains with configs/lresnet100e_ir_config_gpu.yaml (the seed's recipe) unless another --config is
 # given; rank 0 writes the seed's log lines to the console and to train.log in the run's output_dir.
 # Environment:
-#   PYTHON        interpreter (default: python3, or python)
+#   PYTHON        interpreter (default: the checkout's .venv, else python3, else python)
 #   NNODES        machines in the job (default 1); with more than one also set
 #   RDZV_ENDPOINT host:port of the rendezvous (run the same command on every machine)
 #   RDZV_ID       job id shared by the machines (default irface)
@@ -31,6 +31,8 @@ case "$DEVICE_NUM" in
 esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The checkout's own environment (made by `make demo` / `make test`) when there is one.
+if [ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
 PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 NNODES=${NNODES:-1}
 

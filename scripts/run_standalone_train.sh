@@ -20,6 +20,8 @@ if [ ! -e "$DATA_PATH" ]; then
 fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The checkout's own environment (made by `make demo` / `make test`) when there is one.
+if [ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
 PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 if [ -n "${DEVICE_ID:-}" ]; then
     export CUDA_VISIBLE_DEVICES=$DEVICE_ID
