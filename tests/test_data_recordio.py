@@ -316,3 +316,11 @@ def test_dataset_writer_round_trip_in_both_layouts(tmp_path, layout):
         assert data[:8 + 24] == struct.pack("<II", MAGIC, 32) + irheader(2, 0.0)
         assert struct.unpack("<2f", data[32:40]) == (7.0, 11.0)
         np.testing.assert_array_equal(ds.meta.identity_ranges(), [[1, 3], [3, 3], [3, 6], [6, 7]])
+
+
+def test_open_train_dataset_passes_the_bad_image_limit(tmp_path):
+    from irface.data.datasets import open_train_dataset
+
+    folder = ms1mv2_like(tmp_path / "o")
+    assert open_train_dataset(folder / "train.rec", image_size=16).bad.limit == 100
+    assert open_train_dataset(folder, image_size=16, max_bad_images=3).bad.limit == 3

@@ -75,7 +75,7 @@ def test_flavours_differ_as_documented():
     profile = synth.draw_nuisance(rng, 200, "profile")
     frontal = synth.draw_nuisance(rng, 200, "frontal")
     young, old = synth.draw_nuisance(rng, 200, "young"), synth.draw_nuisance(rng, 200, "old")
-    assert np.abs(profile["yaw"]).min() >= 0.85 and np.abs(frontal["yaw"]).max() <= 0.15
+    assert np.abs(profile["yaw"]).min() >= 0.75 and np.abs(frontal["yaw"]).max() <= 0.15
     assert young["age"].max() <= 0.2 and old["age"].min() >= 0.8
     calm = synth.draw_nuisance(rng, 200, "train", difficulty=0.0)
     assert np.all(calm["rot"] == 0) and np.all(calm["gain"] == 1) and np.all(calm["occ"] == 0)

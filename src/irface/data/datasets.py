@@ -22,6 +22,7 @@ from irface.utils import atomic_write
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+DEFAULT_MAX_BAD_IMAGES = 100  # as the config key `max_bad_images`
 
 
 class ArrayDataset(Dataset):
@@ -90,7 +91,8 @@ class ImageFolderDataset(Dataset):
             f.write("".join(f"{name}\n" for name in self.classes))
 
 
-def open_train_dataset(path: str | Path, image_size: int = 112, max_bad_images: int = 100) -> Dataset:
+def open_train_dataset(path: str | Path, image_size: int = 112,
+                       max_bad_images: int = DEFAULT_MAX_BAD_IMAGES) -> Dataset:
     """Open training data as users have it: a RecordIO folder (train.rec/.idx/property) or an image folder."""
     path = Path(path)
     if not path.exists():
@@ -100,7 +102,9 @@ def open_train_dataset(path: str | Path, image_size: int = 112, max_bad_images: 
     if (path / "train.rec").exists():
         from irface.data.recordio import RecordIODataset
 
-        return RecordIODataset(path, image_size=image_size, max_bad_images=max_bad_images)
+        # The limit is passed only when set, so the call stays `RecordIODataset(path, image_size=...)`.
+        extra = {} if max_bad_images == DEFAULT_MAX_BAD_IMAGES else {"max_bad_images": max_bad_images}
+        return RecordIODataset(path, image_size=image_size, **extra)
     if path.is_file():
         raise DataError(f"{path}: expected a folder (train.rec/train.idx/property, or class subfolders)")
     return ImageFolderDataset(path, image_size=image_size, max_bad_images=max_bad_images)

@@ -104,7 +104,7 @@ def draw_nuisance(rng: np.random.Generator, n: int, flavour: str = "train", diff
         yaw = sym(0.15 * turn)
     elif flavour == "profile":
         side = np.where(u(0, 1) < 0.5, -1.0, 1.0).astype(np.float32)
-        yaw = side * u(0.85, 1.2) * turn
+        yaw = side * u(0.75, 1.1) * turn
     nz["yaw"] = yaw.astype(np.float32)
     if flavour == "young":
         nz["age"] = u(0.0, 0.2)
@@ -191,12 +191,12 @@ def render(traits: np.ndarray, nz: dict, size: int = 112, render_size: Optional[
     # --- hair (behind the face), grey with age
     hair_base = HAIR_PALETTE[np.minimum((t["hair_hue"] * len(HAIR_PALETTE)).astype(int), len(HAIR_PALETTE) - 1)]
     hair = hair_base * (0.75 + 0.5 * t["hair_l"])[:, None]
-    grey = np.clip((age - 0.35) / 0.65, 0, 1)[:, None] * 0.6
+    grey = np.clip((age - 0.35) / 0.65, 0, 1)[:, None] * 0.5
     hair = hair + (np.array([0.78, 0.78, 0.80], np.float32) - hair) * grey
     vol = _col(0.03 + 0.13 * t["hair_volume"])
     has_hair = _col((t["bald"] > 0.12).astype(np.float32))
     hair_mask = _ellipse(x, y, 0.0, fy - 0.08, fw + vol, fh * 0.92 + vol, px) * has_hair
-    hairline = _col(-0.62 + 0.28 * t["hairline"] + 0.08 * age)
+    hairline = _col(-0.62 + 0.28 * t["hairline"] + 0.06 * age)
     hair_mask = hair_mask * (1.0 - np.clip((y - fy - 0.05) / 0.1, 0, 1))  # hair stops above the jaw
     _blend(img, hair, hair_mask, tmp)
 
@@ -223,7 +223,7 @@ def render(traits: np.ndarray, nz: dict, size: int = 112, render_size: Optional[
         freq = _col(2.0 + 5.0 * t[f]) * np.pi
         ang = _col(t[a] * np.pi)
         tex += np.sin(freq * (u * np.cos(ang) + v * np.sin(ang)) + _col(t[p] * 2 * np.pi))
-    skin_img = skin.T[:, :, None, None] * (1.0 + _col(0.05 + 0.08 * t["tex_amp"]) * tex)
+    skin_img = skin.T[:, :, None, None] * (1.0 + _col(0.08 + 0.10 * t["tex_amp"]) * tex)
     _blend(img, skin_img, face, tmp)
 
     feat = face * visible  # features are drawn only on the visible part of the face
