@@ -218,6 +218,8 @@ def test_cli_train_with_json(tmp_path, capsys):
 
     summary = json.loads((tmp_path / "r.json").read_text())
     assert summary["step"] == 3 and summary["checkpoint"].endswith("checkpoint-e0001-s00000003.pt")
+    # An image folder's class order is saved with the run: line i names class i.
+    assert (tmp_path / "out" / "classes.txt").read_text().split() == [f"id{i:02d}" for i in range(6)]
     assert main(["train", "--config", str(config), "max_steps=3", "--json"]) == 0  # resumes nothing: fresh
     assert json.loads(capsys.readouterr().out)["step"] == 3
     assert main(["train", "--config", str(config), "batch_size=abc"]) == 2

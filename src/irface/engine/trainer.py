@@ -175,6 +175,8 @@ class Trainer:
         self.has_val = bool(dist.all_gather_object(bool(targets))[0])
         if self.is_main:
             save_config(cfg, self.out / "config.yaml")
+            if hasattr(self.dataset, "save_classes"):  # image folders: which folder is class i
+                self.dataset.save_classes(self.out / "classes.txt")
 
     def _check_output_dir(self) -> None:
         def probe() -> None:
@@ -195,7 +197,7 @@ class Trainer:
                 raise ConfigError("config key 'data_path': not set (a RecordIO folder or an image folder)")
             from irface.data.datasets import open_train_dataset
 
-            self.dataset = open_train_dataset(cfg.data_path, cfg.image_size)
+            self.dataset = open_train_dataset(cfg.data_path, cfg.image_size, cfg.max_bad_images)
         source = cfg.data_path or "training data"
         found = getattr(self.dataset, "num_classes", None)
         if found is not None and found > cfg.num_classes:

@@ -1,0 +1,26 @@
+import os
+import stat
+
+import pytest
+
+from irface.utils import atomic_write
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "f.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    (tmp_path / "f.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(tmp_path / "f.txt", "w") as f:
+            f.write("half")
+            raise RuntimeError("boom")
+    assert (tmp_path / "f.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
