@@ -281,8 +281,8 @@ def test_verification_is_skipped_without_bin_files_or_eval_package(tmp_path, mon
 def test_a_bad_image_in_a_loader_worker_is_one_line(tmp_path):
     data = write_image_folder(tmp_path / "data")
     (data / "id03" / "002.png").write_bytes(b"not a png")
-    with pytest.raises(UserError) as e:
-        train(cfg_for(tmp_path / "out", data, num_workers=1, persistent_workers="false"))
+    with pytest.raises(UserError) as e:  # max_bad_images=0: the first undecodable image stops the run
+        train(cfg_for(tmp_path / "out", data, num_workers=1, persistent_workers="false", max_bad_images=0))
     assert "id03/002.png" in str(e.value) and "cannot decode image" in str(e.value)
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
 

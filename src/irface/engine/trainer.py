@@ -195,7 +195,7 @@ class Trainer:
                 raise ConfigError("config key 'data_path': not set (a RecordIO folder or an image folder)")
             from irface.data.datasets import open_train_dataset
 
-            self.dataset = open_train_dataset(cfg.data_path, cfg.image_size)
+            self.dataset = open_train_dataset(cfg.data_path, cfg.image_size, cfg.max_bad_images)
         source = cfg.data_path or "training data"
         found = getattr(self.dataset, "num_classes", None)
         if found is not None and found > cfg.num_classes:

@@ -67,16 +67,17 @@ def _is_recordio(path: Path) -> bool:
 
 def _recordio_sources(path: Path, size: int) -> list[FaceSource]:
     # The RecordIO reader belongs to irface.data; imported only when a .rec is given.
-    from irface.data.datasets import open_train_dataset
+    from irface.data.recordio import RecordIODataset
 
-    dataset = open_train_dataset(path, image_size=size)
-    rec = path if path.is_file() else path / "train.rec"
+    dataset = RecordIODataset(path, image_size=size)
+    rec = dataset.reader.rec_path
 
     def loader(i: int) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
-            image = dataset[i][0]
-            image = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
-            return np.ascontiguousarray(image.transpose(1, 2, 0))  # (3, H, W) -> (H, W, 3)
+            # Decoded here, not through dataset[i]: training skips an undecodable record and hands
+            # over the next one, which would put another face's embedding under this record's name.
+            key, data, _ = dataset.read(i)
+            return decode_image(data, size, f"{rec}: record {key}")
 
         return load
 
