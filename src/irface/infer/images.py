@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from irface.data.datasets import IMAGE_SUFFIXES
-from irface.data.verification import MAX_IMAGE_PIXELS, decode_image
+from irface.data.verification import decode_image, open_image
 from irface.errors import DataError
 from irface.export.calibration import list_image_files
 
@@ -38,16 +37,11 @@ def read_face(path: str | Path, size: int = 112) -> np.ndarray:
 def open_rgb(path: str | Path) -> np.ndarray:
     """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does)."""
     path = Path(path)
-    data = read_file(path)
+    img = open_image(read_file(path), str(path))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"{path}: image of {img.width}x{img.height} pixels is larger than allowed")
+            warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
             img = ImageOps.exif_transpose(img).convert("RGB")
-    except DataError:
-        raise
     except Exception as e:
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
     return np.asarray(img, dtype=np.uint8)
