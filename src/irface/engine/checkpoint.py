@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 
 from irface import dist
 from irface.errors import ModelFileError
-from irface.models.loading import CHECKPOINT_FORMAT, list_checkpoints
+from irface.models.loading import CHECKPOINT_FORMAT, list_checkpoints, refusal_reason
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as e:
+        raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
+                             "nothing in it was run") from None
     except Exception as e:
         raise ModelFileError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
