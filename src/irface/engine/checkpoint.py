@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from irface import dist
-from irface.errors import ModelFileError
+from irface.errors import ModelFileError, OutputError
 from irface.models.loading import CHECKPOINT_FORMAT, list_checkpoints, refusal_reason
 from irface.utils import atomic_write
 
@@ -55,8 +55,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     try:
         with atomic_write(path, "wb") as f:
             torch.save(payload, f)
-    except OSError as e:
-        raise ModelFileError(f"{path}: could not write the checkpoint ({e.strerror or e}); "
+    except (OSError, OutputError) as e:
+        reason = e.reason if isinstance(e, OutputError) else (e.strerror or e)
+        raise ModelFileError(f"{path}: could not write the checkpoint ({reason}); "
                              "earlier checkpoints are untouched") from None
 
 

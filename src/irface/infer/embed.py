@@ -18,7 +18,7 @@ import numpy as np
 from irface.errors import ConfigError, DataError
 from irface.infer.images import FaceSource, collect_faces
 from irface.infer.model_file import Embedder
-from irface.utils import atomic_write
+from irface.utils import atomic_write, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_output(path: str | Path) -> Path:
             raise ConfigError(f"{path}: writing parquet needs pyarrow (pip install pyarrow); or use .npy / .npz") from None
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; give a file name")
-    return path
+    return check_writable(path)
 
 
 def names_path(path: str | Path) -> Path:
