@@ -87,16 +87,19 @@ def is_torchscript_archive(path: str | Path) -> bool:
 
 
 def refusal_reason(error: BaseException) -> str:
-    """What `torch.load(weights_only=True)` refused, in one line, without its advice to load unsafely.
+    """What `torch.load(weights_only=True)` refused, in a few words, without its advice to load unsafely.
 
-    PyTorch's message opens with "re-running with weights_only=False will likely succeed": for a file
-    from the internet that is exactly the wrong advice, so only the line naming the refused object is kept.
+    PyTorch's message says that re-running with weights_only=False "will likely succeed": for a file
+    from the internet that is exactly the wrong advice, so only the name of the refused object is kept.
     """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation",
-                                                             "Please file an issue"))]
-    reason = useful[0] if useful else "it holds Python objects, not only tensors"
-    return reason.rstrip(".")
+    text = str(error)
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return f"it refers to the Python object {m.group(1).rstrip('.')}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if m:
+        return m.group(1).split(". ")[0].strip().rstrip(".")
+    return "it holds Python objects, not only tensors"
 
 
 def _torch_load(path: Path) -> Any:
