@@ -23,7 +23,7 @@ import torch
 
 from irface import dist
 from irface.errors import ModelFileError, OutputError
-from irface.models.loading import CHECKPOINT_FORMAT, list_checkpoints, refusal_reason
+from irface.models.loading import CHECKPOINT_FORMAT, is_torchscript_archive, list_checkpoints, refusal_reason
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Read an engine checkpoint (weights only) and check its digest; `ModelFileError` if it is not whole."""
     path = Path(path)
+    if is_torchscript_archive(path):  # torch.load would hand it to torch.jit.load
+        raise ModelFileError(f"{path}: a TorchScript model, not a training checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
