@@ -79,11 +79,12 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[s
     if suffix == ".npy":
         if bad:
             raise DataError(f"{bad[0]!r}: a file name with a line break cannot go in {names_path(path)}; use .npz")
-        # The list first: a reader that finds the .npy finds its names beside it.
-        with atomic_write(names_path(path), "w") as f:
-            f.writelines(f"{n}\n" for n in names)
-        with atomic_write(path, "wb") as f:
-            np.save(f, embeddings.astype(np.float32))
+        # Both are written before either is renamed: a full disk leaves neither, never a new list beside
+        # an old array (the array is renamed first, the list right after it).
+        with atomic_write(names_path(path), "w") as fn:
+            fn.writelines(f"{n}\n" for n in names)
+            with atomic_write(path, "wb") as fa:
+                np.save(fa, embeddings.astype(np.float32))
         return [path, names_path(path)]
     if suffix == ".npz":
         with atomic_write(path, "wb") as f:
