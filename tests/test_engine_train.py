@@ -49,6 +49,7 @@ def test_a_few_steps_lower_the_loss_and_log_the_seeds_lines(finished_run):
     assert len(periodic) == 8 and all(k in periodic[0] for k in ("loss", "avg", "lr", "images/s", "eta"))
 
 
+@pytest.mark.faults
 def test_checkpoint_contents_load_with_weights_only(finished_run):
     out, result = finished_run
     names = sorted(p.name for p in out.glob("checkpoint-*.pt"))

@@ -80,7 +80,7 @@ def _cut(path, keep: float) -> None:
      "train.idx: "),
     (lambda d: _cut(d / "train.idx", 0.5), "train.idx: "),
     (lambda d: (d / "train.idx").unlink(), "has no train.idx beside it"),
-])
+], ids=["rec-cut", "idx-lost-lines", "idx-cut-mid-line", "idx-missing"])
 def test_truncated_rec_or_idx_is_refused_before_any_step(tmp_path, capsys, layout, damage, message):
     data = tiny_recordio(tmp_path / "rec", layout=layout)
     damage(data)
