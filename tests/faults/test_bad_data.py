@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fault_support import (
-    SIZE, assert_one_line, checkpoints, png, run_cli, tiny_bin, tiny_images, tiny_model_file, tiny_recordio,
+    SIZE, assert_one_line, checkpoints, png, run_cli, tiny_images, tiny_model_file, tiny_recordio,
     train_args, write_image_folder,
 )
 
