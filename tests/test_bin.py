@@ -37,6 +37,7 @@ def test_numpy_bool_labels_and_numpy_byte_arrays(tmp_path):
     assert images.shape == (2, 112, 112, 3) and issame.tolist() == [True]
 
 
+@pytest.mark.faults
 def test_other_sizes_are_resized_short_side_and_centre_cropped(tmp_path):
     save_bin(tmp_path / "a.bin", [jpeg((9, 9, 9), 224), jpeg((9, 9, 9), 96)], [True])
     images, _ = load_bin(tmp_path / "a.bin")
@@ -50,6 +51,7 @@ def test_save_bin_round_trip(tmp_path):
     assert len(bins) == 4 and issame.tolist() == [True, False]
 
 
+@pytest.mark.faults
 def test_crafted_pickle_runs_nothing(tmp_path):
     marker = tmp_path / "marker"
 
@@ -66,6 +68,7 @@ def test_crafted_pickle_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("obj,message", [
     (([b"a", b"b", b"c"], [True]), "odd number of images"),
     (([b"a", b"b", b"c", b"d"], [True]), "4 images but 1 pairs"),
@@ -78,6 +81,7 @@ def test_malformed_bins_are_refused(tmp_path, obj, message):
         read_bin(path)
 
 
+@pytest.mark.faults
 def test_garbage_and_missing(tmp_path):
     (tmp_path / "g.bin").write_bytes(b"\x00\x01garbage")
     with pytest.raises(DataError, match="g.bin"):
@@ -86,6 +90,7 @@ def test_garbage_and_missing(tmp_path):
         read_bin(tmp_path / "none.bin")
 
 
+@pytest.mark.faults
 def test_undecodable_image_names_the_file_and_index(tmp_path):
     save_bin(tmp_path / "u.bin", [jpeg((1, 1, 1)), b"not an image"], [True])
     with pytest.raises(DataError, match=r"u\.bin image 1: cannot decode"):

@@ -25,6 +25,7 @@ def test_int_is_accepted_for_float():
     assert load_config(None, ["lr=1"]).lr == 1.0
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("override,message", [
     ("learning_rate=0.1", "unknown config key 'learning_rate'"),
     ("bach_size=3", "did you mean 'batch_size'"),
@@ -44,6 +45,7 @@ def test_bad_overrides_are_one_line(override, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.faults
 def test_unknown_key_in_file_names_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\n")
@@ -51,6 +53,7 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
         load_config(path)
 
 
+@pytest.mark.faults
 def test_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")

@@ -60,7 +60,7 @@ def test_pack_reencode_and_plain_layout(tmp_path):
 def test_pack_bad_image_stops_or_is_skipped(tmp_path):
     src = make_folder(tmp_path / "f")
     (src / "person_1" / "9.jpg").write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"person_1/9\.jpg: not a readable image"):
+    with pytest.raises(DataError, match=r"person_1/9\.jpg: cannot decode image"):
         pack_image_folder(src, tmp_path / "rec")
     assert not (tmp_path / "rec" / "train.rec").exists()  # nothing half written
     r = pack_image_folder(src, tmp_path / "rec", skip_bad=True)

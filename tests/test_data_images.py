@@ -21,6 +21,7 @@ def encoded(img: Image.Image, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.faults
 def test_grey_rgba_palette_cmyk_become_rgb():
     grey = decode_image(encoded(Image.new("L", (112, 112), 90)))
     assert grey.shape == (112, 112, 3) and (grey == 90).all()
@@ -32,12 +33,14 @@ def test_grey_rgba_palette_cmyk_become_rgb():
     assert cmyk[5, 5, 0] > 200 and cmyk[5, 5, 1] < 60  # cyan-free, magenta+yellow: red
 
 
+@pytest.mark.faults
 def test_16_bit_grey_png_is_scaled_not_clipped():
     a = np.full((112, 112), 32768, dtype=np.uint16)  # mid grey in 16 bits
     img = decode_image(encoded(Image.fromarray(a)))
     assert img.shape == (112, 112, 3) and abs(int(img[0, 0, 0]) - 128) <= 1
 
 
+@pytest.mark.faults
 def test_other_sizes_resize_short_side_and_centre_crop():
     arr = np.zeros((100, 200, 3), np.uint8)
     arr[:, :40] = 255  # a white band on the left that the centre crop removes
@@ -53,12 +56,14 @@ def png_declaring(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("side", [9000, 40000])  # under and over Pillow's own bomb limit
 def test_image_bomb_is_refused_before_decoding(side):
     with pytest.raises(DataError, match=r"bomb\.png: image .*larger than allowed"):
         decode_image(png_declaring(side, side), source="bomb.png")
 
 
+@pytest.mark.faults
 def test_undecodable_bytes_name_the_source():
     with pytest.raises(DataError, match=r"x\.jpg: cannot decode image"):
         decode_image(b"\xff\xd8\xff\xe0 not really a jpeg", source="x.jpg")

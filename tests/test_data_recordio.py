@@ -111,12 +111,14 @@ def test_plain_layout_scalar_labels_with_property(tmp_path):
     assert ds.num_classes == 5 and [ds[i][1] for i in range(3)] == [0, 1, 0]
 
 
+@pytest.mark.faults
 def test_idx_lines_out_of_order_still_read_by_key(tmp_path):
     folder = ms1mv2_like(tmp_path / "s", idx_order=[3, 0, 9, 8, 1, 2, 5, 4, 7, 6])
     ds = RecordIODataset(folder, image_size=16)
     assert [ds[i][1] for i in range(6)] == [0, 0, 1, 1, 1, 2]
 
 
+@pytest.mark.faults
 def test_offsets_out_of_key_order_still_read(tmp_path):
     # Keys written in file order 3, 1, 2, 0: offsets do not grow with the key, each still points at its record.
     records = [(k, irheader(0, float(k), k) + jpeg(COLORS[k])) for k in (3, 1, 2, 0)]
@@ -183,6 +185,7 @@ def test_payload_holding_the_magic_word_is_split_like_dmlc(tmp_path):
     assert list(r) == [payload, tail, b"after"]
 
 
+@pytest.mark.faults
 def test_writer_leaves_nothing_on_error(tmp_path):
     with pytest.raises(RuntimeError):
         with RecordIOWriter(tmp_path / "x.rec", tmp_path / "x.idx") as w:
@@ -193,6 +196,7 @@ def test_writer_leaves_nothing_on_error(tmp_path):
 
 # --- bad input ----------------------------------------------------------------------------------
 
+@pytest.mark.faults
 def test_truncated_rec_is_refused_at_open(tmp_path):
     folder = ms1mv2_like(tmp_path / "t")
     rec = folder / "train.rec"
@@ -201,6 +205,7 @@ def test_truncated_rec_is_refused_at_open(tmp_path):
         RecordIODataset(folder)
 
 
+@pytest.mark.faults
 def test_idx_past_the_end_is_refused(tmp_path):
     folder = ms1mv2_like(tmp_path / "t")
     (folder / "train.idx").write_text((folder / "train.idx").read_text() + "10\t999996\n")
@@ -208,6 +213,7 @@ def test_idx_past_the_end_is_refused(tmp_path):
         RecordIODataset(folder)
 
 
+@pytest.mark.faults
 def test_bad_idx_lines_and_duplicates(tmp_path):
     (tmp_path / "a.idx").write_text("0\t0\nzero\t8\n")
     with pytest.raises(DataError, match=r"a\.idx: line 2"):
@@ -220,6 +226,7 @@ def test_bad_idx_lines_and_duplicates(tmp_path):
         read_idx(tmp_path / "c.idx")
 
 
+@pytest.mark.faults
 def test_bad_magic_names_the_record(tmp_path):
     folder = ms1mv2_like(tmp_path / "b")
     keys, offsets = read_idx(folder / "train.idx")
@@ -232,6 +239,7 @@ def test_bad_magic_names_the_record(tmp_path):
         ds[3]
 
 
+@pytest.mark.faults
 def test_labels_beyond_property_are_refused(tmp_path):
     ds = RecordIODataset(plain(tmp_path / "l", labels=(0, 1, 7), prop="3,16,16", array_labels=False))
     ds[1]
@@ -239,11 +247,13 @@ def test_labels_beyond_property_are_refused(tmp_path):
         ds[2]
 
 
+@pytest.mark.faults
 def test_property_disagreeing_with_identity_records(tmp_path):
     with pytest.raises(DataError, match="3 identity records but property says 2 classes"):
         RecordIODataset(ms1mv2_like(tmp_path / "p", prop="2,112,112"))
 
 
+@pytest.mark.faults
 def test_header_promising_missing_records(tmp_path):
     folder = ms1mv2_like(tmp_path / "m")
     lines = (folder / "train.idx").read_text().splitlines(keepends=True)
@@ -252,6 +262,7 @@ def test_header_promising_missing_records(tmp_path):
         RecordIODataset(folder)
 
 
+@pytest.mark.faults
 def test_missing_files_and_bad_property(tmp_path):
     with pytest.raises(DataError, match="no train.rec"):
         RecordIODataset(tmp_path)
@@ -272,6 +283,7 @@ def corrupt_image(folder, key):
     (folder / "train.rec").write_bytes(bytes(data))
 
 
+@pytest.mark.faults
 def test_undecodable_image_is_skipped_counted_and_limited(tmp_path, caplog):
     folder = ms1mv2_like(tmp_path / "c")
     corrupt_image(folder, 2)
@@ -286,6 +298,7 @@ def test_undecodable_image_is_skipped_counted_and_limited(tmp_path, caplog):
         strict[1]
 
 
+@pytest.mark.faults
 def test_worker_error_reaches_the_user_as_one_line(tmp_path):
     from irface.data.loader import build_train_loader
 

@@ -70,6 +70,7 @@ def test_distribute_script_two_gloo_ranks_survive_a_killed_worker_and_match_one_
     assert again.step == 26 and load_checkpoint(again.checkpoint)["world_size"] == 1
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("script,args,message", [
     ("run_standalone_train.sh", [], "Usage"),
     ("run_distribute_train.sh", ["/nonexistent"], "Usage"),

@@ -49,6 +49,7 @@ def test_a_few_steps_lower_the_loss_and_log_the_seeds_lines(finished_run):
     assert len(periodic) == 8 and all(k in periodic[0] for k in ("loss", "avg", "lr", "images/s", "eta"))
 
 
+@pytest.mark.faults
 def test_checkpoint_contents_load_with_weights_only(finished_run):
     out, result = finished_run
     names = sorted(p.name for p in out.glob("checkpoint-*.pt"))
@@ -228,6 +229,14 @@ def test_cli_train_with_json(tmp_path, capsys):
 
 
 # --- verification during training (the eval package's API, faked) ------------------------------------
+def _write_bin(path):
+    """A real (tiny) verification set: the trainer reads every set once at set-up."""
+    from engine_support import tiny_images
+    from irface.data.verification import save_bin
+
+    save_bin(path, tiny_images()[0][:20], [i % 2 == 0 for i in range(10)])
+
+
 def _fake_eval(monkeypatch, accuracies):
     import irface.eval
 
@@ -254,7 +263,7 @@ def test_verification_runs_every_n_steps_and_keeps_the_best(tmp_path, monkeypatc
     calls = _fake_eval(monkeypatch, [0.5, 0.8, 0.6, 0.7])
     data = tmp_path / "data"
     data.mkdir()
-    (data / "lfw.bin").write_bytes(b"")  # found beside the data; cfp_fp and agedb_30 are not there
+    _write_bin(data / "lfw.bin")  # found beside the data; cfp_fp and agedb_30 are not there
     result = train(cfg_for(tmp_path / "out", data, eval_every=4, max_steps=12, best_target="lfw",
                            val_targets="[lfw,cfp_fp,agedb_30]"), tiny_dataset())
     # Steps 4, 6 (epoch end), 8, 12 (epoch end and run end): once each.
@@ -274,7 +283,7 @@ def test_verification_is_skipped_without_bin_files_or_eval_package(tmp_path, mon
     monkeypatch.delattr(irface.eval, "run_verification", raising=False)
     data = tmp_path / "data"
     data.mkdir()
-    (data / "lfw.bin").write_bytes(b"")
+    _write_bin(data / "lfw.bin")
     result = train(cfg_for(tmp_path / "out", data, max_steps=6), tiny_dataset())
     assert result.val == {} and "verification skipped" in (tmp_path / "out" / "train.log").read_text()
 
@@ -283,8 +292,8 @@ def test_verification_is_skipped_without_bin_files_or_eval_package(tmp_path, mon
 def test_a_bad_image_in_a_loader_worker_is_one_line(tmp_path):
     data = write_image_folder(tmp_path / "data")
     (data / "id03" / "002.png").write_bytes(b"not a png")
-    with pytest.raises(UserError) as e:
-        train(cfg_for(tmp_path / "out", data, num_workers=1, persistent_workers="false"))
+    with pytest.raises(UserError) as e:  # max_bad_images=0: the first undecodable image stops the run
+        train(cfg_for(tmp_path / "out", data, num_workers=1, persistent_workers="false", max_bad_images=0))
     assert "id03/002.png" in str(e.value) and "cannot decode image" in str(e.value)
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
 

@@ -161,6 +161,7 @@ def test_cli_export_refuses_bad_requests_in_one_line(tmp_path, capsys, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.pth"]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("content, message", [(None, "no such file"), (b"hello, not weights", "not a PyTorch weights")])
 def test_cli_export_bad_model_file(tmp_path, capsys, content, message):
     src = tmp_path / "model.pth"

@@ -1,12 +1,9 @@
 """`irface embed`: files, folders (recursive, sorted), RecordIO; L2-normalised output with its file list."""
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
-import torch
 
 from infer_export_util import faces, save_state_dict, torch_embed, write_images
 from irface.cli import main
@@ -67,26 +64,14 @@ def test_images_of_another_size_are_resized_like_bin_images(tmp_path, model_file
     np.testing.assert_allclose(np.load(out), _normed(torch_embed(model, expected[None])), atol=1e-5)
 
 
-def test_recordio_folder(tmp_path, model_file, monkeypatch):
-    # irface.data.recordio is written elsewhere; a stand-in with its dataset protocol tests the wiring.
+def test_recordio_folder(tmp_path, model_file):
+    from irface.data.recordio import write_recordio_dataset
+    from irface.data.verification import encode_image
+
     path, model = model_file
     imgs = faces(3)
-
-    class RecordIODataset:
-        def __init__(self, root, image_size=112):
-            assert image_size == 16
-            self.root = root
-
-        def __len__(self):
-            return len(imgs)
-
-        def __getitem__(self, i):
-            return torch.from_numpy(imgs[i].transpose(2, 0, 1).copy()), i
-
-    monkeypatch.setitem(sys.modules, "irface.data.recordio", types.SimpleNamespace(RecordIODataset=RecordIODataset))
     rec = tmp_path / "ms1m"
-    rec.mkdir()
-    (rec / "train.rec").write_bytes(b"")
+    write_recordio_dataset(rec, [(i, encode_image(img, "PNG")) for i, img in enumerate(imgs)], 3, (16, 16))
     out = tmp_path / "e.npz"
     assert main(["embed", str(path), str(rec), "--output", str(out), "--no-progress"]) == 0
     emb, names = read_embeddings(out)

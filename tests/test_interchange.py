@@ -67,6 +67,7 @@ def test_ddp_prefix_and_wrapped_state_dict(tmp_path, tiny_backbone):
     assert model.arch["widths"] == [8, 16]
 
 
+@pytest.mark.faults
 def test_pickled_code_in_a_weights_file_does_not_run(tmp_path):
     from irface.errors import ModelFileError
 
@@ -83,6 +84,7 @@ def test_pickled_code_in_a_weights_file_does_not_run(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.faults
 def test_a_text_file_is_not_called_a_hostile_pickle(tmp_path):
     from irface.errors import ModelFileError
 

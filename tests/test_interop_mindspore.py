@@ -236,6 +236,7 @@ def one_line(excinfo) -> str:
     return message
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("content, why", [
     (b"", "empty file"),
     (b"hello, this is a text file\n", "not a MindSpore checkpoint"),
@@ -251,6 +252,7 @@ def test_not_a_checkpoint(tmp_path, content, why):
     assert why in one_line(e) and str(path) in str(e.value)
 
 
+@pytest.mark.faults
 def test_truncated_checkpoint(tmp_path):
     data = CKPT.read_bytes()
     for cut in (len(data) // 2, len(data) - 1, 7):
@@ -260,6 +262,7 @@ def test_truncated_checkpoint(tmp_path):
         assert "not a MindSpore checkpoint" in one_line(e)
 
 
+@pytest.mark.faults
 def test_absurd_declared_sizes_allocate_nothing(tmp_path):
     import tracemalloc
 
@@ -281,6 +284,7 @@ def test_absurd_declared_sizes_allocate_nothing(tmp_path):
     assert peak < 5_000_000
 
 
+@pytest.mark.faults
 def test_negative_dimension_and_bad_names(tmp_path):
     (tmp_path / "n.ckpt").write_bytes(ms_value("x", [-1], "Float32", b"\0" * 4))
     with pytest.raises(ModelFileError, match="negative dimension"):

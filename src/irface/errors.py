@@ -19,3 +19,14 @@ class DataError(UserError):
 
 class ModelFileError(UserError):
     """A model or checkpoint file that cannot be loaded, or does not match what was asked."""
+
+
+class OutputError(UserError):
+    """An output that cannot be written (a file where a folder is needed, no permission, a full disk).
+
+    `reason` is the system's short reason ("No space left on device"), for callers that reword it.
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason

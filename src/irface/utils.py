@@ -1,34 +1,73 @@
-"""Small helpers shared by several modules (atomic writes)."""
+"""Small helpers shared by several modules (atomic writes, output checks)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+from irface.errors import OutputError
+
+
+# A full or failing disk: the body's own writes may raise these, and they are the storage's fault.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path` and rename it over `path` only if the block succeeds.
 
-    A crash or an exception leaves either the old file or nothing, never half a file.
+    A crash or an exception leaves either the old file or nothing, never half a file. A folder that
+    cannot be created or written, or a full disk, raises `OutputError` (one line naming `path`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write here ({_reason(e)})", _reason(e)) from None
     # mkstemp makes the file 0600; give it the permissions an ordinary open() would (0666 - umask).
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
+    body_done = False
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+            body_done = True
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and (body_done or e.errno in _STORAGE_ERRNOS):
+            raise OutputError(f"{path}: could not write ({_reason(e)}); nothing was written there",
+                              _reason(e)) from None
         raise
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output file that cannot be written: `OutputError` naming it and why.
+
+    Missing folders are fine (`atomic_write` creates them); a folder given as the file, a file in the
+    way of a folder, or a folder without write permission is not.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: cannot write here ({parent} is a file, not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write here ({parent} is not writable)")
+    return path

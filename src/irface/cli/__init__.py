@@ -47,6 +47,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as e:
         print(f"irface {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The system refused a file operation (a full disk, a permission, a file where a folder should
+        # be): one line, as for bad input; -v adds the traceback.
+        logging.getLogger(__name__).debug("traceback", exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"irface {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"irface {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -43,9 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from irface.eval import format_seed_lines, format_table, run_verification
     from irface.eval.result import report, write_report
     from irface.infer import load_model
+    from irface.utils import check_writable
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    for target in (args.json if args.json != "-" else None, args.plot):
+        if target:
+            check_writable(target)  # before minutes of work, not after
     if args.plot:
         from irface.eval.plot import require_matplotlib
 

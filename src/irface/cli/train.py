@@ -38,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from irface import dist
     from irface.config import load_config
     from irface.engine import NonFiniteLossError, train
-    from irface.utils import atomic_write
+    from irface.utils import atomic_write, check_writable
 
     cfg = load_config(args.config, [*args.set, *args.overrides])
+    if args.json and args.json != "-":
+        check_writable(args.json)  # before hours of training, not after
     try:
         result = train(cfg)
     except NonFiniteLossError as e:

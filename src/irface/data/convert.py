@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-from PIL import Image
 
 from irface.data.datasets import ImageFolderDataset
 from irface.data.pairs import plan_pairs
 from irface.data.progress import progress_bar
 from irface.data.recordio import RecordIODataset, RecordIOReader, write_recordio_dataset
-from irface.data.verification import MAX_IMAGE_PIXELS, decode_image, encode_image, save_bin
+from irface.data.verification import decode_image, encode_image, open_image, save_bin
 from irface.errors import DataError
 from irface.utils import atomic_write
 
@@ -26,13 +24,8 @@ _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 
 def image_header(data: bytes, source: str) -> tuple[str, int, int]:
     """(format, width, height) read from the image header only; `DataError` if it is not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt, (w, h) = img.format, img.size
-    except Exception as e:
-        raise DataError(f"{source}: not a readable image ({type(e).__name__}: {e})") from None
-    if w * h > MAX_IMAGE_PIXELS:
-        raise DataError(f"{source}: image of {w}x{h} pixels is larger than allowed ({MAX_IMAGE_PIXELS})")
+    with open_image(data, source) as img:
+        fmt, (w, h) = img.format, img.size
     return fmt, w, h
 
 

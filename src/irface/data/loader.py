@@ -108,8 +108,15 @@ class TrainLoader(DataLoader):
                 batch = next(it)
             except StopIteration:
                 return
-            except UserError as e:
-                raise type(e)(_worker_message(e)) from None
+            except BaseException as e:
+                # Stop the workers now: left to the garbage collector (the traceback keeps the iterator
+                # in a reference cycle), the shutdown waits out the workers' 5-second status timeout.
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+                if isinstance(e, UserError):
+                    raise type(e)(_worker_message(e)) from None
+                raise
             yield batch
 
 

@@ -518,6 +518,22 @@ class RecordIOLayout:
             self.num_classes = int(self.scan_labels().max()) + 1
         # Catch a truncated .rec now rather than at the last batch of an epoch.
         reader.read_idx(int(keys[-1]))
+        self._check_index_reaches_the_end()
+
+    def _check_index_reaches_the_end(self) -> None:
+        """The record at the highest offset must end where the .rec ends (writers pad the last one too).
+
+        An .idx that lost its last lines still parses, and in the plain layout nothing else would
+        notice: training would quietly see only the records before the cut.
+        """
+        reader = self.reader
+        last = int(np.argmax(reader.offsets))
+        key = int(reader.keys[last])
+        _, end = reader.read_at(int(reader.offsets[last]), f"record {key}")
+        if end < reader.size:
+            raise DataError(f"{reader.idx_path}: the index stops at byte {end} of the {reader.size}-byte "
+                            f"{reader.rec_path.name}; the records after it are missing (a truncated .idx?) - "
+                            "rebuild it with `irface data reindex FOLDER`")
 
     def _header_record(self, key: int) -> Optional[tuple[int, int]]:
         """(first identity record, end) if record `key` is an insightface header record, else None."""

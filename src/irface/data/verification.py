@@ -11,6 +11,7 @@ import _codecs
 import importlib
 import io
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import IO, Sequence
@@ -126,6 +127,36 @@ def _too_big(width: int, height: int, source: str) -> DataError:
                      f"({MAX_IMAGE_PIXELS} pixels; an image bomb?)")
 
 
+def _cannot_decode(e: Exception, source: str) -> DataError:
+    if isinstance(e, Image.UnidentifiedImageError):  # its text names a BytesIO object's address
+        return DataError(f"{source}: cannot decode image (not an image format Pillow reads)")
+    return DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})")
+
+
+def open_image(data: bytes, source: str = "image") -> Image.Image:
+    """Open encoded image bytes reading the header only; refuses images over `MAX_IMAGE_PIXELS` pixels.
+
+    The one place where untrusted image bytes are opened: nothing is decoded yet, Pillow's own
+    decompression-bomb warning never reaches the user's terminal, and every refusal is one
+    `DataError` line naming `source`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow checks before we can: its message holds the pixel count, not the sides.
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(m.group(1))} pixels" if m else "too many pixels"
+        raise DataError(f"{source}: image of {pixels} is larger than allowed ({MAX_IMAGE_PIXELS} pixels; "
+                        "an image bomb?)") from None
+    except Exception as e:
+        raise _cannot_decode(e, source) from None
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise _too_big(img.width, img.height, source)
+    return img
+
+
 def _decode_jpeg_fast(data: bytes, source: str):
     """RGB array through simplejpeg (libjpeg-turbo, about twice Pillow's speed), or None to use Pillow."""
     sj = _fast_jpeg()
@@ -180,20 +211,15 @@ def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> 
     """
     arr = _decode_jpeg_fast(data, source)
     if arr is None:
+        img = open_image(data, source)
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))  # reads the header only
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise _too_big(img.width, img.height, source)
-            img.load()
-            arr = _to_rgb(img)
-        except DataError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise DataError(f"{source}: image is larger than allowed (an image bomb?)") from None
+                # Pillow's notices (e.g. palette transparency on conversion) would break the one-line rule.
+                warnings.simplefilter("ignore")
+                img.load()
+                arr = _to_rgb(img)
         except Exception as e:
-            raise DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})") from None
+            raise _cannot_decode(e, source) from None
     if arr.shape[0] != size or arr.shape[1] != size:
         arr = _resize_center(arr, size)
     return arr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 
 from irface import dist
-from irface.errors import ModelFileError
-from irface.models.loading import CHECKPOINT_FORMAT, list_checkpoints
+from irface.errors import ModelFileError, OutputError
+from irface.models.loading import CHECKPOINT_FORMAT, is_torchscript_archive, list_checkpoints, refusal_reason
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -54,18 +55,24 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     try:
         with atomic_write(path, "wb") as f:
             torch.save(payload, f)
-    except OSError as e:
-        raise ModelFileError(f"{path}: could not write the checkpoint ({e.strerror or e}); "
+    except (OSError, OutputError) as e:
+        reason = e.reason if isinstance(e, OutputError) else (e.strerror or e)
+        raise ModelFileError(f"{path}: could not write the checkpoint ({reason}); "
                              "earlier checkpoints are untouched") from None
 
 
 def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Read an engine checkpoint (weights only) and check its digest; `ModelFileError` if it is not whole."""
     path = Path(path)
+    if is_torchscript_archive(path):  # torch.load would hand it to torch.jit.load
+        raise ModelFileError(f"{path}: a TorchScript model, not a training checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as e:
+        raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
+                             "nothing in it was run") from None
     except Exception as e:
         raise ModelFileError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

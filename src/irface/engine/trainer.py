@@ -170,7 +170,8 @@ class Trainer:
         self._last_saved_step = -1
         self._resume()
         self._wrap_model()
-        targets = validation.find_targets(cfg.val_targets, cfg.data_path) if self.is_main else {}
+        targets = self._on_rank0(lambda: validation.check_targets(
+            validation.find_targets(cfg.val_targets, cfg.data_path), cfg.image_size)) or {}
         self.val_targets = targets
         self.has_val = bool(dist.all_gather_object(bool(targets))[0])
         if self.is_main:
@@ -526,6 +527,11 @@ class Trainer:
                                          self.cfg.batch_size, self.cfg.channels_last)
             except ImportError as e:
                 log.warning("verification skipped: the evaluation package is not available (%s)", e)
+                return False
+            except UserError as e:
+                # The sets were read at set-up; a set that fails now (a file replaced or damaged since)
+                # costs this report, not the run.
+                self.logger.info(f"verification at step {self.step} skipped: {e}")
                 return False
             for line in validation.seed_lines(results):
                 self.logger.info(line)

@@ -19,6 +19,7 @@ from torch import nn
 
 from irface.data.transforms import normalize, to_nchw_tensor
 from irface.engine.precision import autocast
+from irface.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,22 @@ def find_targets(val_targets: list[str], data_path: str) -> dict[str, Path]:
         if path.is_file():
             found[path.stem] = path
     return found
+
+
+def check_targets(targets: dict[str, Path], image_size: int) -> dict[str, Path]:
+    """Read every `.bin` once at set-up: a hostile pickle, a malformed set or images of the wrong size stop
+    the run with one line before any training, not at the end of the first epoch. Returns `targets`."""
+    from irface.data.verification import open_image, read_bin
+
+    for path in targets.values():
+        bins, _ = read_bin(path)  # allow-list unpickling: a .bin cannot run code
+        if not bins:
+            raise DataError(f"{path}: the verification set holds no pairs")
+        with open_image(bins[0], f"{path} image 0") as img:
+            if img.size != (image_size, image_size):
+                raise DataError(f"{path}: images are {img.width}x{img.height}, but the network takes "
+                                f"{image_size}x{image_size} (image_size); verification would refuse them")
+    return targets
 
 
 def make_embed_fn(backbone: nn.Module, device: torch.device, precision: str,

@@ -9,7 +9,6 @@ standard sets; this keeps tens of MB).
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from irface.data.verification import decode_images, read_bin
+from irface.data.verification import decode_images, open_image, read_bin
 from irface.errors import DataError, ModelFileError
 from irface.eval.protocol import (
     FARS,
@@ -91,13 +90,8 @@ def _model_name(embed_fn: EmbedFn) -> str:
 
 
 def _image_size(data: bytes, source: str) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except Exception as e:
-        raise DataError(f"{source} image 0: cannot decode image ({type(e).__name__}: {e})") from None
+    with open_image(data, f"{source} image 0") as img:  # the header only; bombs are refused here
+        return img.size
 
 
 def _run_embed(embed_fn: EmbedFn, images: np.ndarray, path: Path, expected_dim: Optional[int]) -> np.ndarray:

@@ -33,6 +33,7 @@ from irface.export.onnx_export import (
 )
 from irface.export.quantize import normalised_batch, quantize_int8
 from irface.models.loading import load_backbone
+from irface.utils import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
         raise ConfigError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
     if output.exists() and output.is_dir():
         raise ConfigError(f"{output}: is a folder; give a file name")
+    check_writable(output)
 
     model, info = load_backbone(model_path, network)
     model.eval()

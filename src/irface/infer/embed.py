@@ -18,7 +18,7 @@ import numpy as np
 from irface.errors import ConfigError, DataError
 from irface.infer.images import FaceSource, collect_faces
 from irface.infer.model_file import Embedder
-from irface.utils import atomic_write
+from irface.utils import atomic_write, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_output(path: str | Path) -> Path:
             raise ConfigError(f"{path}: writing parquet needs pyarrow (pip install pyarrow); or use .npy / .npz") from None
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; give a file name")
-    return path
+    return check_writable(path)
 
 
 def names_path(path: str | Path) -> Path:
@@ -79,11 +79,12 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[s
     if suffix == ".npy":
         if bad:
             raise DataError(f"{bad[0]!r}: a file name with a line break cannot go in {names_path(path)}; use .npz")
-        # The list first: a reader that finds the .npy finds its names beside it.
-        with atomic_write(names_path(path), "w") as f:
-            f.writelines(f"{n}\n" for n in names)
-        with atomic_write(path, "wb") as f:
-            np.save(f, embeddings.astype(np.float32))
+        # Both are written before either is renamed: a full disk leaves neither, never a new list beside
+        # an old array (the array is renamed first, the list right after it).
+        with atomic_write(names_path(path), "w") as fn:
+            fn.writelines(f"{n}\n" for n in names)
+            with atomic_write(path, "wb") as fa:
+                np.save(fa, embeddings.astype(np.float32))
         return [path, names_path(path)]
     if suffix == ".npz":
         with atomic_write(path, "wb") as f:

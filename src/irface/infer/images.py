@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from irface.data.datasets import IMAGE_SUFFIXES
-from irface.data.verification import MAX_IMAGE_PIXELS, decode_image
+from irface.data.verification import decode_image, open_image
 from irface.errors import DataError
 from irface.export.calibration import list_image_files
 
@@ -38,16 +37,11 @@ def read_face(path: str | Path, size: int = 112) -> np.ndarray:
 def open_rgb(path: str | Path) -> np.ndarray:
     """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does)."""
     path = Path(path)
-    data = read_file(path)
+    img = open_image(read_file(path), str(path))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"{path}: image of {img.width}x{img.height} pixels is larger than allowed")
+            warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
             img = ImageOps.exif_transpose(img).convert("RGB")
-    except DataError:
-        raise
     except Exception as e:
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
     return np.asarray(img, dtype=np.uint8)
@@ -67,16 +61,17 @@ def _is_recordio(path: Path) -> bool:
 
 def _recordio_sources(path: Path, size: int) -> list[FaceSource]:
     # The RecordIO reader belongs to irface.data; imported only when a .rec is given.
-    from irface.data.datasets import open_train_dataset
+    from irface.data.recordio import RecordIODataset
 
-    dataset = open_train_dataset(path, image_size=size)
-    rec = path if path.is_file() else path / "train.rec"
+    dataset = RecordIODataset(path, image_size=size)
+    rec = dataset.reader.rec_path
 
     def loader(i: int) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
-            image = dataset[i][0]
-            image = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
-            return np.ascontiguousarray(image.transpose(1, 2, 0))  # (3, H, W) -> (H, W, 3)
+            # Decoded here, not through dataset[i]: training skips an undecodable record and hands
+            # over the next one, which would put another face's embedding under this record's name.
+            key, data, _ = dataset.read(i)
+            return decode_image(data, size, f"{rec}: record {key}")
 
         return load
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +23,7 @@ from irface.data.transforms import normalize, to_nchw_tensor
 from irface.errors import ModelFileError
 from irface.export.fold import fold_batchnorm
 from irface.export.metadata import THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, threshold_from
-from irface.models.loading import load_backbone
+from irface.models.loading import is_torchscript_archive, load_backbone
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -124,13 +123,6 @@ class OnnxEmbedder(Embedder):
         return self._run(x).astype(np.float32)
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or n.endswith("code/__torch__.py") or "/code/" in n for n in z.namelist())
-
-
 def _torchscript_meta(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
@@ -172,7 +164,7 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
     if path.suffix.lower() == ".onnx":
         return OnnxEmbedder(path, device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if path.is_file() and _is_torchscript(path):
+    if path.is_file() and is_torchscript_archive(path):
         model, meta = _torchscript_meta(path, device)
         size = int(meta.get("input_size", 112))
         with torch.inference_mode():

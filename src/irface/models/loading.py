@@ -76,13 +76,43 @@ def _looks_like_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
+def is_torchscript_archive(path: str | Path) -> bool:
+    """A TorchScript archive (code and constants beside the tensors), as torch.jit.save writes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or n.endswith("code/__torch__.py") or "/code/" in n
+                       for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def refusal_reason(error: BaseException) -> str:
+    """What `torch.load(weights_only=True)` refused, in a few words, without its advice to load unsafely.
+
+    PyTorch's message says that re-running with weights_only=False "will likely succeed": for a file
+    from the internet that is exactly the wrong advice, so only the name of the refused object is kept.
+    """
+    text = str(error)
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return f"it refers to the Python object {m.group(1).rstrip('.')}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if m:
+        return m.group(1).split(". ")[0].strip().rstrip(".")
+    return "it holds Python objects, not only tensors"
+
+
 def _torch_load(path: Path) -> Any:
     if not _looks_like_torch_file(path):
         raise ModelFileError(f"{path}: not a PyTorch weights file (neither a torch.save archive nor a pickle)")
+    if is_torchscript_archive(path):
+        raise ModelFileError(f"{path}: a TorchScript model, not a weights file; use a checkpoint, a .pth state dict "
+                             "or .safetensors here (embed, verify and eval run TorchScript files)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({str(e).splitlines()[0]})") from None
+        raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
+                             "nothing in it was run") from None
     except Exception as e:
         raise ModelFileError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
