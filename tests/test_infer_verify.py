@@ -35,10 +35,13 @@ def test_different_images_and_the_threshold_sources(tmp_path, pair, capsys):
     result = verify_pair(load_model(tmp_path / "ckpt.pt"), a, b)
     assert result["similarity"] == pytest.approx(expected, abs=1e-5) and result["similarity"] < 0.999
     assert (result["threshold"], result["threshold_source"]) == (0.9, "model")
-    assert result["same"] == (expected >= 0.9)
+    assert result["same"] == (expected > 0.9)
     below = verify_pair(load_model(tmp_path / "ckpt.pt"), a, b, threshold=expected - 0.01)
     above = verify_pair(load_model(tmp_path / "ckpt.pt"), a, b, threshold=min(1.0, expected + 0.01))
     assert below["same"] and not above["same"] and below["threshold_source"] == "argument"
+    # Exactly at the threshold is "different": eval's rule is distance < t, i.e. cosine > its threshold.
+    at = verify_pair(load_model(tmp_path / "ckpt.pt"), a, b, threshold=result["similarity"])
+    assert at["same"] is False
     # The human line on stdout.
     assert main(["verify", str(tmp_path / "ckpt.pt"), str(a), str(b), "--threshold", "-1"]) == 0
     assert "same person" in capsys.readouterr().out

@@ -48,11 +48,14 @@ def choose_threshold(embedder: Embedder, threshold: Optional[float] = None) -> t
 
 def verify_pair(embedder: Embedder, path_a: str | Path, path_b: str | Path, threshold: Optional[float] = None,
                 landmarks_a: Optional[str] = None, landmarks_b: Optional[str] = None) -> dict[str, Any]:
-    """Compare the faces in two image files; returns similarity, threshold (and its source) and `same`."""
+    """Compare the faces in two image files; returns similarity, threshold (and its source) and `same`.
+
+    Same person when the similarity is strictly above the threshold, as `irface eval` defines it.
+    """
     size = embedder.input_size
     face_a = load_face(path_a, size, landmarks_a)
     face_b = load_face(path_b, size, landmarks_b)
     t, source = choose_threshold(embedder, threshold)
     sim = similarity(embedder, face_a, face_b)
     return {"a": str(path_a), "b": str(path_b), "similarity": sim, "threshold": t, "threshold_source": source,
-            "same": bool(sim >= t), "model": embedder.info.get("path")}
+            "same": bool(sim > t), "model": embedder.info.get("path")}
