@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/irface demo $(DEMO_ARGS)
+	rm -rf demo_out
+	$(VENV)/bin/irface demo --out demo_out $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(TEST_ARGS)
