@@ -32,7 +32,7 @@ class DemoSettings:
 
     out_dir: Path = Path("demo_out")
     config: Optional[Path] = None  #: default: configs/demo.yaml of this checkout
-    minutes: float = 6.0  #: training time budget (training also stops at the config's epochs)
+    minutes: float = 7.0  #: training time budget (training also stops at the config's epochs)
     ids: int = 300  #: training identities
     per_id: int = 20  #: training images per identity
     holdout_ids: int = 100  #: identities used only in the .bin sets

@@ -16,7 +16,7 @@ def register(sub) -> None:
                     "ArcFace for a time budget, the seed's accuracy lines before and after training, an ONNX "
                     "export checked against PyTorch, and verify on a same and a different pair.")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time budget in minutes (default 6)")
+    p.add_argument("--minutes", type=float, default=7.0, help="training time budget in minutes (default 7)")
     p.add_argument("--config", type=Path, default=None, help="training config (default configs/demo.yaml)")
     p.add_argument("--ids", type=int, default=300, help="training identities (default 300)")
     p.add_argument("--per-id", type=int, default=20, help="training images per identity (default 20)")
