@@ -1,0 +1,255 @@
+"""Timing primitives: warm-up then the median of timed steps, side by side when comparing.
+
+When several configurations are compared they are timed in interleaved rounds (one step of each,
+round after round) so that a change in the machine's load mid-run falls on all of them alike; the
+ratios are then taken between medians measured in the same rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[], object]
+
+
+@dataclass
+class Timing:
+    """One measured configuration. `fraction_of_peak` is against `peak_name`'s measured rate."""
+
+    name: str
+    batch_size: int
+    ms_per_step: float
+    ms_min: float
+    images_per_s: float
+    gflop_per_image: float
+    achieved_gflops: float
+    steps: int
+    fraction_of_peak: Optional[float] = None
+    peak_name: Optional[str] = None
+    fraction_of_fp32_peak: Optional[float] = None
+    peak_memory_mb: Optional[float] = None
+    ratio_to_baseline: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step: Step, device: torch.device) -> float:
+    t0 = time.perf_counter()
+    step()
+    synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def step_times_ms(step: Step, device: torch.device, steps: int, warmup: int) -> list[float]:
+    """Wall times of `steps` calls of `step` in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    return [_timed(step, device) for _ in range(steps)]
+
+
+def median_step_ms(step: Step, device: torch.device, steps: int, warmup: int) -> float:
+    """Median wall time of `step` in ms, after `warmup` untimed calls."""
+    return statistics.median(step_times_ms(step, device, steps, warmup))
+
+
+def interleaved_times_ms(steps_by_name: dict[str, Step], device: torch.device, rounds: int) -> dict[str, list[float]]:
+    """Time one call of every step per round, `rounds` rounds, the order rotating each round.
+
+    The callers warm every step up first. Rotating the order keeps any one configuration from always
+    following the same neighbour (whose caches or clocks it would inherit).
+    """
+    names = list(steps_by_name)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            times[name].append(_timed(steps_by_name[name], device))
+    return times
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new high-water mark: CUDA's allocator peak, or on Linux the process's peak RSS."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0).
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since the last `reset_peak_memory`: CUDA allocated bytes, or the process's peak RSS on CPU.
+
+    On CPU this is the whole process (model, inputs, every library), which is what a user's process needs.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # ru_maxrss is KiB on Linux: the high-water mark since the process began.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- the device ---------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 bf16: where bf16 convolutions beat fp32 on a CPU."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def device_info(device: torch.device) -> dict:
+    """What the figures were measured on: card or CPU model, cores, threads, library versions."""
+    import os
+
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "cpu_cores": os.cpu_count()}
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(card=props.name, card_memory_gb=round(props.total_memory / 2 ** 30, 1),
+                    cuda=torch.version.cuda)
+    else:
+        flags = cpu_flags()
+        info["cpu_features"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                                               "amx_int8", "avx_vnni", "avx512_fp16"})
+    return info
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+# --- the peak -----------------------------------------------------------------------------------
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                       seconds: float = 1.0) -> float:
+    """The device's achievable dense matmul rate in `dtype`, measured now (GFLOP/s, best of the timed calls)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    best, start = float("inf"), time.perf_counter()
+    reps = 0
+    while reps < 3 or time.perf_counter() - start < seconds:
+        best = min(best, _timed(lambda: a @ b, device) / 1e3)
+        reps += 1
+    # The best call, not the mean: on a shared machine the fastest call is the closest to the hardware's rate.
+    return 2 * n ** 3 / best / 1e9
+
+
+def ort_int8_peak_gops(n: int = 1024, seconds: float = 1.0, threads: int = 0) -> Optional[float]:
+    """onnxruntime's int8 matmul rate (MatMulInteger, uint8 x int8), measured now; None without onnxruntime."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    sess.run(None, feeds)
+    best, start, reps = float("inf"), time.perf_counter(), 0
+    while reps < 3 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return 2 * n ** 3 / best / 1e9
+
+
+def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: float,
+                peak_gflops: Optional[float], peak_name: Optional[str], fp32_peak: Optional[float],
+                memory_mb: Optional[float] = None, **extra) -> Timing:
+    """A Timing from the raw step times: median for the figures, the minimum alongside."""
+    ms = statistics.median(times_ms)
+    ips = batch / (ms / 1e3)
+    achieved = ips * flop_per_image / 1e9
+    return Timing(
+        name=name, batch_size=batch, ms_per_step=round(ms, 3), ms_min=round(min(times_ms), 3),
+        images_per_s=round(ips, 2), gflop_per_image=round(flop_per_image / 1e9, 3),
+        achieved_gflops=round(achieved, 1), steps=len(times_ms),
+        fraction_of_peak=round(achieved / peak_gflops, 3) if peak_gflops else None,
+        peak_name=peak_name if peak_gflops else None,
+        fraction_of_fp32_peak=round(achieved / fp32_peak, 3) if fp32_peak else None,
+        peak_memory_mb=round(memory_mb, 1) if memory_mb is not None else None, extra=extra,
+    )
+
+
+def with_ratios(timings: list[Timing]) -> list[Timing]:
+    """Ratios to the first entry (the baseline), measured in the same run."""
+    if timings:
+        base = timings[0].images_per_s
+        for t in timings:
+            t.ratio_to_baseline = round(t.images_per_s / base, 3)
+    return timings
