@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from irface.bench.flops import count_flops
-from irface.bench.timing import device_info, make_timing, matmul_peak_gflops, peak_memory_mb, reset_peak_memory
+from irface.bench.timing import device_info, make_timing, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, sig
 from irface.errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def bench_eval(bin_path: str | Path, model: Optional[str] = None, network: str =
     return {
         "benchmark": "eval", "bin": str(bin_path), "model": model, "network": network, "batch_size": batch_size,
         "steps": steps, "warmup": warmup, "flip": flip, "pairs": issame_count, "images_embedded": images,
-        "accuracy": float(_accuracy(result, flip)), "gflop_per_image": round(flop / 1e9, 3),
+        "accuracy": float(_accuracy(result, flip)), "gflop_per_image": sig(flop / 1e9),
         "peaks_gflops": {"fp32": round(peak, 1)}, "machine": device_info(dev), "timings": [timing.to_dict()],
     }
 

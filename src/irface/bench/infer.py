@@ -26,7 +26,7 @@ from torch import nn
 from irface.bench.flops import count_flops
 from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
 from irface.bench.runner import Prepared, RunResult, Variant, run_variants
-from irface.bench.timing import cpu_has_fast_bf16
+from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.data.transforms import normalize, to_nchw_tensor
 from irface.errors import ConfigError
 
@@ -48,7 +48,7 @@ class InferOptions:
     steps: int = 10
     warmup: int = 2
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     fold_bn: bool = True
     runtime: str = "torch"  # torch, ort (onnxruntime fp32) or ort-int8
@@ -103,17 +103,22 @@ def base_network(opts: InferOptions) -> tuple[nn.Module, dict[str, Any]]:
 
 # --- PyTorch paths --------------------------------------------------------------------------------
 
-def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, *, fold_bn: bool,
+def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, *, fold: str,
                   channels_last: bool, precision: str = "fp32", compile: bool = False,
                   cast_weights: bool = False, flop: float, description: str = "") -> Variant:
-    """A PyTorch forward. `cast_weights`: hold the weights in the low precision instead of autocasting per call."""
+    """A PyTorch forward.
+
+    `fold`: "none" (BatchNorms as trained), "conv" (into the convs they follow) or "all" (the blocks'
+    leading ones too, `fold_batchnorm(leading=True)`, what `load_model` does). `cast_weights`: hold
+    the weights in the low precision instead of autocasting per call.
+    """
     dtype = DTYPES[precision]
     size = base.input_size
 
     def build() -> Prepared:
         from irface.export.fold import fold_batchnorm
 
-        model = fold_batchnorm(base) if fold_bn else copy.deepcopy(base).eval()
+        model = fold_batchnorm(base, leading=fold == "all") if fold != "none" else copy.deepcopy(base).eval()
         model = model.to(device)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -122,7 +127,7 @@ def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, 
         if cast_weights and dtype is not None:
             model = model.to(dtype)
             input_dtype = dtype
-        notes: dict[str, Any] = {"bn_folded": fold_bn, "channels_last": channels_last, "precision": precision}
+        notes: dict[str, Any] = {"bn_folded": fold, "channels_last": channels_last, "precision": precision}
         if compile:
             model = _compiled(model, device)
             notes["compiled"] = True
@@ -251,28 +256,30 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
     """Baseline first, then the faster paths this device offers."""
     b = opts.batch_size
     v = [
-        torch_variant("eager-fp32", base, device, b, fold_bn=False, channels_last=False, flop=flop,
+        torch_variant("eager-fp32", base, device, b, fold="none", channels_last=False, flop=flop,
                       description="baseline: eager fp32 NCHW, BatchNorm as trained"),
         default_variant("default", base, opts, device, b, flop, workdir),
-        torch_variant("channels-last", base, device, b, fold_bn=False, channels_last=True, flop=flop,
+        torch_variant("channels-last", base, device, b, fold="none", channels_last=True, flop=flop,
                       description="NHWC memory format"),
-        torch_variant("folded-cl", base, device, b, fold_bn=True, channels_last=True, flop=flop,
-                      description="BN folded into the convs, NHWC"),
-        torch_variant("compiled", base, device, b, fold_bn=True, channels_last=True, compile=True, flop=flop,
-                      description="folded, NHWC, torch.compile (inductor, frozen weights on CPU)"),
+        torch_variant("folded-cl", base, device, b, fold="conv", channels_last=True, flop=flop,
+                      description="BN folded into the convs they follow, NHWC"),
+        torch_variant("folded-all-cl", base, device, b, fold="all", channels_last=True, flop=flop,
+                      description="every BN folded (shifted residual stream), NHWC"),
+        torch_variant("compiled", base, device, b, fold="all", channels_last=True, compile=True, flop=flop,
+                      description="every BN folded, NHWC, torch.compile (inductor, frozen weights on CPU)"),
     ]
     if device.type == "cuda":
         v += [
-            torch_variant("fp16", base, device, b, fold_bn=True, channels_last=True, precision="fp16",
+            torch_variant("fp16", base, device, b, fold="all", channels_last=True, precision="fp16",
                           cast_weights=True, flop=flop, description="fp16 weights, folded, NHWC"),
-            torch_variant("bf16", base, device, b, fold_bn=True, channels_last=True, precision="bf16",
+            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
                           cast_weights=True, flop=flop, description="bf16 weights, folded, NHWC"),
-            torch_variant("bf16-compiled", base, device, b, fold_bn=True, channels_last=True, precision="bf16",
+            torch_variant("bf16-compiled", base, device, b, fold="all", channels_last=True, precision="bf16",
                           cast_weights=True, compile=True, flop=flop, description="bf16, folded, NHWC, compiled"),
         ]
     elif cpu_has_fast_bf16():
         v += [
-            torch_variant("bf16", base, device, b, fold_bn=True, channels_last=True, precision="bf16",
+            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
                           cast_weights=True, flop=flop, description="bf16 weights (AMX / AVX-512 bf16), folded, NHWC"),
         ]
     v += [
@@ -297,13 +304,13 @@ def single_variant(base: nn.Module, opts: InferOptions, device: torch.device, fl
         return ort_variant("ort-fp32", base, device, b, workdir, flop)
     if opts.runtime == "ort-int8":
         return ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces)
-    if opts.fold_bn and not opts.channels_last and not opts.compile:
+    if opts.fold_bn and opts.channels_last and not opts.compile:
         return default_variant("default", base, opts, device, b, flop, workdir)
     parts = [opts.precision, "folded" if opts.fold_bn else "unfolded", "NHWC" if opts.channels_last else "NCHW"]
     if opts.compile:
         parts.append("compiled")
-    return torch_variant("-".join(parts), base, device, b, fold_bn=opts.fold_bn, channels_last=opts.channels_last,
-                         precision=opts.precision, compile=opts.compile, flop=flop)
+    return torch_variant("-".join(parts), base, device, b, fold="all" if opts.fold_bn else "none",
+                         channels_last=opts.channels_last, precision=opts.precision, compile=opts.compile, flop=flop)
 
 
 def agreement(prepared: dict[str, Prepared], baseline: str, faces: np.ndarray) -> dict[str, dict[str, float]]:
@@ -376,7 +383,7 @@ def bench_infer(opts: InferOptions) -> dict[str, Any]:
     report = {
         "benchmark": "infer", "network": source.get("network"), "source": source,
         "batch_size": opts.batch_size, "steps": opts.steps, "warmup": opts.warmup,
-        "input_size": base.input_size, "gflop_per_image": round(flop / 1e9, 3),
+        "input_size": base.input_size, "gflop_per_image": sig(flop / 1e9),
         "peaks_gflops": peaks_before, "machine": device_info(device),
         "timings": [t.to_dict() for t in result.timings], "skipped": result.skipped,
     }

@@ -228,6 +228,11 @@ def ort_int8_peak_gops(n: int = 1024, seconds: float = 1.0, threads: int = 0) ->
     return 2 * n ** 3 / best / 1e9
 
 
+def sig(x: float, digits: int = 4) -> float:
+    """`x` rounded to `digits` significant digits (tiny test networks give tiny figures, not zeros)."""
+    return float(f"{x:.{digits}g}")
+
+
 def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: float,
                 peak_gflops: Optional[float], peak_name: Optional[str], fp32_peak: Optional[float],
                 memory_mb: Optional[float] = None, **extra) -> Timing:
@@ -236,12 +241,12 @@ def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: fl
     ips = batch / (ms / 1e3)
     achieved = ips * flop_per_image / 1e9
     return Timing(
-        name=name, batch_size=batch, ms_per_step=round(ms, 3), ms_min=round(min(times_ms), 3),
-        images_per_s=round(ips, 2), gflop_per_image=round(flop_per_image / 1e9, 3),
-        achieved_gflops=round(achieved, 1), steps=len(times_ms),
-        fraction_of_peak=round(achieved / peak_gflops, 3) if peak_gflops else None,
+        name=name, batch_size=batch, ms_per_step=sig(ms, 5), ms_min=sig(min(times_ms), 5),
+        images_per_s=sig(ips), gflop_per_image=sig(flop_per_image / 1e9), achieved_gflops=sig(achieved),
+        steps=len(times_ms),
+        fraction_of_peak=sig(achieved / peak_gflops, 3) if peak_gflops else None,
         peak_name=peak_name if peak_gflops else None,
-        fraction_of_fp32_peak=round(achieved / fp32_peak, 3) if fp32_peak else None,
+        fraction_of_fp32_peak=sig(achieved / fp32_peak, 3) if fp32_peak else None,
         peak_memory_mb=round(memory_mb, 1) if memory_mb is not None else None, extra=extra,
     )
 
@@ -251,5 +256,5 @@ def with_ratios(timings: list[Timing]) -> list[Timing]:
     if timings:
         base = timings[0].images_per_s
         for t in timings:
-            t.ratio_to_baseline = round(t.images_per_s / base, 3)
+            t.ratio_to_baseline = sig(t.images_per_s / base, 4)
     return timings

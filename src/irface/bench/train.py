@@ -21,7 +21,7 @@ from torch import nn
 
 from irface.bench.flops import count_flops, head_flops, train_flops
 from irface.bench.runner import Prepared, Variant, run_variants
-from irface.bench.timing import cpu_has_fast_bf16, matmul_peak_gflops
+from irface.bench.timing import cpu_has_fast_bf16, matmul_peak_gflops, sig
 from irface.config import TrainConfig
 from irface.data.transforms import normalize
 from irface.errors import ConfigError
@@ -236,7 +236,7 @@ def bench_train(opts: TrainOptions) -> dict[str, Any]:
     return {
         "benchmark": "train", "network": opts.network, "batch_size": opts.batch_size, "steps": opts.steps,
         "warmup": opts.warmup, "num_classes": opts.num_classes, "sample_rate": opts.sample_rate, "head": opts.head,
-        "gflop_per_image": round(flop / 1e9, 3), "gflop_per_image_forward": round(forward / 1e9, 3),
-        "gflop_per_image_head_forward": round(head / 1e9, 4), "peaks_gflops": peaks, "machine": device_info(device),
+        "gflop_per_image": sig(flop / 1e9), "gflop_per_image_forward": sig(forward / 1e9),
+        "gflop_per_image_head_forward": sig(head / 1e9), "peaks_gflops": peaks, "machine": device_info(device),
         "timings": [t.to_dict() for t in result.timings], "skipped": result.skipped,
     }

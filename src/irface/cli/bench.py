@@ -49,10 +49,11 @@ def _network(p: argparse.ArgumentParser, embedding: Optional[int]) -> None:
     g.add_argument("--input-size", type=int, metavar="S", help="input side in pixels (default 112)")
 
 
-def _speed(p: argparse.ArgumentParser, default_precision: str) -> None:
+def _speed(p: argparse.ArgumentParser, default_precision: str, channels_last: bool) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=default_precision,
                    help=f"autocast precision (default {default_precision})")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=channels_last,
+                   help=f"NHWC memory format (default {'on' if channels_last else 'off'})")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--compare", action="store_true",
                    help="time the eager fp32 NCHW baseline and every faster path side by side, with ratios")
@@ -75,7 +76,7 @@ def register(sub) -> None:
                                     "`irface train`'s.")
     _common(t, cfg.batch_size, 10, 2, cfg.device)
     _network(t, cfg.embedding_size)
-    _speed(t, cfg.precision)
+    _speed(t, cfg.precision, cfg.channels_last)
     t.add_argument("--head", default=cfg.head, help=f"softmax, arcface, cosface or combined (default {cfg.head})")
     t.add_argument("--num-classes", type=int, default=cfg.num_classes, metavar="C",
                    help=f"classes of the head (default {cfg.num_classes})")
@@ -86,10 +87,10 @@ def register(sub) -> None:
 
     i = bsub.add_parser("infer", help="a forward pass in inference mode",
                         description="Time the backbone's forward pass; defaults are what `irface embed` and "
-                                    "`irface eval` run (load_model: BN folded, fp32, batch 64).")
+                                    "`irface eval` run (load_model: BN folded, NHWC, fp32, batch 64).")
     _common(i, 64, 10, 2, "cpu")
     _network(i, None)
-    _speed(i, "fp32")
+    _speed(i, "fp32", True)
     i.add_argument("--model", metavar="FILE", help="a model file irface reads (default: the network with random "
                                                    "weights and BatchNorm statistics set on synthetic faces)")
     i.add_argument("--runtime", choices=("torch", "ort", "ort-int8"), default="torch",
