@@ -36,6 +36,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Faces that set the BN statistics and calibrate int8, and held-out faces for the agreement check.
 CALIB_FACES = 32
 AGREEMENT_FACES = 32
+RUNTIMES = ("torch", "ort", "ort-int8", "ort-int8-cpu")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class InferOptions:
     channels_last: bool = True
     compile: bool = False
     fold_bn: bool = True
-    runtime: str = "torch"  # torch, ort (onnxruntime fp32) or ort-int8
+    runtime: str = "torch"  # torch, ort (onnxruntime fp32), ort-int8 (as exported) or ort-int8-cpu
     device: str = "cpu"
     compare: bool = False
     variants: Optional[list[str]] = None  # with compare: a subset of the paths, by name
@@ -96,6 +97,13 @@ def base_network(opts: InferOptions) -> tuple[nn.Module, dict[str, Any]]:
     except KeyError as e:
         raise ConfigError(f"--network: {e.args[0]}") from None
     calib, _ = faces_for(opts, model.input_size)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.PReLU):
+                # Trained slopes differ channel by channel; one shared 0.25 would let the ONNX exporter
+                # share one constant, which no trained network allows.
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5)
     torch.manual_seed(0)
     calibrate_batchnorm(model, normalised(calib), batch_size=16)
     return model.eval(), {"model": None, "network": opts.network, "weights": "random, BN statistics set on faces"}
@@ -199,33 +207,47 @@ def ort_session_options(threads: int):
     return so
 
 
-def _onnx_file(base: nn.Module, workdir: Path) -> Path:
-    """The BN-folded fp32 export (as `irface export` writes it), made once per run."""
-    path = workdir / "fp32.onnx"
+def _onnx_file(base: nn.Module, workdir: Path, leading: bool = False) -> Path:
+    """The BN-folded fp32 export (as `irface export` writes it; `leading`: every BN folded), made once per run."""
+    path = workdir / ("fp32-all.onnx" if leading else "fp32.onnx")
     if not path.exists():
         from irface.export.fold import fold_batchnorm
         from irface.export.onnx_export import export_onnx
 
-        export_onnx(fold_batchnorm(base), path, base.input_size)
+        export_onnx(fold_batchnorm(base, leading=leading), path, base.input_size)
     return path
 
 
+# int8 forms: (every BN folded?, quantisation format, activation type)
+INT8_FORMS = {"export": (False, "qdq", "int8"), "cpu": (True, "qoperator", "uint8")}
+
+
 def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, workdir: Path, flop: float,
-                calib_faces: Optional[np.ndarray] = None, description: str = "") -> Variant:
-    """onnxruntime on the fp32 export, or (with `calib_faces`) on its int8 QDQ quantisation."""
+                calib_faces: Optional[np.ndarray] = None, description: str = "", int8_form: str = "export") -> Variant:
+    """onnxruntime on the fp32 export, or (with `calib_faces`) on an int8 quantisation of it.
+
+    `int8_form` "export": what `irface export --int8` writes (QDQ, int8 activations, portable);
+    "cpu": every BN folded, onnxruntime's QOperator CPU kernels with uint8 activations.
+    """
     int8 = calib_faces is not None
+    leading, quant_format, activations = INT8_FORMS[int8_form]
 
     def build() -> Prepared:
         import onnxruntime as ort
 
-        fp32 = _onnx_file(base, workdir)
+        fp32 = _onnx_file(base, workdir, leading=int8 and leading)
         path = fp32
         if int8:
+            import contextlib
+            import sys
+
             from irface.export.quantize import quantize_int8
 
-            path = workdir / "int8.onnx"
+            path = workdir / f"int8-{int8_form}.onnx"
             if not path.exists():
-                quantize_int8(fp32, path, calib_faces, None)
+                # onnxruntime's quantiser prints progress on stdout, which belongs to --json.
+                with contextlib.redirect_stdout(sys.stderr):
+                    quantize_int8(fp32, path, calib_faces, None, quant_format=quant_format, activations=activations)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -243,7 +265,8 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
         notes = {"runtime": f"onnxruntime {ort.__version__}", "providers": sess.get_providers(),
                  "model_mb": round(path.stat().st_size / 2 ** 20, 1)}
         if int8:
-            notes["quantisation"] = "QDQ, int8 weights per channel, int8 activations, minmax calibration"
+            notes["quantisation"] = (f"{quant_format}, int8 weights per channel, {activations} activations, minmax "
+                                     f"calibration on {len(calib_faces)} faces" + (", every BN folded" if leading else ""))
         return Prepared(step=lambda: sess.run(None, {input_name: x}), embed=embed, notes=notes)
 
     return Variant(name, build, flop, "int8" if int8 else "fp32", description)
@@ -286,6 +309,8 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
         ort_variant("ort-fp32", base, device, b, workdir, flop, description="onnxruntime fp32, BN folded"),
         ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces,
                     description="onnxruntime int8 QDQ (as irface export --int8 writes it)"),
+        ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu",
+                    description="onnxruntime int8 QOperator, uint8 activations, every BN folded"),
     ]
     if opts.variants:
         known = [x.name for x in v]
@@ -304,6 +329,8 @@ def single_variant(base: nn.Module, opts: InferOptions, device: torch.device, fl
         return ort_variant("ort-fp32", base, device, b, workdir, flop)
     if opts.runtime == "ort-int8":
         return ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces)
+    if opts.runtime == "ort-int8-cpu":
+        return ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu")
     if opts.fold_bn and opts.channels_last and not opts.compile:
         return default_variant("default", base, opts, device, b, flop, workdir)
     parts = [opts.precision, "folded" if opts.fold_bn else "unfolded", "NHWC" if opts.channels_last else "NCHW"]
@@ -362,8 +389,8 @@ def bench_infer(opts: InferOptions) -> dict[str, Any]:
 
     if opts.precision not in DTYPES:
         raise ConfigError(f"--precision {opts.precision}: use fp32, bf16 or fp16")
-    if opts.runtime not in ("torch", "ort", "ort-int8"):
-        raise ConfigError(f"--runtime {opts.runtime}: use torch, ort or ort-int8")
+    if opts.runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {opts.runtime}: use {', '.join(RUNTIMES)}")
     if opts.batch_size < 1 or opts.steps < 1 or opts.warmup < 0:
         raise ConfigError("--batch-size and --steps must be positive, --warmup not negative")
     device = resolve_device(opts.device)

@@ -93,8 +93,9 @@ def register(sub) -> None:
     _speed(i, "fp32", True)
     i.add_argument("--model", metavar="FILE", help="a model file irface reads (default: the network with random "
                                                    "weights and BatchNorm statistics set on synthetic faces)")
-    i.add_argument("--runtime", choices=("torch", "ort", "ort-int8"), default="torch",
-                   help="PyTorch, onnxruntime fp32 or onnxruntime int8 (default torch)")
+    i.add_argument("--runtime", choices=("torch", "ort", "ort-int8", "ort-int8-cpu"), default="torch",
+                   help="PyTorch, onnxruntime fp32, onnxruntime int8 as `irface export --int8` writes it (QDQ), "
+                        "or int8 in onnxruntime's CPU form (QOperator, uint8 activations) (default torch)")
     i.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep the BatchNorms")
     i.add_argument("--calib", metavar="PATH", help="faces (folder or .bin) for int8 calibration and the agreement "
                                                    "check (default: synthetic faces)")
