@@ -32,7 +32,7 @@ def count_flops(model: nn.Module, input_size: int) -> float:
     model.eval()
     try:
         p = next(model.parameters())
-        with torch.no_grad():
+        with torch.no_grad():  # on a "meta" model only the shapes are computed: instant
             model(torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)

@@ -179,9 +179,16 @@ def device_name(device: torch.device) -> str:
 
 # --- the peak -----------------------------------------------------------------------------------
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
-                       seconds: float = 1.0) -> float:
+# Size and duration of the peak measurement (tests shrink them: they check the plumbing, not the figure).
+PEAK_N = 2048
+PEAK_SECONDS = 1.0
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: Optional[int] = None,
+                       seconds: Optional[float] = None) -> float:
     """The device's achievable dense matmul rate in `dtype`, measured now (GFLOP/s, best of the timed calls)."""
+    n = n or PEAK_N
+    seconds = PEAK_SECONDS if seconds is None else seconds
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):
@@ -196,8 +203,10 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     return 2 * n ** 3 / best / 1e9
 
 
-def ort_int8_peak_gops(n: int = 1024, seconds: float = 1.0, threads: int = 0) -> Optional[float]:
+def ort_int8_peak_gops(n: Optional[int] = None, seconds: Optional[float] = None, threads: int = 0) -> Optional[float]:
     """onnxruntime's int8 matmul rate (MatMulInteger, uint8 x int8), measured now; None without onnxruntime."""
+    n = n or PEAK_N // 2
+    seconds = PEAK_SECONDS if seconds is None else seconds
     try:
         import numpy as np
         import onnxruntime as ort

@@ -213,7 +213,8 @@ def bench_train(opts: TrainOptions) -> dict[str, Any]:
     kw = dict(opts.backbone_kwargs)
     kw.setdefault("embedding_size", opts.embedding_size)
     try:
-        probe = create_backbone(opts.network, **kw)
+        with torch.device("meta"):  # shapes only, for the FLOP count
+            probe = create_backbone(opts.network, **kw)
     except KeyError as e:
         raise ConfigError(f"--network: {e.args[0]}") from None
     forward = count_flops(probe, probe.input_size)
