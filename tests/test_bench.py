@@ -64,6 +64,9 @@ def test_infer_compare_side_by_side_with_agreement(tmp_path, tiny_model_file):
     names = [t["name"] for t in report["timings"]]
     assert names[0] == "eager-fp32"  # the baseline always runs first
     assert report["timings"][0]["ratio_to_baseline"] == 1.0
+    # side by side on CPU: the peak was timed in the same rounds as the configurations
+    assert report["peaks_measured"]["in_rounds"]["fp32"] > 0
+    assert report["peaks_gflops"]["fp32"] == report["peaks_measured"]["in_rounds"]["fp32"]
     for name in ("default", "channels-last", "folded-cl"):
         assert name in names
     agree = report["agreement"]
@@ -228,6 +231,7 @@ def test_ratios_are_to_the_first():
     with_ratios([a, b])
     assert (a.ms_per_step, a.ms_min, a.images_per_s) == (200.0, 100.0, 40.0)
     assert (a.ratio_to_baseline, b.ratio_to_baseline) == (1.0, 2.0)
+    assert (a.ratio_min_to_baseline, b.ratio_min_to_baseline) == (1.0, 2.0)
     assert b.fraction_of_peak == pytest.approx(0.8)
 
 

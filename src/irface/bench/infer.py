@@ -189,8 +189,7 @@ def default_variant(name: str, base: nn.Module, opts: InferOptions, device: torc
         return Prepared(step=lambda: embedder.embed(images), embed=embedder.embed,
                         notes={"path": "irface.infer.load_model defaults", "precision": opts.precision})
 
-    return Variant(name, build, flop, opts.precision if opts.precision != "fp32" else "fp32",
-                   "load_model as embed/eval use it")
+    return Variant(name, build, flop, opts.precision, "load_model as embed/eval use it: every BN folded, NHWC")
 
 
 # --- ONNX Runtime paths ---------------------------------------------------------------------------
@@ -371,19 +370,6 @@ def agreement(prepared: dict[str, Prepared], baseline: str, faces: np.ndarray) -
     return out
 
 
-def measure_peaks(device: torch.device, variants: list[Variant]) -> dict[str, Optional[float]]:
-    from irface.bench.timing import matmul_peak_gflops, ort_int8_peak_gops
-
-    wanted = {v.peak for v in variants} | {"fp32"}
-    peaks: dict[str, Optional[float]] = {}
-    for name in sorted(wanted):
-        if name == "int8":
-            peaks[name] = ort_int8_peak_gops(threads=torch.get_num_threads()) if device.type == "cpu" else None
-        else:
-            peaks[name] = matmul_peak_gflops(device, DTYPES[name] or torch.float32)
-    return {k: round(v, 1) if v else v for k, v in peaks.items()}
-
-
 def bench_infer(opts: InferOptions) -> dict[str, Any]:
     """Run the inference benchmark; returns the report (JSON-ready)."""
     from irface.bench.timing import device_info
@@ -405,15 +391,14 @@ def bench_infer(opts: InferOptions) -> dict[str, Any]:
             variants = compare_variants(base, opts, device, flop, workdir, calib_faces)
         else:
             variants = [single_variant(base, opts, device, flop, workdir, calib_faces)]
-        peaks_before = measure_peaks(device, variants)
-        result: RunResult = run_variants(variants, device, opts.batch_size, opts.steps, opts.warmup, peaks_before,
+        result: RunResult = run_variants(variants, device, opts.batch_size, opts.steps, opts.warmup,
                                          opts.interleave, keep=opts.compare)
         agree = agreement(result.prepared, variants[0].name, held_out) if opts.compare else {}
     report = {
         "benchmark": "infer", "network": source.get("network"), "source": source,
         "batch_size": opts.batch_size, "steps": opts.steps, "warmup": opts.warmup,
         "input_size": base.input_size, "gflop_per_image": sig(flop / 1e9),
-        "peaks_gflops": peaks_before, "machine": device_info(device),
+        "peaks_gflops": result.peaks["used"], "peaks_measured": result.peaks, "machine": device_info(device),
         "timings": [t.to_dict() for t in result.timings], "skipped": result.skipped,
     }
     if opts.compare:

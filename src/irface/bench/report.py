@@ -14,14 +14,15 @@ def _machine(m: dict[str, Any]) -> str:
 
 
 def _timings(report: dict[str, Any]) -> list[str]:
-    lines = [f"{'configuration':<18} {'ms/step':>9} {'min ms':>9} {'images/s':>9} {'x base':>7} "
+    lines = [f"{'configuration':<18} {'ms/step':>9} {'min ms':>9} {'images/s':>9} {'x base':>7} {'x (min)':>7} "
              f"{'GFLOP/s':>8} {'of peak':>13} {'peak MB':>8}"]
     for t in report["timings"]:
         frac = f"{t['fraction_of_peak']:.0%} {t['peak_name']}" if t.get("fraction_of_peak") is not None else "-"
         ratio = f"{t['ratio_to_baseline']:.2f}" if t.get("ratio_to_baseline") is not None else "-"
         mem = f"{t['peak_memory_mb']:.0f}" if t.get("peak_memory_mb") is not None else "-"
+        rmin = f"{t['ratio_min_to_baseline']:.2f}" if t.get("ratio_min_to_baseline") is not None else "-"
         lines.append(f"{t['name']:<18} {t['ms_per_step']:>9.1f} {t['ms_min']:>9.1f} {t['images_per_s']:>9.2f} "
-                     f"{ratio:>7} {t['achieved_gflops']:>8.1f} {frac:>13} {mem:>8}")
+                     f"{ratio:>7} {rmin:>7} {t['achieved_gflops']:>8.1f} {frac:>13} {mem:>8}")
     for name, why in report.get("skipped", {}).items():
         lines.append(f"skipped {name}: {why}")
     return lines
@@ -29,11 +30,13 @@ def _timings(report: dict[str, Any]) -> list[str]:
 
 def _speed_report(report: dict[str, Any]) -> list[str]:
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in report.get("peaks_gflops", {}).items() if v)
+    in_rounds = (report.get("peaks_measured") or {}).get("in_rounds")
     lines = [
         f"irface bench {report['benchmark']}: {report.get('network')}, batch {report['batch_size']}, "
         f"median of {report['steps']} steps after {report['warmup']} warm-up",
         f"machine: {_machine(report['machine'])}",
-        f"work: {report['gflop_per_image']} GFLOP per image; matmul peaks measured now (GFLOP/s): {peaks}",
+        f"work: {report['gflop_per_image']} GFLOP per image; matmul peaks (GFLOP/s"
+        f"{', timed in the same rounds' if in_rounds else ', measured just before'}): {peaks}",
     ]
     lines += _timings(report)
     agreement = report.get("agreement") or {}

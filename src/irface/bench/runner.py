@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from irface.bench.timing import (
-    Step, Timing, interleaved_times_ms, make_timing, peak_memory_mb, reset_peak_memory, step_times_ms, synchronize,
-    with_ratios,
+    Step, Timing, interleaved_times_ms, make_timing, measure_peaks, peak_memory_mb, peak_probe, reset_peak_memory,
+    sig, step_times_ms, synchronize, with_ratios,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class RunResult:
     timings: list[Timing]
     skipped: dict[str, str]
     prepared: dict[str, Prepared]
+    peaks: dict[str, Any]  # GFLOP/s by kind: "before" (alone, before timing) and, interleaved, "in_rounds"
 
 
 def _first_line(e: BaseException) -> str:
@@ -74,14 +76,17 @@ def _warm(name: str, prepared: Prepared, device: torch.device, warmup: int) -> t
 
 
 def run_variants(variants: list[Variant], device: torch.device, batch: int, steps: int, warmup: int,
-                 peaks: dict[str, Optional[float]], interleave: Optional[bool] = None,
-                 keep: bool = False) -> RunResult:
+                 interleave: Optional[bool] = None, keep: bool = False) -> RunResult:
     """Time every variant; the first one that runs is the baseline of the ratios.
 
-    `peaks`: measured matmul rates by name (fp32, bf16, fp16, int8), GFLOP/s. `keep=True` keeps the
-    built variants (for the agreement check) even when timing one after the other.
+    The matmul peaks (fp32 and each variant's kind) are measured first; when interleaving, one matmul
+    of each kind is also timed in every round, and the fractions of peak use those in-round medians,
+    so a configuration and its peak saw the same load. `keep=True` keeps the built variants (for the
+    agreement check) even when timing one after the other.
     """
     interleave = device.type == "cpu" if interleave is None else interleave
+    kinds = {v.peak for v in variants}
+    before = measure_peaks(device, kinds)
     skipped: dict[str, str] = {}
     prepared: dict[str, Prepared] = {}
     memory: dict[str, float] = {}
@@ -105,9 +110,20 @@ def run_variants(variants: list[Variant], device: torch.device, batch: int, step
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+    peaks: dict[str, Optional[float]] = dict(before)
+    in_rounds: dict[str, Optional[float]] = {}
     if interleave and prepared:
+        probes = {k: peak_probe(device, k) for k in sorted(kinds | {"fp32"})}
+        probes = {k: p for k, p in probes.items() if p is not None}
+        for step, _ in probes.values():
+            step()
         log.info("bench: timing %d configurations side by side, %d rounds", len(prepared), steps)
-        times = interleaved_times_ms({n: p.step for n, p in prepared.items()}, device, steps)
+        timed = {n: p.step for n, p in prepared.items()}
+        timed.update({f"peak:{k}": step for k, (step, _) in probes.items()})
+        times = interleaved_times_ms(timed, device, steps)
+        for k, (_, flop) in probes.items():
+            in_rounds[k] = sig(flop / (statistics.median(times.pop(f"peak:{k}")) / 1e3) / 1e9)
+        peaks.update(in_rounds)
     fp32 = peaks.get("fp32")
     timings = []
     for v in variants:
@@ -116,4 +132,5 @@ def run_variants(variants: list[Variant], device: torch.device, batch: int, step
         peak = peaks.get(v.peak)
         timings.append(make_timing(v.name, batch, times[v.name], v.flop_per_image, peak, v.peak, fp32,
                                    memory.get(v.name), **prepared[v.name].notes))
-    return RunResult(with_ratios(timings), skipped, prepared)
+    return RunResult(with_ratios(timings), skipped, prepared, {"before": before, "in_rounds": in_rounds or None,
+                                                               "used": peaks})

@@ -39,6 +39,7 @@ class Timing:
     fraction_of_fp32_peak: Optional[float] = None
     peak_memory_mb: Optional[float] = None
     ratio_to_baseline: Optional[float] = None
+    ratio_min_to_baseline: Optional[float] = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -203,10 +204,8 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     return 2 * n ** 3 / best / 1e9
 
 
-def ort_int8_peak_gops(n: Optional[int] = None, seconds: Optional[float] = None, threads: int = 0) -> Optional[float]:
-    """onnxruntime's int8 matmul rate (MatMulInteger, uint8 x int8), measured now; None without onnxruntime."""
-    n = n or PEAK_N // 2
-    seconds = PEAK_SECONDS if seconds is None else seconds
+def _ort_int8_session(n: int, threads: int):
+    """An onnxruntime session of one n x n MatMulInteger (uint8 x int8) and its feeds; None without onnxruntime."""
     try:
         import numpy as np
         import onnxruntime as ort
@@ -227,6 +226,17 @@ def ort_int8_peak_gops(n: Optional[int] = None, seconds: Optional[float] = None,
     sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    return sess, feeds
+
+
+def ort_int8_peak_gops(n: Optional[int] = None, seconds: Optional[float] = None, threads: int = 0) -> Optional[float]:
+    """onnxruntime's int8 matmul rate (MatMulInteger, uint8 x int8), measured now; None without onnxruntime."""
+    n = n or PEAK_N // 2
+    seconds = PEAK_SECONDS if seconds is None else seconds
+    made = _ort_int8_session(n, threads)
+    if made is None:
+        return None
+    sess, feeds = made
     sess.run(None, feeds)
     best, start, reps = float("inf"), time.perf_counter(), 0
     while reps < 3 or time.perf_counter() - start < seconds:
@@ -240,6 +250,36 @@ def ort_int8_peak_gops(n: Optional[int] = None, seconds: Optional[float] = None,
 def sig(x: float, digits: int = 4) -> float:
     """`x` rounded to `digits` significant digits (tiny test networks give tiny figures, not zeros)."""
     return float(f"{x:.{digits}g}")
+
+
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
+    """(one matmul call, its FLOPs) for `kind` (fp32, bf16, fp16, int8), to time beside the configurations."""
+    if kind == "int8":
+        if device.type != "cpu":
+            return None
+        sess_feeds = _ort_int8_session(PEAK_N // 2, torch.get_num_threads())
+        if sess_feeds is None:
+            return None
+        sess, feeds = sess_feeds
+        return (lambda: sess.run(None, feeds)), 2.0 * (PEAK_N // 2) ** 3
+    n = PEAK_N
+    a = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
+    b = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
+    return (lambda: a @ b), 2.0 * n ** 3
+
+
+def measure_peaks(device: torch.device, kinds: set[str]) -> dict[str, Optional[float]]:
+    """Matmul peaks (GFLOP/s) for fp32 and every kind in `kinds`, measured now."""
+    peaks: dict[str, Optional[float]] = {}
+    for kind in sorted(kinds | {"fp32"}):
+        if kind == "int8":
+            peaks[kind] = ort_int8_peak_gops(threads=torch.get_num_threads()) if device.type == "cpu" else None
+        else:
+            peaks[kind] = matmul_peak_gflops(device, PEAK_DTYPES[kind])
+    return {k: sig(v) if v else None for k, v in peaks.items()}
 
 
 def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: float,
@@ -263,7 +303,9 @@ def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: fl
 def with_ratios(timings: list[Timing]) -> list[Timing]:
     """Ratios to the first entry (the baseline), measured in the same run."""
     if timings:
-        base = timings[0].images_per_s
+        base, base_min = timings[0].images_per_s, timings[0].ms_min
         for t in timings:
             t.ratio_to_baseline = sig(t.images_per_s / base, 4)
+            # The fastest steps: on a shared machine, the least disturbed measure of each configuration.
+            t.ratio_min_to_baseline = sig(base_min / t.ms_min * t.batch_size / timings[0].batch_size, 4)
     return timings

@@ -21,7 +21,7 @@ from torch import nn
 
 from irface.bench.flops import count_flops, head_flops, train_flops
 from irface.bench.runner import Prepared, Variant, run_variants
-from irface.bench.timing import cpu_has_fast_bf16, matmul_peak_gflops, sig
+from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.config import TrainConfig
 from irface.data.transforms import normalize
 from irface.errors import ConfigError
@@ -230,14 +230,11 @@ def bench_train(opts: TrainOptions) -> dict[str, Any]:
         parts += ["fused"] if opts.fused_sgd else []
         variants = [train_variant("-".join(parts), shared, precision=opts.precision, channels_last=opts.channels_last,
                                   compile=opts.compile, fused=opts.fused_sgd, flop=flop)]
-    peaks = {"fp32": round(matmul_peak_gflops(device, torch.float32), 1)}
-    for p in {v.peak for v in variants} - {"fp32"}:
-        peaks[p] = round(matmul_peak_gflops(device, DTYPES[p]), 1)
-    result = run_variants(variants, device, opts.batch_size, opts.steps, opts.warmup, peaks, opts.interleave)
+    result = run_variants(variants, device, opts.batch_size, opts.steps, opts.warmup, opts.interleave)
     return {
         "benchmark": "train", "network": opts.network, "batch_size": opts.batch_size, "steps": opts.steps,
         "warmup": opts.warmup, "num_classes": opts.num_classes, "sample_rate": opts.sample_rate, "head": opts.head,
         "gflop_per_image": sig(flop / 1e9), "gflop_per_image_forward": sig(forward / 1e9),
-        "gflop_per_image_head_forward": sig(head / 1e9), "peaks_gflops": peaks, "machine": device_info(device),
+        "gflop_per_image_head_forward": sig(head / 1e9), "peaks_gflops": result.peaks["used"], "peaks_measured": result.peaks, "machine": device_info(device),
         "timings": [t.to_dict() for t in result.timings], "skipped": result.skipped,
     }
