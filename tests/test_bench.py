@@ -64,6 +64,7 @@ def test_infer_compare_side_by_side_with_agreement(tmp_path, tiny_model_file):
     names = [t["name"] for t in report["timings"]]
     assert names[0] == "eager-fp32"  # the baseline always runs first
     assert report["timings"][0]["ratio_to_baseline"] == 1.0
+    assert all(t["cpu_ms_per_step"] > 0 and t["ratio_cpu_to_baseline"] > 0 for t in report["timings"])
     # side by side on CPU: the peak was timed in the same rounds as the configurations
     assert report["peaks_measured"]["in_rounds"]["fp32"] > 0
     assert report["peaks_gflops"]["fp32"] == report["peaks_measured"]["in_rounds"]["fp32"]

@@ -14,15 +14,16 @@ def _machine(m: dict[str, Any]) -> str:
 
 
 def _timings(report: dict[str, Any]) -> list[str]:
-    lines = [f"{'configuration':<18} {'ms/step':>9} {'min ms':>9} {'images/s':>9} {'x base':>7} {'x (min)':>7} "
+    lines = [f"{'configuration':<18} {'ms/step':>9} {'min ms':>9} {'images/s':>9} {'x base':>7} {'x min':>6} {'x cpu':>6} "
              f"{'GFLOP/s':>8} {'of peak':>13} {'peak MB':>8}"]
     for t in report["timings"]:
         frac = f"{t['fraction_of_peak']:.0%} {t['peak_name']}" if t.get("fraction_of_peak") is not None else "-"
         ratio = f"{t['ratio_to_baseline']:.2f}" if t.get("ratio_to_baseline") is not None else "-"
         mem = f"{t['peak_memory_mb']:.0f}" if t.get("peak_memory_mb") is not None else "-"
         rmin = f"{t['ratio_min_to_baseline']:.2f}" if t.get("ratio_min_to_baseline") is not None else "-"
+        rcpu = f"{t['ratio_cpu_to_baseline']:.2f}" if t.get("ratio_cpu_to_baseline") is not None else "-"
         lines.append(f"{t['name']:<18} {t['ms_per_step']:>9.1f} {t['ms_min']:>9.1f} {t['images_per_s']:>9.2f} "
-                     f"{ratio:>7} {rmin:>7} {t['achieved_gflops']:>8.1f} {frac:>13} {mem:>8}")
+                     f"{ratio:>7} {rmin:>6} {rcpu:>6} {t['achieved_gflops']:>8.1f} {frac:>13} {mem:>8}")
     for name, why in report.get("skipped", {}).items():
         lines.append(f"skipped {name}: {why}")
     return lines

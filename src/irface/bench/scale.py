@@ -113,6 +113,17 @@ def _rss_mb() -> float:
     return 0.0
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so the next row's peak RSS starts from what is live."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _make_head(opts: ScaleOptions, classes: int, ranks: int, rate: float, device: torch.device) -> tuple[nn.Module, int]:
     """One rank's head and the number of classes its labels are drawn from."""
     try:
@@ -138,7 +149,7 @@ def measure_row(opts: ScaleOptions, classes: int, ranks: int, rate: float, devic
     if est > opts.max_memory_gb * 1024:
         row["note"] = f"skipped: estimated {est / 1024:.1f} GB > --max-memory-gb {opts.max_memory_gb:g}"
         return row
-    gc.collect()
+    _release_freed_memory()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

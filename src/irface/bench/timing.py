@@ -40,6 +40,8 @@ class Timing:
     peak_memory_mb: Optional[float] = None
     ratio_to_baseline: Optional[float] = None
     ratio_min_to_baseline: Optional[float] = None
+    cpu_ms_per_step: Optional[float] = None
+    ratio_cpu_to_baseline: Optional[float] = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -51,11 +53,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step: Step, device: torch.device) -> float:
-    t0 = time.perf_counter()
+class StepTimes(list):
+    """Wall times of steps in ms, with `cpu`: the process's CPU time (all threads) of each step.
+
+    On a shared machine the wall time includes waiting for the other processes; the CPU time mostly not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu: list[float] = []
+
+
+def _timed(step: Step, device: torch.device, into: Optional[StepTimes] = None) -> float:
+    c0, t0 = time.process_time(), time.perf_counter()
     step()
     synchronize(device)
-    return (time.perf_counter() - t0) * 1e3
+    wall = (time.perf_counter() - t0) * 1e3
+    if into is not None:
+        into.cpu.append((time.process_time() - c0) * 1e3)
+        into.append(wall)
+    return wall
+
+
+def cpu_times_of(wall_times: list[float]) -> list[float]:
+    """The CPU times recorded with `wall_times` (same order), or [] if none were."""
+    return getattr(wall_times, "cpu", [])
 
 
 def step_times_ms(step: Step, device: torch.device, steps: int, warmup: int) -> list[float]:
@@ -63,7 +85,10 @@ def step_times_ms(step: Step, device: torch.device, steps: int, warmup: int) -> 
     for _ in range(warmup):
         step()
     synchronize(device)
-    return [_timed(step, device) for _ in range(steps)]
+    times = StepTimes()
+    for _ in range(steps):
+        _timed(step, device, times)
+    return times
 
 
 def median_step_ms(step: Step, device: torch.device, steps: int, warmup: int) -> float:
@@ -78,11 +103,11 @@ def interleaved_times_ms(steps_by_name: dict[str, Step], device: torch.device, r
     following the same neighbour (whose caches or clocks it would inherit).
     """
     names = list(steps_by_name)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: StepTimes() for n in names}
     for r in range(rounds):
         k = r % len(names) if names else 0
         for name in names[k:] + names[:k]:
-            times[name].append(_timed(steps_by_name[name], device))
+            _timed(steps_by_name[name], device, times[name])
     return times
 
 
@@ -287,6 +312,7 @@ def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: fl
                 memory_mb: Optional[float] = None, **extra) -> Timing:
     """A Timing from the raw step times: median for the figures, the minimum alongside."""
     ms = statistics.median(times_ms)
+    cpu = cpu_times_of(times_ms)
     ips = batch / (ms / 1e3)
     achieved = ips * flop_per_image / 1e9
     return Timing(
@@ -296,7 +322,8 @@ def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: fl
         fraction_of_peak=sig(achieved / peak_gflops, 3) if peak_gflops else None,
         peak_name=peak_name if peak_gflops else None,
         fraction_of_fp32_peak=sig(achieved / fp32_peak, 3) if fp32_peak else None,
-        peak_memory_mb=round(memory_mb, 1) if memory_mb is not None else None, extra=extra,
+        peak_memory_mb=round(memory_mb, 1) if memory_mb is not None else None,
+        cpu_ms_per_step=sig(statistics.median(cpu), 5) if cpu else None, extra=extra,
     )
 
 
@@ -308,4 +335,8 @@ def with_ratios(timings: list[Timing]) -> list[Timing]:
             t.ratio_to_baseline = sig(t.images_per_s / base, 4)
             # The fastest steps: on a shared machine, the least disturbed measure of each configuration.
             t.ratio_min_to_baseline = sig(base_min / t.ms_min * t.batch_size / timings[0].batch_size, 4)
+            if t.cpu_ms_per_step and timings[0].cpu_ms_per_step:
+                # CPU time per image: the work a configuration needs, whatever else the machine ran.
+                t.ratio_cpu_to_baseline = sig(timings[0].cpu_ms_per_step / timings[0].batch_size
+                                              / (t.cpu_ms_per_step / t.batch_size), 4)
     return timings
