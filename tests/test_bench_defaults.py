@@ -76,3 +76,23 @@ def test_load_model_default_matches_the_plain_network(tmp_path):
     assert relative_error(embedder.embed(images), ref) < 1e-5
     plain = load_model(path, fold_bn=False, channels_last=False)
     assert relative_error(plain.embed(images), ref) < 1e-5
+
+
+def test_prelu_as_max_is_exact_and_leaves_slopes_above_one(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from irface.export.graph import prelu_as_max
+    from irface.export.onnx_export import export_onnx
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.layer2[0].prelu.weight[3] = 1.5  # one slope above 1: Max(x, s x) would be wrong there
+    src, dst = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_onnx(fold_batchnorm(model, leading=True), src, 16)
+    prelus = sum(n.op_type == "PRelu" for n in onnx.load(str(src)).graph.node)
+    assert prelu_as_max(src, dst) == prelus - 1
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert ops.count("PRelu") == 1 and ops.count("Max") == prelus - 1
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 16, 16)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]  # noqa: E731
+    assert np.array_equal(run(src), run(dst))

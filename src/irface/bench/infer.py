@@ -226,8 +226,8 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
     """onnxruntime on the fp32 export, or (with `calib_faces`) on an int8 quantisation of it.
 
     `int8_form` "export": what `irface export --int8` writes (QDQ, int8 activations, portable);
-    "cpu": every BN folded, onnxruntime's QOperator CPU kernels with uint8 activations, percentile
-    calibration (closer to fp32 than minmax in our measurements).
+    "cpu": every BN folded, PReLU as Max(x, slope * x) (`irface.export.graph`), onnxruntime's QOperator
+    CPU kernels with uint8 activations, percentile calibration (closer to fp32 than minmax here).
     """
     int8 = calib_faces is not None
     leading, quant_format, activations, method = INT8_FORMS[int8_form]
@@ -244,6 +244,13 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
             from irface.export.quantize import quantize_int8
 
             path = workdir / f"int8-{int8_form}.onnx"
+            if int8_form == "cpu":
+                from irface.export.graph import prelu_as_max
+
+                rewritten = workdir / "fp32-all-max.onnx"
+                if not rewritten.exists():
+                    prelu_as_max(fp32, rewritten)
+                fp32 = rewritten
             if not path.exists():
                 # onnxruntime's quantiser prints progress on stdout, which belongs to --json.
                 with contextlib.redirect_stdout(sys.stderr):
@@ -267,7 +274,8 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
                  "model_mb": round(path.stat().st_size / 2 ** 20, 1)}
         if int8:
             notes["quantisation"] = (f"{quant_format}, int8 weights per channel, {activations} activations, {method} "
-                                     f"calibration on {len(calib_faces)} faces" + (", every BN folded" if leading else ""))
+                                     f"calibration on {len(calib_faces)} faces"
+                                     + (", every BN folded, PReLU as Max(x, slope x)" if leading else ""))
         return Prepared(step=lambda: sess.run(None, {input_name: x}), embed=embed, notes=notes)
 
     return Variant(name, build, flop, "int8" if int8 else "fp32", description)

@@ -83,8 +83,10 @@ def quantize_int8(fp32_onnx: str | Path, output: str | Path, calib_images: np.nd
 
         # The blocks' leading BatchNorms (before a padded conv, not foldable) have no channel axis to
         # quantise per channel and no int8 kernel: they stay float between the quantised convs.
+        # Mul and Max only appear as PReLU rewritten for speed (irface.export.graph): two fast float
+        # passes beat onnxruntime's quantised Mul followed by a float Max.
         op_types = sorted({n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node}
-                          - {"BatchNormalization", "Identity"})
+                          - {"BatchNormalization", "Identity", "Mul", "Max"})
         quantize_static(
             str(source), str(output), _reader(calib_images, "data", batch_size or CALIB_BATCH),
             quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator, per_channel=True,
