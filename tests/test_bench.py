@@ -65,9 +65,10 @@ def test_infer_compare_side_by_side_with_agreement(tmp_path, tiny_model_file):
     assert names[0] == "eager-fp32"  # the baseline always runs first
     assert report["timings"][0]["ratio_to_baseline"] == 1.0
     assert all(t["cpu_ms_per_step"] > 0 and t["ratio_cpu_to_baseline"] > 0 for t in report["timings"])
-    # side by side on CPU: the peak was timed in the same rounds as the configurations
-    assert report["peaks_measured"]["in_rounds"]["fp32"] > 0
-    assert report["peaks_gflops"]["fp32"] == report["peaks_measured"]["in_rounds"]["fp32"]
+    # side by side on CPU: the peak was also timed in the rounds; the best rate seen is the one used
+    measured = report["peaks_measured"]
+    assert measured["in_rounds"]["fp32"] > 0
+    assert report["peaks_gflops"]["fp32"] == max(measured["in_rounds"]["fp32"], measured["before"]["fp32"])
     for name in ("default", "channels-last", "folded-cl"):
         assert name in names
     agree = report["agreement"]

@@ -36,8 +36,8 @@ def _speed_report(report: dict[str, Any]) -> list[str]:
         f"irface bench {report['benchmark']}: {report.get('network')}, batch {report['batch_size']}, "
         f"median of {report['steps']} steps after {report['warmup']} warm-up",
         f"machine: {_machine(report['machine'])}",
-        f"work: {report['gflop_per_image']} GFLOP per image; matmul peaks (GFLOP/s"
-        f"{', timed in the same rounds' if in_rounds else ', measured just before'}): {peaks}",
+        f"work: {report['gflop_per_image']} GFLOP per image; matmul peaks (GFLOP/s, best seen"
+        f"{' before and in the rounds' if in_rounds else ' just before'}): {peaks}",
     ]
     lines += _timings(report)
     agreement = report.get("agreement") or {}
