@@ -54,9 +54,9 @@ def _speed_report(report: dict[str, Any]) -> list[str]:
 def _data_report(r: dict[str, Any]) -> list[str]:
     return [
         f"irface bench data: {r['data']} ({r['images']} images, {r['num_classes']} classes), batch {r['batch_size']}, "
-        f"{r['workers']} workers, median of {r['steps']} batches after {r['warmup']}",
+        f"{r['workers']} workers, {r['steps']} batches timed after {r['warmup']}",
         f"machine: {_machine(r['machine'])}",
-        f"{r['ms_per_batch']:.1f} ms per batch (min {r['ms_min']:.1f}), {r['images_per_s']:.0f} images/s, "
+        f"{r['ms_per_batch']:.1f} ms per batch on average (median {r['ms_median']:.1f}), {r['images_per_s']:.0f} images/s, "
         f"peak memory {r['peak_memory_mb']:.0f} MB (this process)",
     ]
 
