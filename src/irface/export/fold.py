@@ -3,8 +3,14 @@
 An IResNet has four BNs per block and three around the output. Three per block sit right after a
 conv (stem `bn1`, block `bn2` and `bn3`, the shortcut's BN) and fold exactly into that conv's weights
 and a new bias. The "E" block's `bn2` (before flatten) and `features` (after the FC) fold into the FC.
-Only each block's `bn1` stays: it comes before a zero-padded conv, and folding it would change the
-values at the padded border.
+Each block's `bn1` comes before a zero-padded conv: folding its shift into that conv would change
+the values at the padded border. `fold_batchnorm(model, leading=True)` folds it all the same, exactly:
+bn1(x) = a * (x - p) with p = -b / a, so conv1(pad(bn1(x))) = conv1_a(pad(x - p)) with conv1's
+weights scaled by a. The residual stream is then carried shifted (x - p) from block to block: each
+block's output conv absorbs the difference between its own shift and the next block's (a 1x1
+shortcut conv absorbs its image of the shift), one subtraction after the stem sets the first shift,
+and the last block hands on the unshifted stream. A block whose BN has a near-zero scale (a huge
+shift would cost precision) keeps its bn1 and an unshifted stream.
 
 The folded copy keeps the module tree (folded BNs become `nn.Identity`), so `IResNet.forward` runs
 unchanged; the original model is not touched. Its state dict is NOT the common layout: export `.pth`
@@ -64,8 +70,63 @@ def fold_output_block(bn_in: nn.BatchNorm2d, fc: nn.Linear, bn_out: nn.BatchNorm
     return fused.to(fc.weight.device)
 
 
-def fold_batchnorm(model: IResNet) -> IResNet:
-    """An eval-mode copy of `model` with every foldable BatchNorm folded away (see the module doc)."""
+# Leading BNs whose scale or shift lie outside these bounds are kept (see the module doc).
+MIN_LEADING_SCALE = 1e-4
+MAX_LEADING_SHIFT = 1e3
+
+
+class ChannelShift(nn.Module):
+    """x - shift, per channel: sets the residual stream's carried shift after the stem."""
+
+    def __init__(self, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.shift
+
+
+def _leading_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(a, p) with bn(x) == a * (x - p), or None where that form would lose precision."""
+    a, b = _bn_scale_shift(bn)
+    if a.abs().min() < MIN_LEADING_SCALE:
+        return None
+    p = -b / a
+    return (a, p) if p.abs().max() <= MAX_LEADING_SHIFT else None
+
+
+@torch.no_grad()
+def _fold_leading(original: IResNet, model: IResNet) -> None:
+    """Fold every block's bn1 of `model` (already folded elsewhere) by carrying a shifted stream."""
+    blocks = [b for stage in model.stages for b in stage]
+    shifts = [_leading_shift(b.bn1) for stage in original.stages for b in stage]
+    zeros = [torch.zeros(b.conv1.in_channels, dtype=torch.float64) for b in blocks]
+    carried = [s[1] if s is not None else z for s, z in zip(shifts, zeros)]  # stream entering block k is x - carried[k]
+    for k, block in enumerate(blocks):
+        if shifts[k] is not None:
+            a = shifts[k][0].to(block.conv1.weight.device)
+            block.conv1.weight.copy_((block.conv1.weight.double() * a.view(1, -1, 1, 1)).to(block.conv1.weight.dtype))
+            block.bn1 = nn.Identity()
+        incoming = carried[k].to(block.conv2.weight.device)
+        outgoing = (carried[k + 1] if k + 1 < len(blocks) else torch.zeros(block.conv2.out_channels,
+                                                                           dtype=torch.float64)).to(incoming.device)
+        if block.downsample is not None:
+            # The 1x1 shortcut conv (no padding) maps the constant shift to a constant per output channel.
+            shortcut = block.downsample[0].weight.double().sum(dim=(2, 3)) @ incoming
+        else:
+            shortcut = incoming
+        bias = block.conv2.bias
+        bias.copy_((bias.double() + shortcut - outgoing).to(bias.dtype))
+    if shifts[0] is not None:
+        model.prelu = nn.Sequential(model.prelu, ChannelShift(carried[0].to(model.conv1.weight.dtype)))
+
+
+def fold_batchnorm(model: IResNet, leading: bool = False) -> IResNet:
+    """An eval-mode copy of `model` with every foldable BatchNorm folded away (see the module doc).
+
+    `leading=True` folds the blocks' leading BNs too (the shifted residual stream).
+    """
+    original = model
     model = copy.deepcopy(model).eval()
     model.conv1 = fold_conv_bn(model.conv1, model.bn1)
     model.bn1 = nn.Identity()
@@ -83,6 +144,8 @@ def fold_batchnorm(model: IResNet) -> IResNet:
     model.bn2 = nn.Identity()
     model.features = nn.Identity()
     model.dropout = nn.Identity()
+    if leading:
+        _fold_leading(original, model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

@@ -1,0 +1,75 @@
+"""`irface bench data`: the training loader's speed over a RecordIO folder (read, decode, flip, collate).
+
+Uses the loader `irface train` builds (`irface.data.loader.build_train_loader`) on the dataset it
+opens (`irface.data.datasets.open_train_dataset`), with the config's worker count, so the figure is
+what feeds a training step. The RecordIO reader (`irface.data.recordio`) is imported lazily: an
+install without it gets one line saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from irface.bench.timing import device_info, peak_memory_mb, reset_peak_memory
+from irface.errors import ConfigError, DataError, UserError
+
+log = logging.getLogger(__name__)
+
+
+def bench_data(data: str | Path, batch_size: int = 128, steps: int = 20, warmup: int = 2, workers: int = 4,
+               device: str = "cpu") -> dict[str, Any]:
+    """Median time per training batch from `data` (a RecordIO folder); returns the report."""
+    if batch_size < 1 or steps < 1 or warmup < 0 or workers < 0:
+        raise ConfigError("--batch-size and --steps must be positive, --warmup and --workers not negative")
+    try:
+        import irface.data.recordio  # noqa: F401 (presence check: the reader is being written in parallel)
+    except ImportError:
+        raise UserError("bench data needs irface.data.recordio (the RecordIO reader), which this install does not "
+                        "have yet") from None
+    from irface.data.datasets import open_train_dataset
+    from irface.data.loader import build_train_loader, set_loader_epoch
+    from irface.infer.model_file import resolve_device
+
+    dev = resolve_device(device)
+    dataset = open_train_dataset(data)
+    batches = len(dataset) // batch_size
+    if batches < 1:
+        raise DataError(f"{data}: {len(dataset)} images make no full batch of {batch_size}")
+    steps = min(steps, max(1, batches - warmup))
+    loader = build_train_loader(dataset, batch_size, num_workers=workers, persistent_workers=False,
+                                pin_memory=dev.type == "cuda")
+    set_loader_epoch(loader, 0)
+    reset_peak_memory(torch.device("cpu"))
+    it = iter(loader)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        next(it)
+    startup = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        images, labels = next(it)
+        if dev.type == "cuda":
+            # As the trainer: uint8 across, normalised on the device.
+            from irface.data.transforms import normalize
+
+            normalize(images.to(dev, non_blocking=True))
+            torch.cuda.synchronize(dev)
+        times.append((time.perf_counter() - t0) * 1e3)
+    del it
+    # Throughput over the whole timed span: the workers prefetch, so single batches can come for free.
+    ms = sum(times) / len(times)
+    return {
+        "benchmark": "data", "data": str(data), "images": len(dataset),
+        "num_classes": int(getattr(dataset, "num_classes", 0)), "batch_size": batch_size, "workers": workers,
+        "steps": steps, "warmup": warmup, "ms_per_batch": round(ms, 3), "ms_median": round(statistics.median(times), 3),
+        "ms_min": round(min(times), 3),
+        "images_per_s": round(batch_size / (ms / 1e3), 1), "warmup_s": round(startup, 2),
+        "peak_memory_mb": round(peak_memory_mb(torch.device("cpu")), 1), "machine": device_info(dev),
+    }

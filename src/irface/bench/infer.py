@@ -1,0 +1,414 @@
+"""`irface bench infer`: the forward pass in inference mode, one configuration or the fast paths side by side.
+
+The model is either a file (`model`, read by `irface.infer.load_model` as `embed` and `eval` read it)
+or a freshly built network whose BatchNorm statistics are set on face-like images (see
+`irface.bench.inputs`), so int8 calibration and the agreement figures see realistic activations.
+
+With `compare`, the baseline is the plain eager fp32 NCHW network with its BatchNorms, and every
+other path is reported as a ratio to it, measured in the same run; each path's embeddings are also
+compared with the baseline's on held-out faces (cosine similarity, and how much any pair's
+similarity moves: a verification decision can only flip for pairs that close to the threshold).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from irface.bench.flops import count_flops
+from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
+from irface.bench.runner import Prepared, RunResult, Variant, run_variants
+from irface.bench.timing import cpu_has_fast_bf16, sig
+from irface.data.transforms import normalize, to_nchw_tensor
+from irface.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Faces that set the BN statistics and calibrate int8, and held-out faces for the agreement check.
+CALIB_FACES = 32
+AGREEMENT_FACES = 32
+RUNTIMES = ("torch", "ort", "ort-int8", "ort-int8-cpu")
+
+
+@dataclass
+class InferOptions:
+    """What `irface bench infer` measures. Defaults: what `irface embed` / `eval` run (load_model, batch 64)."""
+
+    network: str = "iresnet100"
+    model: Optional[str] = None
+    batch_size: int = 64
+    steps: int = 10
+    warmup: int = 2
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    fold_bn: bool = True
+    runtime: str = "torch"  # torch, ort (onnxruntime fp32), ort-int8 (as exported) or ort-int8-cpu
+    device: str = "cpu"
+    compare: bool = False
+    variants: Optional[list[str]] = None  # with compare: a subset of the paths, by name
+    calib: Optional[str] = None  # folder of faces or .bin for int8 calibration and agreement
+    interleave: Optional[bool] = None  # default: side by side on CPU, one after another on CUDA
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def normalised(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB -> the model's float32 NCHW input (the one normalisation)."""
+    return normalize(to_nchw_tensor(images))
+
+
+# --- the network and its inputs --------------------------------------------------------------------
+
+def faces_for(opts: InferOptions, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration faces, held-out agreement faces) as uint8 RGB: from `opts.calib`, else synthetic."""
+    if opts.calib:
+        from irface.export.calibration import load_calibration_images
+
+        faces = load_calibration_images(opts.calib, CALIB_FACES + AGREEMENT_FACES, size)
+        if len(faces) < 4:
+            raise ConfigError(f"{opts.calib}: only {len(faces)} images; need at least 4")
+        half = len(faces) // 2
+        return faces[:half], faces[half:]
+    calib, _ = synthetic_faces(CALIB_FACES // 2, 2, size, seed=1)
+    held_out, _ = synthetic_faces(AGREEMENT_FACES // 2, 2, size, seed=2)
+    return calib, held_out
+
+
+def base_network(opts: InferOptions) -> tuple[nn.Module, dict[str, Any]]:
+    """The unfolded eval-mode backbone on CPU: from `opts.model`, or built and BN-calibrated on faces."""
+    if opts.model:
+        from irface.models.loading import load_backbone
+
+        model, info = load_backbone(opts.model, None)
+        return model.eval(), {"model": opts.model, "network": info.get("network")}
+    from irface.models import create_backbone
+
+    try:
+        model = create_backbone(opts.network, **opts.backbone_kwargs)
+    except KeyError as e:
+        raise ConfigError(f"--network: {e.args[0]}") from None
+    calib, _ = faces_for(opts, model.input_size)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.PReLU):
+                # Trained slopes differ channel by channel; one shared 0.25 would let the ONNX exporter
+                # share one constant, which no trained network allows.
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5)
+    torch.manual_seed(0)
+    calibrate_batchnorm(model, normalised(calib), batch_size=16)
+    return model.eval(), {"model": None, "network": opts.network, "weights": "random, BN statistics set on faces"}
+
+
+# --- PyTorch paths --------------------------------------------------------------------------------
+
+def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, *, fold: str,
+                  channels_last: bool, precision: str = "fp32", compile: bool = False,
+                  cast_weights: bool = False, flop: float, description: str = "") -> Variant:
+    """A PyTorch forward.
+
+    `fold`: "none" (BatchNorms as trained), "conv" (into the convs they follow) or "all" (the blocks'
+    leading ones too, `fold_batchnorm(leading=True)`, what `load_model` does). `cast_weights`: hold
+    the weights in the low precision instead of autocasting per call.
+    """
+    dtype = DTYPES[precision]
+    size = base.input_size
+
+    def build() -> Prepared:
+        from irface.export.fold import fold_batchnorm
+
+        model = fold_batchnorm(base, leading=fold == "all") if fold != "none" else copy.deepcopy(base).eval()
+        model = model.to(device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        input_dtype = torch.float32
+        if cast_weights and dtype is not None:
+            model = model.to(dtype)
+            input_dtype = dtype
+        notes: dict[str, Any] = {"bn_folded": fold, "channels_last": channels_last, "precision": precision}
+        if compile:
+            model = _compiled(model, device)
+            notes["compiled"] = True
+        autocast = dtype is not None and not cast_weights
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, size, size, generator=gen).mul_(2).sub_(1)
+        x = x.to(device=device, dtype=input_dtype).contiguous(memory_format=memory_format)
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                return model(inp)
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            inp = normalised(images).to(device=device, dtype=input_dtype).contiguous(memory_format=memory_format)
+            return forward(inp).float().cpu().numpy()
+
+        return Prepared(step=lambda: forward(x), embed=embed, notes=notes)
+
+    return Variant(name, build, flop, precision, description)
+
+
+def _compiled(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile for inference; on CPU with freezing, so oneDNN gets its weights pre-packed once."""
+    compiled = torch.compile(model)
+    if device.type != "cpu":
+        return compiled
+    import torch._inductor.config as inductor_config
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # Freezing applies when the graph is compiled (the first call); the patch is cheap afterwards.
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return run
+
+
+def default_variant(name: str, base: nn.Module, opts: InferOptions, device: torch.device, batch: int,
+                    flop: float, workdir: Path) -> Variant:
+    """What `embed` and `eval` run: `load_model` on a model file, `Embedder.embed` on uint8 images."""
+
+    def build() -> Prepared:
+        from irface.infer.model_file import load_model
+
+        path = opts.model
+        if path is None:
+            path = workdir / "model.pth"
+            torch.save(base.state_dict(), path)
+        embedder = load_model(path, device=device, precision=opts.precision)
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (batch, embedder.input_size, embedder.input_size, 3), dtype=np.uint8)
+        return Prepared(step=lambda: embedder.embed(images), embed=embedder.embed,
+                        notes={"path": "irface.infer.load_model defaults", "precision": opts.precision})
+
+    return Variant(name, build, flop, opts.precision, "load_model as embed/eval use it: every BN folded, NHWC")
+
+
+# --- ONNX Runtime paths ---------------------------------------------------------------------------
+
+def ort_session_options(threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return so
+
+
+def _onnx_file(base: nn.Module, workdir: Path, leading: bool = False) -> Path:
+    """The BN-folded fp32 export (as `irface export` writes it; `leading`: every BN folded), made once per run."""
+    path = workdir / ("fp32-all.onnx" if leading else "fp32.onnx")
+    if not path.exists():
+        from irface.export.fold import fold_batchnorm
+        from irface.export.onnx_export import export_onnx
+
+        export_onnx(fold_batchnorm(base, leading=leading), path, base.input_size)
+    return path
+
+
+# int8 forms: (every BN folded?, quantisation format, activation type, calibration)
+INT8_FORMS = {"export": (False, "qdq", "int8", "minmax"), "cpu": (True, "qoperator", "uint8", "percentile")}
+
+
+def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, workdir: Path, flop: float,
+                calib_faces: Optional[np.ndarray] = None, description: str = "", int8_form: str = "export") -> Variant:
+    """onnxruntime on the fp32 export, or (with `calib_faces`) on an int8 quantisation of it.
+
+    `int8_form` "export": what `irface export --int8` writes (QDQ, int8 activations, portable);
+    "cpu": every BN folded, PReLU as Max(x, slope * x) (`irface.export.graph`), onnxruntime's QOperator
+    CPU kernels with uint8 activations, percentile calibration (closer to fp32 than minmax here).
+    """
+    int8 = calib_faces is not None
+    leading, quant_format, activations, method = INT8_FORMS[int8_form]
+
+    def build() -> Prepared:
+        import onnxruntime as ort
+
+        fp32 = _onnx_file(base, workdir, leading=int8 and leading)
+        path = fp32
+        if int8:
+            import contextlib
+            import sys
+
+            from irface.export.quantize import quantize_int8
+
+            path = workdir / f"int8-{int8_form}.onnx"
+            if int8_form == "cpu":
+                from irface.export.graph import prelu_as_max
+
+                rewritten = workdir / "fp32-all-max.onnx"
+                if not rewritten.exists():
+                    prelu_as_max(fp32, rewritten)
+                fp32 = rewritten
+            if not path.exists():
+                # onnxruntime's quantiser prints progress on stdout, which belongs to --json.
+                with contextlib.redirect_stdout(sys.stderr):
+                    quantize_int8(fp32, path, calib_faces, None, method, quant_format=quant_format,
+                                  activations=activations)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
+        sess = ort.InferenceSession(str(path), sess_options=ort_session_options(torch.get_num_threads()),
+                                    providers=providers)
+        input_name = sess.get_inputs()[0].name
+        gen = np.random.default_rng(0)
+        x = gen.uniform(-1, 1, (batch, 3, base.input_size, base.input_size)).astype(np.float32)
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            return sess.run(None, {input_name: normalised(images).numpy()})[0]
+
+        notes = {"runtime": f"onnxruntime {ort.__version__}", "providers": sess.get_providers(),
+                 "model_mb": round(path.stat().st_size / 2 ** 20, 1)}
+        if int8:
+            notes["quantisation"] = (f"{quant_format}, int8 weights per channel, {activations} activations, {method} "
+                                     f"calibration on {len(calib_faces)} faces"
+                                     + (", every BN folded, PReLU as Max(x, slope x)" if leading else ""))
+        return Prepared(step=lambda: sess.run(None, {input_name: x}), embed=embed, notes=notes)
+
+    return Variant(name, build, flop, "int8" if int8 else "fp32", description)
+
+
+# --- the sets -------------------------------------------------------------------------------------
+
+def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, flop: float, workdir: Path,
+                     calib_faces: np.ndarray) -> list[Variant]:
+    """Baseline first, then the faster paths this device offers."""
+    b = opts.batch_size
+    v = [
+        torch_variant("eager-fp32", base, device, b, fold="none", channels_last=False, flop=flop,
+                      description="baseline: eager fp32 NCHW, BatchNorm as trained"),
+        default_variant("default", base, opts, device, b, flop, workdir),
+        torch_variant("channels-last", base, device, b, fold="none", channels_last=True, flop=flop,
+                      description="NHWC memory format"),
+        torch_variant("folded-cl", base, device, b, fold="conv", channels_last=True, flop=flop,
+                      description="BN folded into the convs they follow, NHWC"),
+        torch_variant("folded-all-cl", base, device, b, fold="all", channels_last=True, flop=flop,
+                      description="every BN folded (shifted residual stream), NHWC"),
+        torch_variant("compiled", base, device, b, fold="all", channels_last=True, compile=True, flop=flop,
+                      description="every BN folded, NHWC, torch.compile (inductor, frozen weights on CPU)"),
+    ]
+    if device.type == "cuda":
+        v += [
+            torch_variant("fp16", base, device, b, fold="all", channels_last=True, precision="fp16",
+                          cast_weights=True, flop=flop, description="fp16 weights, folded, NHWC"),
+            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
+                          cast_weights=True, flop=flop, description="bf16 weights, folded, NHWC"),
+            torch_variant("bf16-compiled", base, device, b, fold="all", channels_last=True, precision="bf16",
+                          cast_weights=True, compile=True, flop=flop, description="bf16, folded, NHWC, compiled"),
+        ]
+    elif cpu_has_fast_bf16():
+        v += [
+            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
+                          cast_weights=True, flop=flop, description="bf16 weights (AMX / AVX-512 bf16), folded, NHWC"),
+        ]
+    v += [
+        ort_variant("ort-fp32", base, device, b, workdir, flop, description="onnxruntime fp32, BN folded"),
+        ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces,
+                    description="onnxruntime int8 QDQ (as irface export --int8 writes it)"),
+        ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu",
+                    description="onnxruntime int8 QOperator, uint8 activations, every BN folded"),
+    ]
+    if opts.variants:
+        known = [x.name for x in v]
+        unknown = [n for n in opts.variants if n not in known]
+        if unknown:
+            raise ConfigError(f"--variants: unknown {', '.join(unknown)}; known here: {', '.join(known)}")
+        # The baseline always runs: the ratios are to it.
+        v = [x for x in v if x.name == "eager-fp32" or x.name in opts.variants]
+    return v
+
+
+def single_variant(base: nn.Module, opts: InferOptions, device: torch.device, flop: float, workdir: Path,
+                   calib_faces: np.ndarray) -> Variant:
+    b = opts.batch_size
+    if opts.runtime == "ort":
+        return ort_variant("ort-fp32", base, device, b, workdir, flop)
+    if opts.runtime == "ort-int8":
+        return ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces)
+    if opts.runtime == "ort-int8-cpu":
+        return ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu")
+    if opts.fold_bn and opts.channels_last and not opts.compile:
+        return default_variant("default", base, opts, device, b, flop, workdir)
+    parts = [opts.precision, "folded" if opts.fold_bn else "unfolded", "NHWC" if opts.channels_last else "NCHW"]
+    if opts.compile:
+        parts.append("compiled")
+    return torch_variant("-".join(parts), base, device, b, fold="all" if opts.fold_bn else "none",
+                         channels_last=opts.channels_last, precision=opts.precision, compile=opts.compile, flop=flop)
+
+
+def agreement(prepared: dict[str, Prepared], baseline: str, faces: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each path's embeddings against the baseline's on held-out faces.
+
+    `mean_cosine` / `min_cosine`: embedding by embedding. `pair_similarity_max_diff`: the largest
+    change of any pair's cosine similarity; a verification decision flips only for pairs whose
+    similarity lies that close to the threshold.
+    """
+    from irface.export.check import cosine_similarity
+
+    if baseline not in prepared or prepared[baseline].embed is None:
+        return {}
+    ref = np.asarray(prepared[baseline].embed(faces), dtype=np.float64)
+    ref_n = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+    ref_pairs = ref_n @ ref_n.T
+    out = {}
+    for name, p in prepared.items():
+        if name == baseline or p.embed is None:
+            continue
+        got = np.asarray(p.embed(faces), dtype=np.float64)
+        cos = cosine_similarity(got, ref)
+        got_n = got / np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
+        diff = np.abs(got_n @ got_n.T - ref_pairs)[np.triu_indices(len(faces), 1)]
+        out[name] = {"faces": int(len(faces)), "mean_cosine": round(float(cos.mean()), 6),
+                     "min_cosine": round(float(cos.min()), 6),
+                     "pair_similarity_max_diff": round(float(diff.max()), 6),
+                     "pair_similarity_mean_diff": round(float(diff.mean()), 6)}
+    return out
+
+
+def bench_infer(opts: InferOptions) -> dict[str, Any]:
+    """Run the inference benchmark; returns the report (JSON-ready)."""
+    from irface.bench.timing import device_info
+    from irface.infer.model_file import resolve_device
+
+    if opts.precision not in DTYPES:
+        raise ConfigError(f"--precision {opts.precision}: use fp32, bf16 or fp16")
+    if opts.runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {opts.runtime}: use {', '.join(RUNTIMES)}")
+    if opts.batch_size < 1 or opts.steps < 1 or opts.warmup < 0:
+        raise ConfigError("--batch-size and --steps must be positive, --warmup not negative")
+    device = resolve_device(opts.device)
+    base, source = base_network(opts)
+    flop = count_flops(base, base.input_size)
+    calib_faces, held_out = faces_for(opts, base.input_size)
+    with tempfile.TemporaryDirectory(prefix="irface-bench-") as tmp:
+        workdir = Path(tmp)
+        if opts.compare:
+            variants = compare_variants(base, opts, device, flop, workdir, calib_faces)
+        else:
+            variants = [single_variant(base, opts, device, flop, workdir, calib_faces)]
+        result: RunResult = run_variants(variants, device, opts.batch_size, opts.steps, opts.warmup,
+                                         opts.interleave, keep=opts.compare)
+        agree = agreement(result.prepared, variants[0].name, held_out) if opts.compare else {}
+    report = {
+        "benchmark": "infer", "network": source.get("network"), "source": source,
+        "batch_size": opts.batch_size, "steps": opts.steps, "warmup": opts.warmup,
+        "input_size": base.input_size, "gflop_per_image": sig(flop / 1e9),
+        "peaks_gflops": result.peaks["used"], "peaks_measured": result.peaks, "machine": device_info(device),
+        "timings": [t.to_dict() for t in result.timings], "skipped": result.skipped,
+    }
+    if opts.compare:
+        report["agreement"] = agree
+    return report

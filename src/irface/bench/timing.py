@@ -1,0 +1,342 @@
+"""Timing primitives: warm-up then the median of timed steps, side by side when comparing.
+
+When several configurations are compared they are timed in interleaved rounds (one step of each,
+round after round) so that a change in the machine's load mid-run falls on all of them alike; the
+ratios are then taken between medians measured in the same rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[], object]
+
+
+@dataclass
+class Timing:
+    """One measured configuration. `fraction_of_peak` is against `peak_name`'s measured rate."""
+
+    name: str
+    batch_size: int
+    ms_per_step: float
+    ms_min: float
+    images_per_s: float
+    gflop_per_image: float
+    achieved_gflops: float
+    steps: int
+    fraction_of_peak: Optional[float] = None
+    peak_name: Optional[str] = None
+    fraction_of_fp32_peak: Optional[float] = None
+    peak_memory_mb: Optional[float] = None
+    ratio_to_baseline: Optional[float] = None
+    ratio_min_to_baseline: Optional[float] = None
+    cpu_ms_per_step: Optional[float] = None
+    ratio_cpu_to_baseline: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimes(list):
+    """Wall times of steps in ms, with `cpu`: the process's CPU time (all threads) of each step.
+
+    On a shared machine the wall time includes waiting for the other processes; the CPU time mostly not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu: list[float] = []
+
+
+def _timed(step: Step, device: torch.device, into: Optional[StepTimes] = None) -> float:
+    c0, t0 = time.process_time(), time.perf_counter()
+    step()
+    synchronize(device)
+    wall = (time.perf_counter() - t0) * 1e3
+    if into is not None:
+        into.cpu.append((time.process_time() - c0) * 1e3)
+        into.append(wall)
+    return wall
+
+
+def cpu_times_of(wall_times: list[float]) -> list[float]:
+    """The CPU times recorded with `wall_times` (same order), or [] if none were."""
+    return getattr(wall_times, "cpu", [])
+
+
+def step_times_ms(step: Step, device: torch.device, steps: int, warmup: int) -> list[float]:
+    """Wall times of `steps` calls of `step` in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = StepTimes()
+    for _ in range(steps):
+        _timed(step, device, times)
+    return times
+
+
+def median_step_ms(step: Step, device: torch.device, steps: int, warmup: int) -> float:
+    """Median wall time of `step` in ms, after `warmup` untimed calls."""
+    return statistics.median(step_times_ms(step, device, steps, warmup))
+
+
+def interleaved_times_ms(steps_by_name: dict[str, Step], device: torch.device, rounds: int) -> dict[str, list[float]]:
+    """Time one call of every step per round, `rounds` rounds, the order rotating each round.
+
+    The callers warm every step up first. Rotating the order keeps any one configuration from always
+    following the same neighbour (whose caches or clocks it would inherit).
+    """
+    names = list(steps_by_name)
+    times: dict[str, list[float]] = {n: StepTimes() for n in names}
+    for r in range(rounds):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            _timed(steps_by_name[name], device, times[name])
+    return times
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new high-water mark: CUDA's allocator peak, or on Linux the process's peak RSS."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0).
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since the last `reset_peak_memory`: CUDA allocated bytes, or the process's peak RSS on CPU.
+
+    On CPU this is the whole process (model, inputs, every library), which is what a user's process needs.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # ru_maxrss is KiB on Linux: the high-water mark since the process began.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- the device ---------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 bf16: where bf16 convolutions beat fp32 on a CPU."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def device_info(device: torch.device) -> dict:
+    """What the figures were measured on: card or CPU model, cores, threads, library versions."""
+    import os
+
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "cpu_cores": os.cpu_count()}
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(card=props.name, card_memory_gb=round(props.total_memory / 2 ** 30, 1),
+                    cuda=torch.version.cuda)
+    else:
+        flags = cpu_flags()
+        info["cpu_features"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                                               "amx_int8", "avx_vnni", "avx512_fp16"})
+    return info
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+# --- the peak -----------------------------------------------------------------------------------
+
+# Size and duration of the peak measurement (tests shrink them: they check the plumbing, not the figure).
+PEAK_N = 2048
+PEAK_SECONDS = 1.0
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: Optional[int] = None,
+                       seconds: Optional[float] = None) -> float:
+    """The device's achievable dense matmul rate in `dtype`, measured now (GFLOP/s, best of the timed calls)."""
+    n = n or PEAK_N
+    seconds = PEAK_SECONDS if seconds is None else seconds
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    best, start = float("inf"), time.perf_counter()
+    reps = 0
+    while reps < 3 or time.perf_counter() - start < seconds:
+        best = min(best, _timed(lambda: a @ b, device) / 1e3)
+        reps += 1
+    # The best call, not the mean: on a shared machine the fastest call is the closest to the hardware's rate.
+    return 2 * n ** 3 / best / 1e9
+
+
+def _ort_int8_session(n: int, threads: int):
+    """An onnxruntime session of one n x n MatMulInteger (uint8 x int8) and its feeds; None without onnxruntime."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    return sess, feeds
+
+
+def ort_int8_peak_gops(n: Optional[int] = None, seconds: Optional[float] = None, threads: int = 0) -> Optional[float]:
+    """onnxruntime's int8 matmul rate (MatMulInteger, uint8 x int8), measured now; None without onnxruntime."""
+    n = n or PEAK_N // 2
+    seconds = PEAK_SECONDS if seconds is None else seconds
+    made = _ort_int8_session(n, threads)
+    if made is None:
+        return None
+    sess, feeds = made
+    sess.run(None, feeds)
+    best, start, reps = float("inf"), time.perf_counter(), 0
+    while reps < 3 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return 2 * n ** 3 / best / 1e9
+
+
+def sig(x: float, digits: int = 4) -> float:
+    """`x` rounded to `digits` significant digits (tiny test networks give tiny figures, not zeros)."""
+    return float(f"{x:.{digits}g}")
+
+
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
+    """(one matmul call, its FLOPs) for `kind` (fp32, bf16, fp16, int8), to time beside the configurations."""
+    if kind == "int8":
+        if device.type != "cpu":
+            return None
+        sess_feeds = _ort_int8_session(PEAK_N // 2, torch.get_num_threads())
+        if sess_feeds is None:
+            return None
+        sess, feeds = sess_feeds
+        return (lambda: sess.run(None, feeds)), 2.0 * (PEAK_N // 2) ** 3
+    n = PEAK_N
+    a = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
+    b = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
+    return (lambda: a @ b), 2.0 * n ** 3
+
+
+def measure_peaks(device: torch.device, kinds: set[str]) -> dict[str, Optional[float]]:
+    """Matmul peaks (GFLOP/s) for fp32 and every kind in `kinds`, measured now."""
+    peaks: dict[str, Optional[float]] = {}
+    for kind in sorted(kinds | {"fp32"}):
+        if kind == "int8":
+            peaks[kind] = ort_int8_peak_gops(threads=torch.get_num_threads()) if device.type == "cpu" else None
+        else:
+            peaks[kind] = matmul_peak_gflops(device, PEAK_DTYPES[kind])
+    return {k: sig(v) if v else None for k, v in peaks.items()}
+
+
+def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: float,
+                peak_gflops: Optional[float], peak_name: Optional[str], fp32_peak: Optional[float],
+                memory_mb: Optional[float] = None, **extra) -> Timing:
+    """A Timing from the raw step times: median for the figures, the minimum alongside."""
+    ms = statistics.median(times_ms)
+    cpu = cpu_times_of(times_ms)
+    ips = batch / (ms / 1e3)
+    achieved = ips * flop_per_image / 1e9
+    return Timing(
+        name=name, batch_size=batch, ms_per_step=sig(ms, 5), ms_min=sig(min(times_ms), 5),
+        images_per_s=sig(ips), gflop_per_image=sig(flop_per_image / 1e9), achieved_gflops=sig(achieved),
+        steps=len(times_ms),
+        fraction_of_peak=sig(achieved / peak_gflops, 3) if peak_gflops else None,
+        peak_name=peak_name if peak_gflops else None,
+        fraction_of_fp32_peak=sig(achieved / fp32_peak, 3) if fp32_peak else None,
+        peak_memory_mb=round(memory_mb, 1) if memory_mb is not None else None,
+        cpu_ms_per_step=sig(statistics.median(cpu), 5) if cpu else None, extra=extra,
+    )
+
+
+def with_ratios(timings: list[Timing]) -> list[Timing]:
+    """Ratios to the first entry (the baseline), measured in the same run."""
+    if timings:
+        base, base_min = timings[0].images_per_s, timings[0].ms_min
+        for t in timings:
+            t.ratio_to_baseline = sig(t.images_per_s / base, 4)
+            # The fastest steps: on a shared machine, the least disturbed measure of each configuration.
+            t.ratio_min_to_baseline = sig(base_min / t.ms_min * t.batch_size / timings[0].batch_size, 4)
+            if t.cpu_ms_per_step and timings[0].cpu_ms_per_step:
+                # CPU time per image: the work a configuration needs, whatever else the machine ran.
+                t.ratio_cpu_to_baseline = sig(timings[0].cpu_ms_per_step / timings[0].batch_size
+                                              / (t.cpu_ms_per_step / t.batch_size), 4)
+    return timings
