@@ -95,3 +95,17 @@ def test_accuracy_report_calls_the_eval_protocol(tmp_path, monkeypatch):
     assert entry["delta"]["accuracy"] == pytest.approx(entry["exported"]["accuracy"] - entry["reference"]["accuracy"])
     assert entry["delta"]["accuracy"] != 0 and entry["delta"]["std"] == 0
     json.dumps(entry)  # numpy scalars converted
+
+
+def test_accuracy_report_compares_eval_results_figure_by_figure():
+    """evaluate_bin returns TargetResult objects: the report must hold their figures and deltas."""
+    from irface.eval import evaluate_embeddings
+    from irface.infer.accuracy import _delta, _jsonable
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(40, 8)).astype(np.float32)
+    issame = np.array([True, False] * 10)
+    a = _jsonable(evaluate_embeddings("x", emb, issame))
+    b = _jsonable(evaluate_embeddings("x", emb + 0.5, issame))
+    assert isinstance(a, dict) and "accuracy" in a
+    assert _delta(a, b)["accuracy"] == b["accuracy"] - a["accuracy"]

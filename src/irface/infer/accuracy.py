@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):  # eval's TargetResult: compare its figures, not its repr
+        value = value.to_dict()
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
