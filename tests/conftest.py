@@ -20,3 +20,12 @@ def tiny_backbone():
     from irface.models import IResNet
 
     return IResNet(**TINY)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (modules opt in with `pytest.mark.usefixtures`)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

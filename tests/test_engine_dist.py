@@ -20,12 +20,8 @@ from irface.models.loading import load_backbone
 SEED_LOSS = re.compile(r"^epoch: (\d+) step: (\d+), loss is ([0-9.e+-]+)$", re.M)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# One thread per process: equal float results between in-process and subprocess runs.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.faults

@@ -16,12 +16,8 @@ from irface.heads.partial_fc import PartialFC
 from irface.models.loading import CHECKPOINT_FORMAT, load_backbone, newest_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# One thread per process: equal float results between in-process and subprocess runs.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cfg_for(out, data="", **extra):

@@ -25,14 +25,6 @@ pytestmark = pytest.mark.faults
 SEED = int(os.environ.get("IRFACE_FAULT_SEED", random.randrange(1 << 30)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("faces"))
