@@ -390,6 +390,10 @@ def bench_infer(opts: InferOptions) -> dict[str, Any]:
     if opts.batch_size < 1 or opts.steps < 1 or opts.warmup < 0:
         raise ConfigError("--batch-size and --steps must be positive, --warmup not negative")
     device = resolve_device(opts.device)
+    if device.type == "cuda":
+        # cuDNN runs fp32 convolutions on TF32 tensor cores by default; let the fp32 matmul peak do the
+        # same, or "fraction of peak" would compare TF32 convolutions with a plain-fp32 matmul rate.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
     base, source = base_network(opts)
     flop = count_flops(base, base.input_size)
     calib_faces, held_out = faces_for(opts, base.input_size)

@@ -189,7 +189,9 @@ def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(card=props.name, card_memory_gb=round(props.total_memory / 2 ** 30, 1),
-                    cuda=torch.version.cuda)
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    # "fp32" figures on a GPU mean TF32 tensor cores when these are on.
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_conv=torch.backends.cudnn.allow_tf32)
     else:
         flags = cpu_flags()
         info["cpu_features"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
@@ -208,12 +210,20 @@ def device_name(device: torch.device) -> str:
 # Size and duration of the peak measurement (tests shrink them: they check the plumbing, not the figure).
 PEAK_N = 2048
 PEAK_SECONDS = 1.0
+# A GPU finishes a 2048^3 product in tens of microseconds, so launch and timer overhead would hide
+# its rate; 8192^3 (1.1 TFLOP) runs for milliseconds even on an H100 in bf16.
+PEAK_N_CUDA = 8192
+
+
+def peak_size(device: torch.device) -> int:
+    """The matrix side used to measure `device`'s matmul peak."""
+    return PEAK_N_CUDA if device.type == "cuda" else PEAK_N
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: Optional[int] = None,
                        seconds: Optional[float] = None) -> float:
     """The device's achievable dense matmul rate in `dtype`, measured now (GFLOP/s, best of the timed calls)."""
-    n = n or PEAK_N
+    n = n or peak_size(device)
     seconds = PEAK_SECONDS if seconds is None else seconds
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -290,7 +300,7 @@ def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
             return None
         sess, feeds = sess_feeds
         return (lambda: sess.run(None, feeds)), 2.0 * (PEAK_N // 2) ** 3
-    n = PEAK_N
+    n = peak_size(device)
     a = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
     b = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
     return (lambda: a @ b), 2.0 * n ** 3
