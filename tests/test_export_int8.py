@@ -109,3 +109,20 @@ def test_accuracy_report_compares_eval_results_figure_by_figure():
     b = _jsonable(evaluate_embeddings("x", emb + 0.5, issame))
     assert isinstance(a, dict) and "accuracy" in a
     assert _delta(a, b)["accuracy"] == b["accuracy"] - a["accuracy"]
+
+
+def test_calibration_reads_a_recordio_training_folder(tmp_path):
+    # Users calibrate on their training set (train.rec), keeping the .bin sets to measure int8's cost.
+    from irface.data.recordio import write_recordio_dataset
+    from irface.data.synth import encode
+    from irface.export.calibration import load_calibration_images
+
+    images = faces(12, seed=3)
+    write_recordio_dataset(tmp_path / "rec", [(i // 4, encode(img, quality=100)) for i, img in enumerate(images)],
+                           num_classes=3, image_size=(images.shape[1], images.shape[2]))
+    got = load_calibration_images(tmp_path / "rec", count=4, size=images.shape[1])
+    assert got.shape == (4,) + images.shape[1:] and got.dtype == np.uint8
+    # Spread over the whole set: the first and the last stored face (each nearest its own original).
+    dist = np.abs(got[:, None].astype(int) - images[None].astype(int)).mean(axis=(2, 3, 4))
+    assert dist.argmin(axis=1)[0] == 0 and dist.argmin(axis=1)[-1] == len(images) - 1
+    assert np.array_equal(load_calibration_images(tmp_path / "rec" / "train.rec", 4, images.shape[1]), got)

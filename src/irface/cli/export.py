@@ -40,7 +40,7 @@ def register(sub) -> None:
                    help="ONNX batch axis: a fixed size or 'dynamic' (default)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (input/output stay float32)")
     p.add_argument("--int8", action="store_true", help="ONNX int8 (onnxruntime static QDQ, per-channel); needs --calib")
-    p.add_argument("--calib", metavar="DIR_OR_BIN", help="int8 calibration faces: an image folder or a .bin")
+    p.add_argument("--calib", metavar="DIR_OR_BIN", help="int8 calibration faces: a RecordIO training folder, an image folder or a .bin")
     p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT,
                    help=f"calibration images, spread over the source (default {DEFAULT_CALIB_COUNT})")
     p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax", help="int8 range estimation (default minmax)")

@@ -1,4 +1,4 @@
-"""Calibration images for int8 quantisation: a folder of aligned face crops or a verification `.bin`."""
+"""Calibration images for int8 quantisation: a RecordIO training folder, a folder of aligned face crops, or a `.bin`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from irface.data.datasets import IMAGE_SUFFIXES
+from irface.data.recordio import REC_NAME
 from irface.data.verification import decode_image, decode_images, read_bin
 from irface.errors import DataError
 
@@ -36,13 +37,24 @@ def _spread(n: int, count: int) -> np.ndarray:
 
 
 def load_calibration_images(path: str | Path, count: int = DEFAULT_CALIB_COUNT, size: int = 112) -> np.ndarray:
-    """Up to `count` uint8 (N, size, size, 3) RGB images from a folder (recursive) or a `.bin`."""
+    """Up to `count` uint8 (N, size, size, 3) RGB images, spread evenly over a RecordIO folder (`train.rec`
+    and `train.idx`), an image folder (recursive) or a `.bin`."""
     path = Path(path)
     if count <= 0:
         raise DataError(f"{path}: calibration needs at least one image (count {count})")
     if not path.exists():
         raise DataError(f"{path}: no such calibration folder or .bin file")
-    if path.is_dir():
+    if (path.is_dir() and (path / REC_NAME).is_file()) or path.suffix in (".rec", ".idx"):
+        # The training set as users have it: calibrate on faces the model was trained on, and keep the
+        # verification sets for measuring what int8 costs.
+        from irface.data.recordio import RecordIODataset
+
+        dataset = RecordIODataset(path, size)
+        if len(dataset) == 0:
+            raise DataError(f"{path}: the RecordIO folder holds no images")
+        idx = _spread(len(dataset), count)
+        images = decode_images([dataset.read(int(i))[1] for i in idx], size, str(path))
+    elif path.is_dir():
         files = list_image_files(path)
         if not files:
             raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this calibration folder")
