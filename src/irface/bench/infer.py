@@ -206,56 +206,37 @@ def ort_session_options(threads: int):
     return so
 
 
-def _onnx_file(base: nn.Module, workdir: Path, leading: bool = False) -> Path:
-    """The BN-folded fp32 export (as `irface export` writes it; `leading`: every BN folded), made once per run."""
-    path = workdir / ("fp32-all.onnx" if leading else "fp32.onnx")
+def _onnx_file(base: nn.Module, workdir: Path) -> Path:
+    """The BN-folded fp32 export, as `irface export` writes it, made once per run."""
+    path = workdir / "fp32.onnx"
     if not path.exists():
         from irface.export.fold import fold_batchnorm
         from irface.export.onnx_export import export_onnx
 
-        export_onnx(fold_batchnorm(base, leading=leading), path, base.input_size)
+        export_onnx(fold_batchnorm(base), path, base.input_size)
     return path
 
 
-# int8 forms: (every BN folded?, quantisation format, activation type, calibration)
-INT8_FORMS = {"export": (False, "qdq", "int8", "minmax"), "cpu": (True, "qoperator", "uint8", "percentile")}
-
-
 def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, workdir: Path, flop: float,
-                calib_faces: Optional[np.ndarray] = None, description: str = "", int8_form: str = "export") -> Variant:
-    """onnxruntime on the fp32 export, or (with `calib_faces`) on an int8 quantisation of it.
+                calib_faces: Optional[np.ndarray] = None, description: str = "", int8_form: str = "qdq") -> Variant:
+    """onnxruntime on the fp32 export, or (with `calib_faces`) on an int8 model in `int8_form`.
 
-    `int8_form` "export": what `irface export --int8` writes (QDQ, int8 activations, portable);
-    "cpu": every BN folded, PReLU as Max(x, slope * x) (`irface.export.graph`), onnxruntime's QOperator
-    CPU kernels with uint8 activations, percentile calibration (closer to fp32 than minmax here).
+    The int8 forms are `irface export --int8`'s (`irface.export.quantize.INT8_FORMS`): "qdq", the
+    portable default, and "cpu", ONNX Runtime's CPU operators (faster there).
     """
     int8 = calib_faces is not None
-    leading, quant_format, activations, method = INT8_FORMS[int8_form]
 
     def build() -> Prepared:
         import onnxruntime as ort
 
-        fp32 = _onnx_file(base, workdir, leading=int8 and leading)
-        path = fp32
+        path = _onnx_file(base, workdir)
+        spec = None
         if int8:
-            import contextlib
-            import sys
-
-            from irface.export.quantize import quantize_int8
+            from irface.export.quantize import write_int8_onnx
 
             path = workdir / f"int8-{int8_form}.onnx"
-            if int8_form == "cpu":
-                from irface.export.graph import prelu_as_max
-
-                rewritten = workdir / "fp32-all-max.onnx"
-                if not rewritten.exists():
-                    prelu_as_max(fp32, rewritten)
-                fp32 = rewritten
             if not path.exists():
-                # onnxruntime's quantiser prints progress on stdout, which belongs to --json.
-                with contextlib.redirect_stdout(sys.stderr):
-                    quantize_int8(fp32, path, calib_faces, None, method, quant_format=quant_format,
-                                  activations=activations)
+                spec = write_int8_onnx(base, path, calib_faces, int8_form, workdir=workdir)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -273,9 +254,10 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
         notes = {"runtime": f"onnxruntime {ort.__version__}", "providers": sess.get_providers(),
                  "model_mb": round(path.stat().st_size / 2 ** 20, 1)}
         if int8:
-            notes["quantisation"] = (f"{quant_format}, int8 weights per channel, {activations} activations, {method} "
-                                     f"calibration on {len(calib_faces)} faces"
-                                     + (", every BN folded, PReLU as Max(x, slope x)" if leading else ""))
+            from irface.export.quantize import INT8_FORMS
+
+            spec = spec or INT8_FORMS[int8_form]
+            notes["quantisation"] = f"{spec.description}; {spec.method} calibration on {len(calib_faces)} faces"
         return Prepared(step=lambda: sess.run(None, {input_name: x}), embed=embed, notes=notes)
 
     return Variant(name, build, flop, "int8" if int8 else "fp32", description)
@@ -317,9 +299,9 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
     v += [
         ort_variant("ort-fp32", base, device, b, workdir, flop, description="onnxruntime fp32, BN folded"),
         ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces,
-                    description="onnxruntime int8 QDQ (as irface export --int8 writes it)"),
+                    description="onnxruntime int8 QDQ (irface export --int8)"),
         ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu",
-                    description="onnxruntime int8 QOperator, uint8 activations, every BN folded"),
+                    description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)"),
     ]
     if opts.variants:
         known = [x.name for x in v]

@@ -24,7 +24,7 @@ def register(sub) -> None:
     from irface.export.api import FORMATS
     from irface.export.calibration import DEFAULT_CALIB_COUNT
     from irface.export.onnx_export import DEFAULT_OPSET
-    from irface.export.quantize import CALIB_METHODS
+    from irface.export.quantize import CALIB_METHODS, INT8_FORMS
 
     p = sub.add_parser(
         "export", help="Export a model to ONNX, TorchScript, .pth or safetensors (checked against PyTorch)",
@@ -39,11 +39,16 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|dynamic",
                    help="ONNX batch axis: a fixed size or 'dynamic' (default)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (input/output stay float32)")
-    p.add_argument("--int8", action="store_true", help="ONNX int8 (onnxruntime static QDQ, per-channel); needs --calib")
+    p.add_argument("--int8", action="store_true", help="ONNX int8 (onnxruntime static quantisation, per-channel weights); "
+                   "needs --calib")
+    p.add_argument("--int8-form", choices=tuple(INT8_FORMS), default="qdq",
+                   help="qdq: portable QDQ (default; any ONNX Runtime provider, TensorRT, OpenVINO); cpu: ONNX "
+                        "Runtime's CPU operators, uint8 activations, faster there")
     p.add_argument("--calib", metavar="DIR_OR_BIN", help="int8 calibration faces: a RecordIO training folder, an image folder or a .bin")
     p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT,
                    help=f"calibration images, spread over the source (default {DEFAULT_CALIB_COUNT})")
-    p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax", help="int8 range estimation (default minmax)")
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default=None,
+                   help="int8 range estimation (default percentile)")
     p.add_argument("--network", help="check that the model is this backbone (e.g. iresnet100)")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="keep BatchNorm layers instead of folding them into the convs (ONNX, TorchScript)")
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         report = export_model(
             args.ckpt, args.output, args.format, network=args.network, opset=args.opset, batch_size=args.batch_size,
             fp16=args.fp16, int8=args.int8, calib=args.calib, calib_count=args.calib_count,
-            calib_method=args.calib_method, fold_bn=args.fold_bn)
+            calib_method=args.calib_method, fold_bn=args.fold_bn, int8_form=args.int8_form)
     except ParityError as e:
         print(f"irface export: check failed: {e}", file=sys.stderr)
         return 1

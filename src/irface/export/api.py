@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from irface.errors import ConfigError
+from irface.errors import ConfigError, UserError
 from irface.export.calibration import DEFAULT_CALIB_COUNT, load_calibration_images
 from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
@@ -31,7 +31,7 @@ from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
     DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
 )
-from irface.export.quantize import normalised_batch, quantize_int8
+from irface.export.quantize import INT8_FORMS, normalised_batch, write_int8_onnx
 from irface.models.loading import load_backbone
 from irface.utils import check_writable
 
@@ -119,21 +119,18 @@ def _export_onnx(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, la
     return check_parity(_onnx_runner(sess), reference, reference.input_size, tolerance, batches, label)
 
 
-def _export_int8(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
+def _export_int8(model: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
                  opset: int, batch_size: Optional[int], batches: Sequence[int], calib_images: np.ndarray,
-                 calib_method: str, min_cosine: float) -> tuple[list[dict], dict[str, Any]]:
+                 calib_method: Optional[str], min_cosine: float, form: str) -> tuple[list[dict], dict[str, Any]]:
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="irface-export-") as work:
-        fp32 = Path(work) / "fp32.onnx"
-        try:
-            export_onnx(net, fp32, reference.input_size, opset=opset, batch_size=batch_size)
-        except Exception as e:
-            raise ParityError(f"{label}: the ONNX exporter failed ({_first_line(e)})") from None
-        try:
-            quantize_int8(fp32, tmp, calib_images, batch_size, calib_method)
-        except Exception as e:
-            raise ParityError(f"{label}: int8 quantisation failed ({_first_line(e)}); output removed") from None
+    reference = model
+    try:
+        write_int8_onnx(model, tmp, calib_images, form, batch_size=batch_size, opset=opset, method=calib_method)
+    except UserError:
+        raise
+    except Exception as e:
+        raise ParityError(f"{label}: int8 quantisation failed ({_first_line(e)}); output removed") from None
     proto = onnx.load(str(tmp))
     set_metadata(proto, meta)
     onnx.save(proto, str(tmp))
@@ -218,8 +215,8 @@ def _check_weights_file(tmp: Path, reference: torch.nn.Module, label: str, toler
 def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] = None, *,
                  network: Optional[str] = None, opset: int = DEFAULT_OPSET, batch_size: Optional[int] = None,
                  fp16: bool = False, int8: bool = False, calib: Optional[str | Path] = None,
-                 calib_count: int = DEFAULT_CALIB_COUNT, calib_method: str = "minmax", fold_bn: bool = True,
-                 int8_min_cosine: float = INT8_MIN_COSINE) -> dict[str, Any]:
+                 calib_count: int = DEFAULT_CALIB_COUNT, calib_method: Optional[str] = None, fold_bn: bool = True,
+                 int8_min_cosine: float = INT8_MIN_COSINE, int8_form: str = "qdq") -> dict[str, Any]:
     """Export the backbone in `model_path` to `output`, check it, and return a report (JSON-ready dict).
 
     `fmt`: onnx, torchscript, pth or safetensors (default: from the suffix). `batch_size`: None for a
@@ -234,7 +231,9 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     if int8 and fmt != "onnx":
         raise ConfigError(f"--int8 needs --format onnx (onnxruntime quantisation), not {fmt}")
     if int8 and calib is None:
-        raise ConfigError("--int8 needs --calib (a folder of aligned faces or a .bin)")
+        raise ConfigError("--int8 needs --calib (a RecordIO training folder, a folder of aligned faces or a .bin)")
+    if int8 and int8_form not in INT8_FORMS:
+        raise ConfigError(f"unknown int8 form '{int8_form}'; known: {', '.join(INT8_FORMS)}")
     if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
     if fmt == "onnx" and opset < MIN_OPSET:
@@ -264,10 +263,12 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or "iresnet", output, fmt, precision)
     with staged_output(output) as tmp:
         if fmt == "onnx" and int8:
-            checks, agreement = _export_int8(net, model, tmp, label, meta, opset, batch_size, batches,
-                                             calib_images, calib_method, int8_min_cosine)
+            checks, agreement = _export_int8(model, tmp, label, meta, opset, batch_size, batches,
+                                             calib_images, calib_method, int8_min_cosine, int8_form)
             report["int8_agreement"] = agreement
-            report["calibration"] = {"source": str(calib), "images": int(len(calib_images)), "method": calib_method}
+            report["int8_form"] = {"name": int8_form, "description": INT8_FORMS[int8_form].description}
+            report["calibration"] = {"source": str(calib), "images": int(len(calib_images)),
+                                     "method": calib_method or INT8_FORMS[int8_form].method}
         elif fmt == "onnx":
             checks = _export_onnx(net, model, tmp, label, meta, opset, batch_size, tolerance, batches)
         elif fmt == "torchscript":

@@ -1,11 +1,24 @@
-"""int8: onnxruntime static quantisation (QDQ, per-channel weights, int8 activations) calibrated on faces."""
+"""int8: onnxruntime static quantisation (per-channel int8 weights) calibrated on faces, in two forms.
+
+`qdq` (the default) is the portable form: QuantizeLinear/DequantizeLinear pairs around float ops, which
+ONNX Runtime (any provider), TensorRT and OpenVINO read. `cpu` is ONNX Runtime's own CPU operators
+(QLinearConv, ...) with uint8 activations, every BatchNorm folded and PReLU as Max(x, slope x): the
+fastest on CPUs with VNNI (benchmarks/README.md), and only for ONNX Runtime's CPU provider.
+
+Both keep the stem convolution in float: its input, the normalised image (p - 127.5) / 127.5, falls
+between the steps of any 8-bit grid, and quantising it alone doubled the int8 error on the demo model
+(1 - cosine 7.1e-4 -> 3.6e-4 without it), for 0.2% of IResNet-100's FLOPs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -45,14 +58,71 @@ def _reader(images: np.ndarray, input_name: str, batch: int):
     return FaceReader()
 
 
+@dataclass(frozen=True)
+class Int8Form:
+    """How an fp32 backbone becomes int8: graph preparation, then onnxruntime's quantiser's settings."""
+
+    name: str
+    fold_leading_bn: bool  # fold every BN (the blocks' leading ones too: shifted residual stream)
+    prelu_as_max: bool  # rewrite PRelu as Mul + Max (irface.export.graph)
+    quant_format: str  # qdq or qoperator
+    activations: str  # int8 or uint8
+    method: str  # calibration: minmax, entropy or percentile
+    description: str
+
+
+INT8_FORMS = {
+    "qdq": Int8Form("qdq", False, False, "qdq", "int8", "percentile",
+                    "QDQ, per-channel int8 weights, int8 activations, stem conv in float (portable)"),
+    "cpu": Int8Form("cpu", True, True, "qoperator", "uint8", "percentile",
+                    "QOperator, per-channel int8 weights, uint8 activations, every BN folded, PReLU as Max, "
+                    "stem conv in float (ONNX Runtime CPU)"),
+}
+
+
+def stem_conv_names(model_path: str | Path) -> list[str]:
+    """Names of the Conv nodes that read the graph's image input directly (the stem)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
+
+
+def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: str = "qdq", *,
+                    batch_size: Optional[int] = None, opset: Optional[int] = None,
+                    method: Optional[str] = None, workdir: Optional[str | Path] = None) -> Int8Form:
+    """Write an int8 ONNX model of the PyTorch backbone `model` (eval mode) to `output` in `form`."""
+    from irface.export.fold import fold_batchnorm
+    from irface.export.graph import prelu_as_max
+    from irface.export.onnx_export import DEFAULT_OPSET, export_onnx
+
+    if form not in INT8_FORMS:
+        raise UserError(f"unknown int8 form '{form}'; known: {', '.join(INT8_FORMS)}")
+    spec = INT8_FORMS[form]
+    with tempfile.TemporaryDirectory(prefix="irface-int8-", dir=workdir) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(fold_batchnorm(model, leading=spec.fold_leading_bn), fp32, model.input_size,
+                    opset=opset or DEFAULT_OPSET, batch_size=batch_size)
+        if spec.prelu_as_max:
+            rewritten = Path(tmp) / "fp32-max.onnx"
+            prelu_as_max(fp32, rewritten)
+            fp32 = rewritten
+        quantize_int8(fp32, output, calib_images, batch_size, method or spec.method, quant_format=spec.quant_format,
+                      activations=spec.activations, keep_float=stem_conv_names(fp32))
+    return spec
+
+
 QUANT_FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("int8", "uint8")
 
 
 def quantize_int8(fp32_onnx: str | Path, output: str | Path, calib_images: np.ndarray,
                   batch_size: Optional[int] = None, method: str = "minmax", quant_format: str = "qdq",
-                  activations: str = "int8") -> None:
+                  activations: str = "int8", keep_float: Sequence[str] = ()) -> None:
     """Write an int8 QDQ model of `fp32_onnx` to `output`, calibrated on uint8 RGB `calib_images`.
+
+    `keep_float`: node names left unquantised.
 
     `batch_size`: the model's fixed batch, or None for a dynamic-batch model. `quant_format` "qoperator"
     with `activations` "uint8" writes onnxruntime's CPU operators (QLinearConv, ...) with uint8
@@ -87,11 +157,14 @@ def quantize_int8(fp32_onnx: str | Path, output: str | Path, calib_images: np.nd
         # passes beat onnxruntime's quantised Mul followed by a float Max.
         op_types = sorted({n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node}
                           - {"BatchNormalization", "Identity", "Mul", "Max"})
-        quantize_static(
-            str(source), str(output), _reader(calib_images, "data", batch_size or CALIB_BATCH),
-            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator, per_channel=True,
-            op_types_to_quantize=op_types,
-            activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-        )
+        # The percentile and entropy calibrators print progress on stdout, which belongs to --json.
+        with contextlib.redirect_stdout(sys.stderr):
+            quantize_static(
+                str(source), str(output), _reader(calib_images, "data", batch_size or CALIB_BATCH),
+                quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator, per_channel=True,
+                op_types_to_quantize=op_types,
+                activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
+                nodes_to_exclude=list(keep_float),
+            )
     log.info("int8: quantised %d calibration images (%s)", len(calib_images), method)
