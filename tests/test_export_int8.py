@@ -73,28 +73,39 @@ def test_bad_calibration_source_is_one_line(tmp_path, capsys, make, message):
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_accuracy_report_calls_the_eval_protocol(tmp_path, monkeypatch):
-    # irface.eval.evaluate_bin is written elsewhere; stand one in to test the wiring and the deltas.
-    import irface.eval
+def test_accuracy_report_runs_the_protocol_on_both_models_and_pairs_their_decisions(tmp_path):
     from irface.infer import load_model
     from irface.infer.accuracy import compare_accuracy
 
-    calls = []
-
-    def evaluate_bin(embed_fn, path, batch_size):
-        calls.append((path, batch_size))
-        emb = embed_fn(faces(4))
-        return {"accuracy": float(np.linalg.norm(emb[0])), "std": np.float32(0.01)}
-
-    monkeypatch.setattr(irface.eval, "evaluate_bin", evaluate_bin, raising=False)
     save_state_dict(tmp_path / "b.pth")
-    save_bin(tmp_path / "c.bin", faces(16), [True] * 8)
+    save_bin(tmp_path / "c.bin", faces(40, seed=4), [True, False] * 10)
     export_model(tmp_path / "b.pth", tmp_path / "q.onnx", int8=True, calib=tmp_path / "c.bin")
-    (entry,) = compare_accuracy(load_model(tmp_path / "b.pth"), load_model(tmp_path / "q.onnx"), ["lfw.bin"], 8)
-    assert calls == [("lfw.bin", 8), ("lfw.bin", 8)]
-    assert entry["delta"]["accuracy"] == pytest.approx(entry["exported"]["accuracy"] - entry["reference"]["accuracy"])
-    assert entry["delta"]["accuracy"] != 0 and entry["delta"]["std"] == 0
+    reference = load_model(tmp_path / "b.pth")
+    (entry,) = compare_accuracy(reference, load_model(tmp_path / "q.onnx"), [tmp_path / "c.bin"], 8)
+    assert entry["reference"]["pairs"] == entry["exported"]["pairs"] == 20
+    assert entry["delta"]["accuracy_flip"] == pytest.approx(
+        entry["exported"]["accuracy_flip"] - entry["reference"]["accuracy_flip"])
+    d = entry["decisions"]
+    assert d["pairs"] == 20 and d["threshold"] == entry["reference"]["threshold"]
+    assert d["changed"] == d["now_right"] + d["now_wrong"]
+    assert d["delta"] == pytest.approx((d["now_right"] - d["now_wrong"]) / 20)
+    # The reference judged at its own best threshold scores that threshold's accuracy.
+    assert d["reference_accuracy"] == pytest.approx(entry["reference"]["threshold_accuracy"])
+    # The same model on both sides changes nothing.
+    (same,) = compare_accuracy(reference, reference, [tmp_path / "c.bin"], 8)
+    assert same["decisions"]["changed"] == 0 and same["delta"]["accuracy_flip"] == 0
     json.dumps(entry)  # numpy scalars converted
+
+
+def test_decision_changes_counts_pairs_that_flip_each_way():
+    from irface.infer.accuracy import decision_changes
+
+    issame = np.array([True, True, False, False])
+    ref = np.array([0.5, 1.5, 1.5, 0.5])   # at 1.0: right, wrong, right, wrong
+    got = np.array([0.5, 0.5, 0.5, 1.5])   # at 1.0: right, right, wrong, right
+    d = decision_changes(ref, got, issame, 1.0)
+    assert (d["changed"], d["now_right"], d["now_wrong"]) == (3, 2, 1)
+    assert d["reference_accuracy"] == 0.5 and d["exported_accuracy"] == 0.75 and d["delta"] == 0.25
 
 
 def test_accuracy_report_compares_eval_results_figure_by_figure():
@@ -154,3 +165,14 @@ def test_unknown_int8_form_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="unknown int8 form 'gpu'"):
         export_model(tmp_path / "b.pth", tmp_path / "q.onnx", int8=True, calib=tmp_path / "calib.bin", int8_form="gpu")
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_cli_eval_bin_prints_both_accuracies_and_the_changed_decisions(tmp_path, capsys):
+    save_state_dict(tmp_path / "b.pth")
+    save_bin(tmp_path / "lfw.bin", faces(40, seed=5), [True, False] * 10)
+    assert main(["export", "--ckpt", str(tmp_path / "b.pth"), "--output", str(tmp_path / "q.onnx"), "--int8",
+                 "--calib", str(tmp_path / "lfw.bin"), "--eval-bin", str(tmp_path / "lfw.bin"),
+                 "--eval-batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    line = [x for x in out.splitlines() if "lfw.bin" in x and "Accuracy-Flip" in x]
+    assert len(line) == 1 and "decisions changed" in line[0] and "of 20 decisions" in line[0], out

@@ -72,7 +72,11 @@ def _summary(report: dict) -> str:
             f"{c['relative_error']:.2e} at batch {c['batch']}" for c in report["checks"])
             + f" (tolerance {report['checks'][0]['tolerance']:.0e})")
     for entry in report.get("accuracy", []):
-        lines.append(f"  {entry['bin']}: PyTorch {entry['reference']}  exported {entry['exported']}")
+        ref, got, d = entry["reference"], entry["exported"], entry["decisions"]
+        lines.append(f"  {entry['bin']}: Accuracy-Flip PyTorch {ref['accuracy_flip']:.5f}, exported "
+                     f"{got['accuracy_flip']:.5f} ({100 * (got['accuracy_flip'] - ref['accuracy_flip']):+.2f} points); "
+                     f"at PyTorch's threshold {d['changed']} of {d['pairs']} decisions changed ({d['now_right']} now "
+                     f"right, {d['now_wrong']} now wrong: {100 * d['delta']:+.2f} points)")
     return "\n".join(lines)
 
 
