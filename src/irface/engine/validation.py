@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from irface.data.transforms import normalize, to_nchw_tensor
-from irface.engine.precision import autocast
+from irface.engine.precision import DTYPES
 from irface.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,30 +54,15 @@ def check_targets(targets: dict[str, Path], image_size: int) -> dict[str, Path]:
     return targets
 
 
-def make_embed_fn(backbone: nn.Module, device: torch.device, precision: str,
-                  channels_last: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 (N, H, W, 3) RGB -> float32 (N, E) raw embeddings from `backbone` as it is now."""
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        x = normalize(to_nchw_tensor(images).to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), autocast(precision, device):
-            out = backbone(x)
-        return out.float().cpu().numpy()
-
-    return embed
-
-
 def run(backbone: nn.Module, targets: dict[str, Path], device: torch.device, precision: str,
         batch_size: int, channels_last: bool = False) -> dict[str, Any]:
     """Verify on every target; returns the eval package's result objects by name. Restores train mode."""
-    from irface.eval import run_verification
+    from irface.eval import module_embed_fn, run_verification
 
     was_training = backbone.training
     backbone.eval()
     try:
-        embed = make_embed_fn(backbone, device, precision, channels_last)
+        embed = module_embed_fn(backbone, device, DTYPES[precision], channels_last)
         by_dir: dict[Path, list[str]] = defaultdict(list)
         for name, path in targets.items():
             by_dir[path.parent].append(name)

@@ -231,11 +231,12 @@ def run_verification(embed_fn: EmbedFn, data_dir: str | Path, targets: Sequence[
             for name, path in paths.items()}
 
 
-def module_embed_fn(model, device=None, dtype=None) -> EmbedFn:
+def module_embed_fn(model, device=None, dtype=None, channels_last: bool = False) -> EmbedFn:
     """An `embed_fn` around a live `torch.nn.Module` (e.g. during training).
 
     Runs in eval mode under inference mode (the module's train/eval state is restored afterwards),
-    on `device` (default: where the module's parameters are), with autocast to `dtype` if given.
+    on `device` (default: where the module's parameters are), with autocast to `dtype` if given, the
+    input in NHWC memory format if `channels_last` (as a module trained that way expects).
     """
     import torch
 
@@ -248,6 +249,8 @@ def module_embed_fn(model, device=None, dtype=None) -> EmbedFn:
         model.eval()
         try:
             x = normalize(to_nchw_tensor(images).to(device, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = model(x)
             return out.float().cpu().numpy()
