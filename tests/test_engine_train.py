@@ -310,29 +310,3 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path, monkeypatch):
     assert 0 < result.step < 24
     assert result.checkpoint and f"s{result.step:08d}" in result.checkpoint
     assert "max_minutes=0.1 reached" in (tmp_path / "train.log").read_text()
-
-
-@pytest.mark.parametrize("by_time", [False, True])
-def test_schedule_by_time_finishes_the_decay_when_the_budget_ends(tmp_path, monkeypatch, by_time):
-    """A run slowed so much that max_minutes stops it early ends at a low lr with schedule_by_time."""
-    import irface.engine.trainer as trainer_module
-    from irface.engine.optim import LRSchedule
-
-    clock = {"t": 1000.0}
-
-    def fake_monotonic():  # each call advances 1 s: the 0.1-minute budget lasts a handful of the 24 steps
-        clock["t"] += 1.0
-        return clock["t"]
-
-    monkeypatch.setattr(trainer_module.time, "monotonic", fake_monotonic)
-    cfg = cfg_for(tmp_path, max_minutes=0.1, scheduler="cosine", log_every=1, schedule_by_time=str(by_time).lower())
-    result = train(cfg, tiny_dataset())
-    assert result.stopped == "max_minutes" and result.step < 12  # under half of the 24 steps
-    lrs = [float(x) for x in re.findall(r" lr ([0-9.e-]+) ", (tmp_path / "train.log").read_text())]
-    by_steps = LRSchedule.from_config(cfg, 6, 1).lr_at(result.step - 1)
-    if by_time:
-        # The last step ran with about 5 of the 6 seconds used: cosine at 5/6 of the run.
-        assert lrs[-1] < 0.1 * cfg.lr and lrs[-1] < by_steps / 4
-        assert lrs == sorted(lrs, reverse=True)
-    else:
-        assert lrs[-1] == pytest.approx(by_steps, rel=1e-4)

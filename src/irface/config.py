@@ -81,7 +81,6 @@ class TrainConfig:
     batch_size: int = 128  #: seed key: per device (per process)
     max_steps: int = 0  #: stop after this many optimizer steps (0 = run every epoch); for smoke runs
     max_minutes: float = 0.0  #: stop (with a checkpoint) after this much training time (0 = no limit); for time budgets
-    schedule_by_time: bool = False  #: with max_minutes: the lr schedule runs by the larger of steps done and time used, so a run slowed by a busy machine still ends its decay in time
     seed: int = 0  #: seeds model init, sampler order and augmentation
     output_dir: str = "runs/default"  #: checkpoints, train.log and the resolved config go here
     resume: str = ""  #: "" (fresh), "auto" (newest checkpoint in output_dir) or a checkpoint path

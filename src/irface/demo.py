@@ -65,9 +65,6 @@ def demo_config(settings: DemoSettings) -> TrainConfig:
     run_dir = settings.out_dir / "run"
     base = [f"data_path={settings.out_dir / 'data'}", f"output_dir={run_dir}", f"num_classes={settings.ids}",
             f"max_minutes={settings.minutes}", f"seed={settings.seed}", f"device={settings.device}",
-            # On a machine busy with other work the epochs slow down; the schedule then follows the
-            # clock, so the cosine decay still ends when the time budget does (not cut off mid-way).
-            "schedule_by_time=true",
             # The demo verifies once after training (stage 4) rather than after every epoch: on 2 CPU
             # cores a pass over the three sets costs about half an epoch of training.
             "val_targets=[]"]

@@ -366,7 +366,6 @@ class Trainer:
         last_loss: Optional[float] = None
         stopped = "completed" if limit == run_steps else "max_steps"
         self._deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else None
-        self._time_used = 0.0  # fraction of max_minutes spent, rank 0's clock (for schedule_by_time)
         while self.step < limit and self.epoch < cfg.epoch_size:
             set_loader_epoch(self.loader, self.epoch, self.step_in_epoch * cfg.grad_accum)
             batches = iter(self.loader)
@@ -427,12 +426,8 @@ class Trainer:
         """True on every rank once rank 0's budget is spent (one clock decides, so ranks agree)."""
         if self._deadline is None:
             return False
-        left = self._deadline - time.monotonic()
-        # The fraction of the budget used travels with the flag: every rank must set the same lr.
-        state = torch.tensor([float(left <= 0), 1.0 - left / (self.cfg.max_minutes * 60)], device=self.device)
-        state = dist.broadcast(state, 0).cpu()
-        self._time_used = min(1.0, max(0.0, float(state[1])))
-        return bool(state[0])
+        flag = torch.tensor([float(time.monotonic() >= self._deadline)], device=self.device)
+        return bool(dist.broadcast(flag, 0).item())
 
     def _stop_requested(self) -> bool:
         if self.world == 1:
@@ -442,10 +437,6 @@ class Trainer:
     def _train_step(self, batches) -> float:
         cfg = self.cfg
         position = self.epoch * self.steps_per_epoch + self.step_in_epoch
-        if cfg.schedule_by_time and self._deadline is not None:
-            # Behind schedule (a busy machine): jump ahead to where the time used says the run is, so the
-            # decay is complete when the budget ends instead of being cut off at a high learning rate.
-            position = max(position, self._time_used * self.schedule.total_steps)
         self.lr = self.schedule.apply((self.opt_backbone, self.opt_head), position)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
