@@ -176,3 +176,24 @@ def test_cli_eval_bin_prints_both_accuracies_and_the_changed_decisions(tmp_path,
     out = capsys.readouterr().out
     line = [x for x in out.splitlines() if "lfw.bin" in x and "Accuracy-Flip" in x]
     assert len(line) == 1 and "decisions changed" in line[0] and "of 20 decisions" in line[0], out
+
+
+def test_int8_accuracy_benchmark_runs_and_reports_every_row(tmp_path, capsys):
+    # benchmarks/int8_accuracy.py is how the README's int8 accuracy figures are made: keep it runnable.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_accuracy.py"
+    spec = importlib.util.spec_from_file_location("int8_accuracy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    save_state_dict(tmp_path / "b.pth")
+    for i, name in enumerate(bench.SETS):
+        save_bin(tmp_path / f"{name}.bin", faces(40, seed=10 + i), [True, False] * 10)
+    out = tmp_path / "acc.json"
+    assert bench.main(["--model", str(tmp_path / "b.pth"), "--calib", str(tmp_path / "lfw.bin"), "--sets",
+                       str(tmp_path), "--forms", "qdq", "--noise-seeds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["model"], r["set"]) for r in report["rows"]] == (
+        [("int8 qdq", s) for s in bench.SETS] + [("fp32 + noise (seed 0)", s) for s in bench.SETS])
+    assert 0 < report["noise_relative"] < 1 and "| int8 qdq | lfw | 20 |" in capsys.readouterr().out
