@@ -94,6 +94,13 @@ def test_accuracy_report_runs_the_protocol_on_both_models_and_pairs_their_decisi
     # The same model on both sides changes nothing.
     (same,) = compare_accuracy(reference, reference, [tmp_path / "c.bin"], 8)
     assert same["decisions"]["changed"] == 0 and same["delta"]["accuracy_flip"] == 0
+    # A cache of the reference's embeddings gives the same report and is filled once.
+    cache: dict = {}
+    first = compare_accuracy(reference, load_model(tmp_path / "q.onnx"), [tmp_path / "c.bin"], 8, reference_cache=cache)
+    assert list(cache) == [str(tmp_path / "c.bin")]
+    reference.embed = None  # a cached set must not be embedded again
+    again = compare_accuracy(reference, load_model(tmp_path / "q.onnx"), [tmp_path / "c.bin"], 8, reference_cache=cache)
+    assert json.dumps(first) == json.dumps(again) == json.dumps([entry])
     json.dumps(entry)  # numpy scalars converted
 
 

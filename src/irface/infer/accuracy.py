@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -62,9 +62,13 @@ def decision_changes(reference_dist: np.ndarray, exported_dist: np.ndarray, issa
 
 
 def compare_accuracy(reference: Embedder, candidate: Embedder, bins: Sequence[str | Path],
-                     batch_size: int = 64) -> list[dict[str, Any]]:
+                     batch_size: int = 64, reference_cache: Optional[dict] = None) -> list[dict[str, Any]]:
     """For each `.bin`: the protocol's figures for `reference` and `candidate`, candidate - reference,
-    and `decisions`: both judged at the reference's best threshold over all pairs."""
+    and `decisions`: both judged at the reference's best threshold over all pairs.
+
+    `reference_cache`: a dict kept across calls with the same reference, so its embeddings of each set
+    are computed once (comparing several candidates with one fp32 model).
+    """
     from irface.eval.protocol import N_FOLDS, l2_normalize, pair_distances
     from irface.eval.verification import embed_bin, evaluate_embeddings
 
@@ -73,7 +77,13 @@ def compare_accuracy(reference: Embedder, candidate: Embedder, bins: Sequence[st
         name = Path(path).stem
         results, dists = [], []
         for model in (reference, candidate):
-            emb, emb_flip, issame = embed_bin(model.embed, str(path), batch_size, flip=True, min_pairs=N_FOLDS)
+            key = str(path)
+            if model is reference and reference_cache is not None and key in reference_cache:
+                emb, emb_flip, issame = reference_cache[key]
+            else:
+                emb, emb_flip, issame = embed_bin(model.embed, str(path), batch_size, flip=True, min_pairs=N_FOLDS)
+                if model is reference and reference_cache is not None:
+                    reference_cache[key] = (emb, emb_flip, issame)
             results.append(evaluate_embeddings(name, emb, issame, emb_flip))
             dists.append(pair_distances(l2_normalize(emb.astype(np.float64) + emb_flip)))
         ref, got = (_jsonable(r) for r in results)
