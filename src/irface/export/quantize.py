@@ -71,7 +71,7 @@ class Int8Form:
     description: str
     # Only the convolutions and the FC: the residual Adds, PReLUs and flatten stay float. On IResNet-100
     # that was both closer to fp32 (mean cosine on random weights 0.977 vs 0.963) and no slower in
-    # onnxruntime (QDQ 2.09x vs 1.88x onnxruntime fp32; CPU form 3.10x vs 3.18x).
+    # onnxruntime (QDQ 2.09x vs 1.88x onnxruntime fp32; CPU form 3.10x vs 3.18x; one run on 2 cores).
     op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 
 
