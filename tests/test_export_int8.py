@@ -204,3 +204,16 @@ def test_int8_accuracy_benchmark_runs_and_reports_every_row(tmp_path, capsys):
     assert [(r["model"], r["set"]) for r in report["rows"]] == (
         [("int8 qdq", s) for s in bench.SETS] + [("fp32 + noise (seed 0)", s) for s in bench.SETS])
     assert 0 < report["noise_relative"] < 1 and "| int8 qdq | lfw | 20 |" in capsys.readouterr().out
+
+
+def test_int8_honours_no_fold_bn(tmp_path):
+    # --no-fold-bn keeps every BatchNorm in the exported graph, int8 included.
+    save_state_dict(tmp_path / "b.pth")
+    save_bin(tmp_path / "calib.bin", faces(16, seed=1), [True] * 8)
+    counts = {}
+    for fold in (True, False):
+        out = tmp_path / f"q-{fold}.onnx"
+        report = export_model(tmp_path / "b.pth", out, int8=True, calib=tmp_path / "calib.bin", fold_bn=fold)
+        assert report["bn_folded"] is fold
+        counts[fold] = [n.op_type for n in onnx.load(str(out)).graph.node].count("BatchNormalization")
+    assert counts[False] > counts[True]

@@ -119,14 +119,15 @@ def _export_onnx(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, la
     return check_parity(_onnx_runner(sess), reference, reference.input_size, tolerance, batches, label)
 
 
-def _export_int8(model: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
+def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
                  opset: int, batch_size: Optional[int], batches: Sequence[int], calib_images: np.ndarray,
-                 calib_method: Optional[str], min_cosine: float, form: str) -> tuple[list[dict], dict[str, Any]]:
+                 calib_method: Optional[str], min_cosine: float, form: str,
+                 fold_bn: bool) -> tuple[list[dict], dict[str, Any]]:
     import onnx
 
-    reference = model
     try:
-        write_int8_onnx(model, tmp, calib_images, form, batch_size=batch_size, opset=opset, method=calib_method)
+        write_int8_onnx(reference, tmp, calib_images, form, batch_size=batch_size, opset=opset, method=calib_method,
+                        fold_bn=fold_bn)
     except UserError:
         raise
     except Exception as e:
@@ -251,7 +252,9 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     batches = (batch_size,) if batch_size and fmt == "onnx" else CHECK_BATCHES
     label = str(output)
-    net: torch.nn.Module = fold_batchnorm(model) if fold_bn and fmt in ("onnx", "torchscript") else model
+    net: torch.nn.Module = model
+    if fold_bn and fmt in ("onnx", "torchscript") and not int8:  # the int8 forms fold as they need
+        net = fold_batchnorm(model)
     if fp16 and fmt in ("onnx", "torchscript"):
         net = HalfPrecision(copy.deepcopy(net)).eval()
     report: dict[str, Any] = {
@@ -264,7 +267,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     with staged_output(output) as tmp:
         if fmt == "onnx" and int8:
             checks, agreement = _export_int8(model, tmp, label, meta, opset, batch_size, batches,
-                                             calib_images, calib_method, int8_min_cosine, int8_form)
+                                             calib_images, calib_method, int8_min_cosine, int8_form, fold_bn)
             report["int8_agreement"] = agreement
             report["int8_form"] = {"name": int8_form, "description": INT8_FORMS[int8_form].description}
             report["calibration"] = {"source": str(calib), "images": int(len(calib_images)),

@@ -100,8 +100,12 @@ def stem_conv_names(model_path: str | Path) -> list[str]:
 
 def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: str = "qdq", *,
                     batch_size: Optional[int] = None, opset: Optional[int] = None,
-                    method: Optional[str] = None, workdir: Optional[str | Path] = None) -> Int8Form:
-    """Write an int8 ONNX model of the PyTorch backbone `model` (eval mode) to `output` in `form`."""
+                    method: Optional[str] = None, workdir: Optional[str | Path] = None,
+                    fold_bn: bool = True) -> Int8Form:
+    """Write an int8 ONNX model of the PyTorch backbone `model` (eval mode) to `output` in `form`.
+
+    `fold_bn=False` keeps every BatchNorm (as `irface export --no-fold-bn`); otherwise the form decides.
+    """
     from irface.export.fold import fold_batchnorm
     from irface.export.graph import prelu_as_max
     from irface.export.onnx_export import DEFAULT_OPSET, export_onnx
@@ -111,8 +115,8 @@ def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: s
     spec = INT8_FORMS[form]
     with tempfile.TemporaryDirectory(prefix="irface-int8-", dir=workdir) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(fold_batchnorm(model, leading=spec.fold_leading_bn), fp32, model.input_size,
-                    opset=opset or DEFAULT_OPSET, batch_size=batch_size)
+        net = fold_batchnorm(model, leading=spec.fold_leading_bn) if fold_bn else model
+        export_onnx(net, fp32, model.input_size, opset=opset or DEFAULT_OPSET, batch_size=batch_size)
         if spec.prelu_as_max:
             rewritten = Path(tmp) / "fp32-max.onnx"
             prelu_as_max(fp32, rewritten)
