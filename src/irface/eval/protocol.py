@@ -74,6 +74,13 @@ def pair_distances(normalized: np.ndarray) -> np.ndarray:
     return np.sum(np.square(diff), 1)
 
 
+def flip_pair_distances(embeddings: np.ndarray, embeddings_flip: np.ndarray) -> np.ndarray:
+    """The pair distances behind Accuracy-Flip: each image's raw vector plus its mirror's, then normalised
+    (the sum of raw vectors, as the reference)."""
+    return pair_distances(l2_normalize(np.asarray(embeddings, dtype=np.float64)
+                                       + np.asarray(embeddings_flip, dtype=np.float64)))
+
+
 def _less_counts(dist: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """For each threshold t, how many distances are < t (NaN distances count as never below)."""
     return np.searchsorted(np.sort(dist), thresholds, side="left")

@@ -24,6 +24,7 @@ from irface.eval.protocol import (
     best_threshold,
     cosine_from_distance,
     equal_error_rate,
+    flip_pair_distances,
     fold_accuracies,
     l2_normalize,
     mean_norm,
@@ -57,7 +58,7 @@ def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool
         if flipped.shape != plain.shape:
             raise ValueError(f"{name}: mirrored embeddings {flipped.shape} differ from {plain.shape}")
         sets.append(flipped)
-        dist = pair_distances(l2_normalize(plain + flipped))  # the sum of raw vectors, as the reference
+        dist = flip_pair_distances(plain, flipped)
         acc_flip, _ = fold_accuracies(dist, issame)
     scores = cosine_from_distance(dist)
     thr, thr_acc = best_threshold(dist, issame)

@@ -5,7 +5,7 @@ Each model embeds each set once (`irface.eval.embed_bin`); the protocol's figure
 
 The protocol's Accuracy-Flip re-picks a threshold in each of 10 folds, so a tiny change to the
 embeddings can move it by several pairs at once: on the 600-pair demo sets, adding random noise of
-int8's size (cosine 0.9996 to the original) to fp32 embeddings moved it by -0.3 to +0.8 points. The
+int8's size (cosine 0.9995 to the original) to fp32 embeddings moved it by up to a point either way. The
 `decisions` entry is the paired measure that resolves small costs: both models judged at the
 reference's own threshold, pair by pair, and how many decisions changed.
 """
@@ -18,7 +18,6 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from irface.errors import UserError
 from irface.infer.model_file import Embedder
 
 log = logging.getLogger(__name__)
@@ -61,6 +60,20 @@ def decision_changes(reference_dist: np.ndarray, exported_dist: np.ndarray, issa
             "delta": float(got_ok.mean() - ref_ok.mean())}
 
 
+def _embedded(model: Embedder, path: str | Path, batch_size: int, cache: Optional[dict] = None):
+    """(embeddings, mirrored embeddings, issame) of one `.bin`, from `cache` when it holds them."""
+    from irface.eval.protocol import N_FOLDS
+    from irface.eval.verification import embed_bin
+
+    key = str(path)
+    if cache is not None and key in cache:
+        return cache[key]
+    out = embed_bin(model.embed, key, batch_size, flip=True, min_pairs=N_FOLDS)
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
 def compare_accuracy(reference: Embedder, candidate: Embedder, bins: Sequence[str | Path],
                      batch_size: int = 64, reference_cache: Optional[dict] = None) -> list[dict[str, Any]]:
     """For each `.bin`: the protocol's figures for `reference` and `candidate`, candidate - reference,
@@ -69,23 +82,17 @@ def compare_accuracy(reference: Embedder, candidate: Embedder, bins: Sequence[st
     `reference_cache`: a dict kept across calls with the same reference, so its embeddings of each set
     are computed once (comparing several candidates with one fp32 model).
     """
-    from irface.eval.protocol import N_FOLDS, l2_normalize, pair_distances
-    from irface.eval.verification import embed_bin, evaluate_embeddings
+    from irface.eval.protocol import flip_pair_distances
+    from irface.eval.verification import evaluate_embeddings
 
     report = []
     for path in bins:
         name = Path(path).stem
         results, dists = [], []
-        for model in (reference, candidate):
-            key = str(path)
-            if model is reference and reference_cache is not None and key in reference_cache:
-                emb, emb_flip, issame = reference_cache[key]
-            else:
-                emb, emb_flip, issame = embed_bin(model.embed, str(path), batch_size, flip=True, min_pairs=N_FOLDS)
-                if model is reference and reference_cache is not None:
-                    reference_cache[key] = (emb, emb_flip, issame)
+        for model, cache in ((reference, reference_cache), (candidate, None)):
+            emb, emb_flip, issame = _embedded(model, path, batch_size, cache)
             results.append(evaluate_embeddings(name, emb, issame, emb_flip))
-            dists.append(pair_distances(l2_normalize(emb.astype(np.float64) + emb_flip)))
+            dists.append(flip_pair_distances(emb, emb_flip))
         ref, got = (_jsonable(r) for r in results)
         entry = {"bin": str(path), "reference": ref, "exported": got, "delta": _delta(ref, got),
                  "decisions": decision_changes(dists[0], dists[1], issame, results[0].threshold)}
