@@ -69,16 +69,21 @@ def parts(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 
 def training_data(args: argparse.Namespace) -> Path:
-    """`--data`, or a small synthetic RecordIO folder (with lfw.bin) made now."""
-    if args.data:
-        return Path(args.data)
-    from irface.data.synth import write_synthetic
+    """`--data`, or a small synthetic RecordIO folder (with lfw.bin) made on first use and kept in `args.data`."""
+    if not args.data:
+        from irface.data.synth import write_synthetic
 
-    out = Path(tempfile.mkdtemp(prefix="irface-gpu-data-"))
-    size = TINY["input_size"] if args.tiny else 112
-    write_synthetic(out, ids=16 if args.tiny else 256, per_id=8 if args.tiny else 32, holdout_ids=8,
-                    pairs=20, image_size=size, sets=["lfw"], progress=False)
-    return out
+        out = Path(tempfile.mkdtemp(prefix="irface-gpu-data-"))
+        size = TINY["input_size"] if args.tiny else 112
+        write_synthetic(out, ids=16 if args.tiny else 256, per_id=8 if args.tiny else 32, holdout_ids=8,
+                        pairs=20, image_size=size, sets=["lfw"], progress=False)
+        args.data = str(out)  # the trainer and loader parts share one folder
+    return Path(args.data)
+
+
+def loader_workers() -> int:
+    """Loader worker processes: the host's cores but two (the main process and the GPU's feeder), at most 12."""
+    return min(12, max(1, (os.cpu_count() or 2) - 2))
 
 
 def _irface(*argv: str, log_to: Path) -> None:
@@ -98,7 +103,7 @@ def end_to_end(args: argparse.Namespace) -> dict:
     batch = 8 if args.tiny else args.batch_size
     steps = 4 if args.tiny else args.trainer_steps
     every = 1 if args.tiny else 10
-    workers = min(12, max(1, (os.cpu_count() or 2) - 2))
+    workers = loader_workers()
     overrides = [f"data_path={data}", f"output_dir={work / 'run'}", f"batch_size={batch}", f"max_steps={steps}",
                  f"log_every={every}", "val_targets=[]", f"num_workers={workers}", "precision=bf16",
                  "channels_last=true", f"device={args.device}", "tensorboard=false"]
@@ -128,9 +133,9 @@ def loader_speed(args: argparse.Namespace) -> dict:
     """The training loader alone (decode on workers, uint8 to the GPU, normalise there)."""
     from irface.bench.data import bench_data
 
-    workers = min(12, max(1, (os.cpu_count() or 2) - 2))
     return bench_data(training_data(args), batch_size=8 if args.tiny else args.batch_size,
-                      steps=2 if args.tiny else 20, warmup=1 if args.tiny else 2, workers=workers, device=args.device)
+                      steps=2 if args.tiny else 20, warmup=1 if args.tiny else 2, workers=loader_workers(),
+                      device=args.device)
 
 
 def main(argv=None) -> int:

@@ -229,14 +229,14 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
     def build() -> Prepared:
         import onnxruntime as ort
 
-        path = _onnx_file(base, workdir)
-        spec = None
-        if int8:
+        if int8:  # made from the PyTorch network, as `irface export --int8` does; no fp32 file needed
             from irface.export.quantize import write_int8_onnx
 
             path = workdir / f"int8-{int8_form}.onnx"
             if not path.exists():
-                spec = write_int8_onnx(base, path, calib_faces, int8_form, workdir=workdir)
+                write_int8_onnx(base, path, calib_faces, int8_form, workdir=workdir)
+        else:
+            path = _onnx_file(base, workdir)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -256,7 +256,7 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
         if int8:
             from irface.export.quantize import INT8_FORMS
 
-            spec = spec or INT8_FORMS[int8_form]
+            spec = INT8_FORMS[int8_form]
             notes["quantisation"] = f"{spec.description}; {spec.method} calibration on {len(calib_faces)} faces"
         return Prepared(step=lambda: sess.run(None, {input_name: x}), embed=embed, notes=notes)
 
