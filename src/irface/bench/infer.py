@@ -25,7 +25,7 @@ from torch import nn
 
 from irface.bench.flops import count_flops
 from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
-from irface.bench.runner import Prepared, RunResult, Variant, run_variants
+from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.data.transforms import normalize, to_nchw_tensor
 from irface.errors import ConfigError
@@ -303,14 +303,7 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
         ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu",
                     description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)"),
     ]
-    if opts.variants:
-        known = [x.name for x in v]
-        unknown = [n for n in opts.variants if n not in known]
-        if unknown:
-            raise ConfigError(f"--variants: unknown {', '.join(unknown)}; known here: {', '.join(known)}")
-        # The baseline always runs: the ratios are to it.
-        v = [x for x in v if x.name == "eager-fp32" or x.name in opts.variants]
-    return v
+    return select_variants(v, opts.variants)
 
 
 def single_variant(base: nn.Module, opts: InferOptions, device: torch.device, flop: float, workdir: Path,

@@ -22,6 +22,7 @@ from irface.bench.timing import (
     Step, Timing, interleaved_times_ms, make_timing, measure_peaks, peak_memory_mb, peak_probe, reset_peak_memory,
     sig, step_times_ms, synchronize, with_ratios,
 )
+from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,18 @@ class RunResult:
     skipped: dict[str, str]
     prepared: dict[str, Prepared]
     peaks: dict[str, Any]  # GFLOP/s by kind: "before" (alone, before timing) and, interleaved, "in_rounds"
+
+
+def select_variants(variants: list[Variant], names: Optional[list[str]]) -> list[Variant]:
+    """The `names` among `variants` (`--variants`; all when empty), and always the first: the baseline the
+    ratios are taken to. An unknown name is a ConfigError listing the known ones."""
+    if not names:
+        return variants
+    known = [v.name for v in variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"--variants: unknown {', '.join(unknown)}; known here: {', '.join(known)}")
+    return [v for i, v in enumerate(variants) if i == 0 or v.name in names]
 
 
 def _first_line(e: BaseException) -> str:

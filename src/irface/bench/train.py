@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from irface.bench.flops import count_flops, head_flops, train_flops
-from irface.bench.runner import Prepared, Variant, run_variants
+from irface.bench.runner import Prepared, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.config import TrainConfig
 from irface.data.transforms import normalize
@@ -183,13 +183,7 @@ def compare_variants(shared: _Shared, opts: TrainOptions, device: torch.device, 
                 v("bf16-cl", "bf16", True, desc="bf16 autocast, NHWC"),
             ]
         out += [v("compiled-cl", "fp32", True, compile=True, desc="NHWC, torch.compile (inductor)")]
-    if opts.variants:
-        known = [x.name for x in out]
-        unknown = [n for n in opts.variants if n not in known]
-        if unknown:
-            raise ConfigError(f"--variants: unknown {', '.join(unknown)}; known here: {', '.join(known)}")
-        out = [x for x in out if x.name == "eager-fp32" or x.name in opts.variants]
-    return out
+    return select_variants(out, opts.variants)
 
 
 def bench_train(opts: TrainOptions) -> dict[str, Any]:
