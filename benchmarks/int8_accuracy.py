@@ -5,6 +5,9 @@
     PYTHONPATH=src python benchmarks/int8_accuracy.py --model demo_out/run --calib demo_out/data \
         --pairs 6000 --json int8_accuracy_6000.json                     # 6,000 pairs per set, like LFW
 
+    PYTHONPATH=src python benchmarks/int8_accuracy.py --model demo_out/run --calib demo_out/data \
+        --sets demo_out/data --forms qdq qdq/no-eq qdq/as-before --noise-seeds 0   # what each step bought
+
 For each int8 form (`irface export --int8 --int8-form ...`, calibrated on `--calib`), the protocol's
 Accuracy-Flip of fp32 and int8 on each set, and the paired measure: both judged at fp32's threshold,
 how many pair decisions changed. Then the same comparison for fp32 embeddings plus random noise of
@@ -26,6 +29,28 @@ from pathlib import Path
 import numpy as np
 
 SETS = ("lfw", "cfp_fp", "agedb_30")
+# Ablations of a form, named FORM/ABLATION in --forms: the recipe without one of its steps.
+ABLATIONS = {
+    "no-eq": {"equalize_alpha": None},  # no activation equalisation (irface.export.equalize)
+    # as before equalisation and float shortcuts: shortcuts and FC quantised too
+    "as-before": {"equalize_alpha": None, "float_shortcuts": False, "op_types": ("Conv", "Gemm", "MatMul")},
+}
+
+
+def register_ablation(name: str) -> bool:
+    """Make FORM/ABLATION known to `irface.export` (in this process only); True when it was added."""
+    import dataclasses
+
+    from irface.export.quantize import INT8_FORMS
+
+    if name in INT8_FORMS:
+        return False
+    form, _, ablation = name.partition("/")
+    if form not in INT8_FORMS or ablation not in ABLATIONS:
+        raise SystemExit(f"int8_accuracy.py: unknown form {name!r}; forms: {', '.join(INT8_FORMS)}, "
+                         f"optionally /{' or /'.join(ABLATIONS)}")
+    INT8_FORMS[name] = dataclasses.replace(INT8_FORMS[form], name=name, **ABLATIONS[ablation])
+    return True
 
 
 class NoisyEmbedder:
@@ -70,13 +95,25 @@ def main(argv=None) -> int:
     p.add_argument("--calib", required=True, help="int8 calibration source (RecordIO folder, image folder or .bin)")
     p.add_argument("--sets", help="folder with lfw.bin, cfp_fp.bin, agedb_30.bin")
     p.add_argument("--pairs", type=int, help="synthesise sets of this many pairs instead of --sets")
-    p.add_argument("--forms", nargs="+", default=["qdq", "cpu"], help="int8 forms (default qdq cpu)")
+    p.add_argument("--forms", nargs="+", default=["qdq", "cpu"],
+                   help="int8 forms (default qdq cpu), each optionally FORM/ABLATION: " + ", ".join(ABLATIONS))
     p.add_argument("--noise-seeds", type=int, default=3, help="noise repeats (default 3)")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
     if bool(args.sets) == bool(args.pairs):
         p.error("give --sets or --pairs")
     logging.basicConfig(level=logging.WARNING)
+    from irface.export.quantize import INT8_FORMS
+
+    added = [form for form in args.forms if register_ablation(form)]
+    try:
+        return measure(args)
+    finally:
+        for form in added:
+            INT8_FORMS.pop(form, None)
+
+
+def measure(args) -> int:
     from irface.export import export_model
     from irface.infer import load_model
     from irface.infer.accuracy import compare_accuracy
@@ -90,7 +127,7 @@ def main(argv=None) -> int:
         sets_dir = Path(args.sets) if args.sets else synthesise_sets(Path(tmp), args.pairs, reference.input_size)
         bins = [sets_dir / f"{n}.bin" for n in SETS]
         for form in args.forms:
-            out = Path(tmp) / f"int8-{form}.onnx"
+            out = Path(tmp) / f"int8-{form.replace('/', '-')}.onnx"
             report = export_model(args.model, out, int8=True, calib=args.calib, int8_form=form)
             forms[form] = {"int8_agreement": report["int8_agreement"], "calibration": report["calibration"]}
             rows += rows_of(f"int8 {form}", compare_accuracy(reference, load_model(out), bins, reference_cache=cache))
@@ -108,6 +145,9 @@ def main(argv=None) -> int:
         print(f"| {r['model']} | {r['set']} | {r['pairs']} | {r['fp32']:.4f} | {r['other']:.4f} | "
               f"{r['delta_points']:+.2f} | {r['changed']} ({r['now_right']}/{r['now_wrong']}) | "
               f"{r['paired_delta_points']:+.2f} |")
+    print("\n| int8 form | 1 - mean cosine to fp32 (64 faces) |\n|---|---:|")
+    for form, figures in forms.items():
+        print(f"| {form} | {1 - figures['int8_agreement']['mean_cosine']:.2e} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"started": started, "argv": sys.argv[1:], "forms": forms,
                                                "noise_relative": relative, "noise_matches_cosine": cos,

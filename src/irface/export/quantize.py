@@ -5,9 +5,12 @@ ONNX Runtime (any provider), TensorRT and OpenVINO read. `cpu` is ONNX Runtime's
 (QLinearConv, ...) with uint8 activations and PReLU as Max(x, slope x): the fastest on CPUs with VNNI
 (benchmarks/README.md), and only for ONNX Runtime's CPU provider.
 
-Both keep the stem convolution in float: its input, the normalised image (p - 127.5) / 127.5, falls
-between the steps of any 8-bit grid, and quantising it alone doubled the int8 error on the demo model
-(1 - cosine 7.1e-4 -> 3.6e-4 without it), for 0.2% of IResNet-100's FLOPs.
+Both quantise only the 3x3 convolutions of the blocks, after equalising their inputs' channel ranges
+(irface.export.equalize). The stem convolution stays float: its input, the normalised image
+(p - 127.5) / 127.5, falls between the steps of any 8-bit grid, and quantising it alone doubled the
+int8 error on the demo model (1 - cosine 7.1e-4 -> 3.6e-4 without it), for 0.2% of IResNet-100's FLOPs.
+So do the 1x1 shortcut convs and the FC (Int8Form.op_types). What is left of the error is mostly the
+requantisation of each conv's output, which int8 kernels need (benchmarks/README.md, "int8 accuracy").
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ CALIB_BATCH = 16
 def normalised_batch(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W) as the model's input (the one normalisation)."""
     return normalize(to_nchw_tensor(images)).numpy()
+
+
+def _torch_batches(images: np.ndarray, batch: int = 64):
+    import torch
+
+    for start in range(0, len(images), batch):
+        yield torch.from_numpy(normalised_batch(images[start:start + batch]))
 
 
 def _reader(images: np.ndarray, input_name: str, batch: int):
@@ -69,23 +79,30 @@ class Int8Form:
     activations: str  # int8 or uint8
     method: str  # calibration: minmax, entropy or percentile
     description: str
-    # Only the convolutions and the FC: the residual Adds, PReLUs and flatten stay float. On IResNet-100
-    # that was both closer to fp32 (mean cosine on random weights 0.977 vs 0.963) and no slower in
-    # onnxruntime (QDQ 2.09x vs 1.88x onnxruntime fp32; CPU form 3.10x vs 3.18x; one run on 2 cores).
-    op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+    # Only the 3x3 convolutions: the residual Adds, PReLUs, flatten, the 1x1 shortcut convs and the FC
+    # stay float. Adds and PReLUs: on IResNet-100 quantising them was both further from fp32 (mean cosine
+    # on random weights 0.963 vs 0.977) and no faster. Shortcuts and FC: they read the raw residual stream
+    # (channels of very different ranges, one activation scale) and were a third of the demo model's
+    # int8 error (1 - cosine 3.9e-4 -> 1.7e-4 in float, both demo models) for ~1% of IResNet-100's FLOPs
+    # (no slower: CPU form 823 vs 850 ms, QDQ 1117 vs 1122 ms per 16 faces on 2 cores).
+    op_types: tuple[str, ...] = ("Conv",)
+    float_shortcuts: bool = True  # keep the 1x1 shortcut convs in float
+    # irface.export.equalize before quantising (None: not); alpha 0.5 took 1 - cosine from 1.75e-4 /
+    # 1.65e-4 to 1.53e-4 / 1.41e-4 on the two demo models.
+    equalize_alpha: Optional[float] = 0.5
 
 
 INT8_FORMS = {
     "qdq": Int8Form("qdq", False, False, "qdq", "int8", "percentile",
-                    "QDQ, per-channel int8 weights, int8 activations, convs and FC quantised, stem conv in "
-                    "float (portable)"),
+                    "QDQ, per-channel int8 weights, int8 activations, 3x3 convs quantised, stem conv, "
+                    "shortcuts and FC in float (portable)"),
     # The blocks' leading BNs stay (float, before each block's first conv): folded into that conv they
     # leave its input the raw residual stream, whose channels span very different ranges, and one
     # per-tensor activation scale then loses the small ones. Kept, the demo model's int8 changed 3 of
     # 1,800 verification decisions instead of 9, for some speed (IResNet-100: 2.98x eager, 3.6-3.8x folded).
     "cpu": Int8Form("cpu", False, True, "qoperator", "uint8", "percentile",
-                    "QOperator, per-channel int8 weights, uint8 activations, convs and FC quantised, PReLU as "
-                    "Max, stem conv in float (ONNX Runtime CPU)"),
+                    "QOperator, per-channel int8 weights, uint8 activations, 3x3 convs quantised, PReLU as "
+                    "Max, stem conv, shortcuts and FC in float (ONNX Runtime CPU)"),
 }
 
 
@@ -98,7 +115,17 @@ def stem_conv_names(model_path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
 
 
-def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: str = "qdq", *,
+def shortcut_conv_names(model_path: str | Path) -> list[str]:
+    """Names of the 1x1 Conv nodes: in an IResNet, the shortcuts of each stage's first block."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "Conv" and len(n.input) > 1
+            and shapes.get(n.input[1], [])[2:] == [1, 1]]
+
+
+def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: "str | Int8Form" = "qdq", *,
                     batch_size: Optional[int] = None, opset: Optional[int] = None,
                     method: Optional[str] = None, workdir: Optional[str | Path] = None,
                     fold_bn: bool = True) -> Int8Form:
@@ -110,19 +137,27 @@ def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: s
     from irface.export.graph import prelu_as_max
     from irface.export.onnx_export import DEFAULT_OPSET, export_onnx
 
-    if form not in INT8_FORMS:
+    if isinstance(form, Int8Form):
+        spec = form
+    elif form in INT8_FORMS:
+        spec = INT8_FORMS[form]
+    else:
         raise UserError(f"unknown int8 form '{form}'; known: {', '.join(INT8_FORMS)}")
-    spec = INT8_FORMS[form]
     with tempfile.TemporaryDirectory(prefix="irface-int8-", dir=workdir) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         net = fold_batchnorm(model, leading=spec.fold_leading_bn) if fold_bn else model
+        if spec.equalize_alpha is not None:
+            from irface.export.equalize import equalize_activations
+
+            net = equalize_activations(net, _torch_batches(calib_images), spec.equalize_alpha)
         export_onnx(net, fp32, model.input_size, opset=opset or DEFAULT_OPSET, batch_size=batch_size)
         if spec.prelu_as_max:
             rewritten = Path(tmp) / "fp32-max.onnx"
             prelu_as_max(fp32, rewritten)
             fp32 = rewritten
+        keep_float = stem_conv_names(fp32) + (shortcut_conv_names(fp32) if spec.float_shortcuts else [])
         quantize_int8(fp32, output, calib_images, batch_size, method or spec.method, quant_format=spec.quant_format,
-                      activations=spec.activations, keep_float=stem_conv_names(fp32), op_types=spec.op_types)
+                      activations=spec.activations, keep_float=keep_float, op_types=spec.op_types)
     return spec
 
 
