@@ -6,7 +6,7 @@
         --pairs 6000 --json int8_accuracy_6000.json                     # 6,000 pairs per set, like LFW
 
     PYTHONPATH=src python benchmarks/int8_accuracy.py --model demo_out/run --calib demo_out/data \
-        --sets demo_out/data --forms qdq qdq/no-eq qdq/as-before --noise-seeds 0   # what each step bought
+        --sets demo_out/data --forms qdq qdq/eq qdq/as-before --noise-seeds 0   # what each step bought
 
 For each int8 form (`irface export --int8 --int8-form ...`, calibrated on `--calib`), the protocol's
 Accuracy-Flip of fp32 and int8 on each set, and the paired measure: both judged at fp32's threshold,
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 SETS = ("lfw", "cfp_fp", "agedb_30")
-# Ablations of a form, named FORM/ABLATION in --forms: the recipe without one of its steps.
+# Variants of a form, named FORM/ABLATION in --forms: the recipe with a step added or taken back.
 ABLATIONS = {
-    "no-eq": {"equalize_alpha": None},  # no activation equalisation (irface.export.equalize)
-    # as before equalisation and float shortcuts: shortcuts and FC quantised too
-    "as-before": {"equalize_alpha": None, "float_shortcuts": False, "op_types": ("Conv", "Gemm", "MatMul")},
+    "eq": {"equalize_alpha": 0.5},  # with activation equalisation (irface.export.equalize), alpha 0.5
+    # the recipe before the shortcuts and the FC stayed float
+    "as-before": {"float_shortcuts": False, "op_types": ("Conv", "Gemm", "MatMul")},
 }
 
 

@@ -36,7 +36,7 @@ class DemoSettings:
     ids: int = 300  #: training identities
     per_id: int = 20  #: training images per identity
     holdout_ids: int = 100  #: identities used only in the .bin sets
-    pairs: int = 600  #: pairs per .bin set
+    pairs: int = 6000  #: pairs per .bin set, as many as LFW and AgeDB-30 (so the figures resolve 0.02 points)
     seed: int = 0
     device: str = "auto"
     overrides: tuple[str, ...] = ()  #: extra key=value config overrides

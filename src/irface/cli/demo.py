@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--ids", type=int, default=300, help="training identities (default 300)")
     p.add_argument("--per-id", type=int, default=20, help="training images per identity (default 20)")
     p.add_argument("--holdout-ids", type=int, default=100, help="held-out identities for the .bin sets (default 100)")
-    p.add_argument("--pairs", type=int, default=600, help="pairs per .bin set (default 600)")
+    p.add_argument("--pairs", type=int, default=6000, help="pairs per .bin set (default 6000, as in LFW)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda (default auto)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra training config overrides")

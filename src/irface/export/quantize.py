@@ -5,8 +5,7 @@ ONNX Runtime (any provider), TensorRT and OpenVINO read. `cpu` is ONNX Runtime's
 (QLinearConv, ...) with uint8 activations and PReLU as Max(x, slope x): the fastest on CPUs with VNNI
 (benchmarks/README.md), and only for ONNX Runtime's CPU provider.
 
-Both quantise only the 3x3 convolutions of the blocks, after equalising their inputs' channel ranges
-(irface.export.equalize). The stem convolution stays float: its input, the normalised image
+Both quantise only the 3x3 convolutions of the blocks. The stem convolution stays float: its input, the normalised image
 (p - 127.5) / 127.5, falls between the steps of any 8-bit grid, and quantising it alone doubled the
 int8 error on the demo model (1 - cosine 7.1e-4 -> 3.6e-4 without it), for 0.2% of IResNet-100's FLOPs.
 So do the 1x1 shortcut convs and the FC (Int8Form.op_types). What is left of the error is mostly the
@@ -87,9 +86,11 @@ class Int8Form:
     # (no slower: CPU form 823 vs 850 ms, QDQ 1117 vs 1122 ms per 16 faces on 2 cores).
     op_types: tuple[str, ...] = ("Conv",)
     float_shortcuts: bool = True  # keep the 1x1 shortcut convs in float
-    # irface.export.equalize before quantising (None: not); alpha 0.5 took 1 - cosine from 1.75e-4 /
-    # 1.65e-4 to 1.53e-4 / 1.41e-4 on the two demo models.
-    equalize_alpha: Optional[float] = 0.5
+    # irface.export.equalize before quantising (None: not). Off in both forms: alpha 0.5 lowered the
+    # error by cosine (1 - cosine 1.7e-4 -> 1.3e-4 to 1.6e-4 on three demo models) but the decisions it
+    # changed went wrong more often: at fp32's threshold, 27 more wrong than right over 3 x 18,000 pairs,
+    # against 2 more right without it (benchmarks/README.md, "int8 accuracy": `FORM/eq`).
+    equalize_alpha: Optional[float] = None
 
 
 INT8_FORMS = {
