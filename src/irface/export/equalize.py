@@ -14,7 +14,7 @@ growing one input channel's weights costs them some precision). In float the equ
 the same function up to rounding; only the int8 grid sees the difference.
 
 Not part of the shipped int8 forms (`Int8Form.equalize_alpha` is None): on three demo models alpha 0.5
-lowered int8's error by cosine (1 - cosine 1.6e-4 -> 1.3e-4) but the verification decisions it
+lowered int8's error by cosine (1 - cosine 1.6-1.8e-4 -> 1.3-1.6e-4) but the decisions it
 changed went wrong more often than without it. `benchmarks/int8_accuracy.py --forms qdq qdq/eq` reruns
 the comparison (benchmarks/README.md, "int8 accuracy").
 """

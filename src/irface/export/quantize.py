@@ -5,11 +5,12 @@ ONNX Runtime (any provider), TensorRT and OpenVINO read. `cpu` is ONNX Runtime's
 (QLinearConv, ...) with uint8 activations and PReLU as Max(x, slope x): the fastest on CPUs with VNNI
 (benchmarks/README.md), and only for ONNX Runtime's CPU provider.
 
-Both quantise only the 3x3 convolutions of the blocks. The stem convolution stays float: its input, the normalised image
-(p - 127.5) / 127.5, falls between the steps of any 8-bit grid, and quantising it alone doubled the
-int8 error on the demo model (1 - cosine 7.1e-4 -> 3.6e-4 without it), for 0.2% of IResNet-100's FLOPs.
-So do the 1x1 shortcut convs and the FC (Int8Form.op_types). What is left of the error is mostly the
-requantisation of each conv's output, which int8 kernels need (benchmarks/README.md, "int8 accuracy").
+Both quantise only the blocks' 3x3 convolutions. The stem convolution stays float: its input, the
+normalised image (p - 127.5) / 127.5, falls between the steps of any 8-bit grid, and quantising it
+alone doubled the int8 error on the demo model (1 - cosine 7.1e-4 -> 3.6e-4 without it), for 0.2% of
+IResNet-100's FLOPs. So do the 1x1 shortcut convs and the FC (Int8Form.op_types). What is left of the
+error is mostly the requantisation of each conv's output, which int8 kernels need
+(benchmarks/README.md, "int8 accuracy").
 """
 
 from __future__ import annotations
@@ -81,13 +82,13 @@ class Int8Form:
     # Only the 3x3 convolutions: the residual Adds, PReLUs, flatten, the 1x1 shortcut convs and the FC
     # stay float. Adds and PReLUs: on IResNet-100 quantising them was both further from fp32 (mean cosine
     # on random weights 0.963 vs 0.977) and no faster. Shortcuts and FC: they read the raw residual stream
-    # (channels of very different ranges, one activation scale) and were a third of the demo model's
+    # (channels of very different ranges, one activation scale) and were over half of the demo model's
     # int8 error (1 - cosine 3.9e-4 -> 1.7e-4 in float, both demo models) for ~1% of IResNet-100's FLOPs
     # (no slower: CPU form 823 vs 850 ms, QDQ 1117 vs 1122 ms per 16 faces on 2 cores).
     op_types: tuple[str, ...] = ("Conv",)
     float_shortcuts: bool = True  # keep the 1x1 shortcut convs in float
     # irface.export.equalize before quantising (None: not). Off in both forms: alpha 0.5 lowered the
-    # error by cosine (1 - cosine 1.7e-4 -> 1.3e-4 to 1.6e-4 on three demo models) but the decisions it
+    # error by cosine (1 - cosine 1.6-1.8e-4 -> 1.3-1.6e-4 on three demo models) but the decisions it
     # changed went wrong more often: at fp32's threshold, 27 more wrong than right over 3 x 18,000 pairs,
     # against 2 more right without it (benchmarks/README.md, "int8 accuracy": `FORM/eq`).
     equalize_alpha: Optional[float] = None
@@ -126,7 +127,7 @@ def shortcut_conv_names(model_path: str | Path) -> list[str]:
             and shapes.get(n.input[1], [])[2:] == [1, 1]]
 
 
-def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: "str | Int8Form" = "qdq", *,
+def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: str = "qdq", *,
                     batch_size: Optional[int] = None, opset: Optional[int] = None,
                     method: Optional[str] = None, workdir: Optional[str | Path] = None,
                     fold_bn: bool = True) -> Int8Form:
@@ -138,12 +139,9 @@ def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: "
     from irface.export.graph import prelu_as_max
     from irface.export.onnx_export import DEFAULT_OPSET, export_onnx
 
-    if isinstance(form, Int8Form):
-        spec = form
-    elif form in INT8_FORMS:
-        spec = INT8_FORMS[form]
-    else:
+    if form not in INT8_FORMS:
         raise UserError(f"unknown int8 form '{form}'; known: {', '.join(INT8_FORMS)}")
+    spec = INT8_FORMS[form]
     with tempfile.TemporaryDirectory(prefix="irface-int8-", dir=workdir) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         net = fold_batchnorm(model, leading=spec.fold_leading_bn) if fold_bn else model
