@@ -174,13 +174,9 @@ def test_cli_export_bad_model_file(tmp_path, capsys, content, message):
 
 
 def test_seed_style_wrapper(tmp_path, monkeypatch, capsys):
-    import importlib.util
-    from pathlib import Path
+    from repo_scripts import load_repo_script
 
-    script = Path(__file__).resolve().parents[1] / "export.py"
-    spec = importlib.util.spec_from_file_location("seed_export", script)
-    wrapper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wrapper)
+    wrapper = load_repo_script("export.py")
     save_state_dict(tmp_path / "b.pth")
     monkeypatch.chdir(tmp_path)
     assert wrapper.main(["--ckpt_file", "b.pth", "--file_name", "seed", "--file_format", "PTH"]) == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from infer_export_util import faces, save_state_dict, torch_embed, write_images
+from repo_scripts import load_repo_script
 from irface.cli import main
 from irface.data import save_bin
 from irface.export import ParityError, export_model
@@ -197,18 +198,17 @@ def test_cli_eval_bin_prints_both_accuracies_and_the_changed_decisions(tmp_path,
     assert len(line) == 1 and "decisions changed" in line[0] and "of 20 decisions" in line[0], out
 
 
+def _write_model_and_sets(folder, sets):
+    """b.pth (the tiny model) and a 20-pair .bin per set name, for the benchmark scripts."""
+    save_state_dict(folder / "b.pth")
+    for i, name in enumerate(sets):
+        save_bin(folder / f"{name}.bin", faces(40, seed=10 + i), [True, False] * 10)
+
+
 def test_int8_accuracy_benchmark_runs_and_reports_every_row(tmp_path, capsys):
     # benchmarks/int8_accuracy.py is how the README's int8 accuracy figures are made: keep it runnable.
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_accuracy.py"
-    spec = importlib.util.spec_from_file_location("int8_accuracy", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    save_state_dict(tmp_path / "b.pth")
-    for i, name in enumerate(bench.SETS):
-        save_bin(tmp_path / f"{name}.bin", faces(40, seed=10 + i), [True, False] * 10)
+    bench = load_repo_script("benchmarks/int8_accuracy.py")
+    _write_model_and_sets(tmp_path, bench.SETS)
     out = tmp_path / "acc.json"
     assert bench.main(["--model", str(tmp_path / "b.pth"), "--calib", str(tmp_path / "lfw.bin"), "--sets",
                        str(tmp_path), "--forms", "qdq", "cpu/as-before", "qdq/eq", "--noise-seeds", "1", "--json", str(out)]) == 0
@@ -223,16 +223,8 @@ def test_int8_accuracy_benchmark_runs_and_reports_every_row(tmp_path, capsys):
 
 
 def test_protocol_resolution_benchmark_reports_each_noise_level(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol_resolution.py"
-    spec = importlib.util.spec_from_file_location("protocol_resolution", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    save_state_dict(tmp_path / "b.pth")
-    for i, name in enumerate(bench.SETS):
-        save_bin(tmp_path / f"{name}.bin", faces(40, seed=10 + i), [True, False] * 10)
+    bench = load_repo_script("benchmarks/protocol_resolution.py")
+    _write_model_and_sets(tmp_path, bench.SETS)
     out = tmp_path / "res.json"
     assert bench.main(["--model", str(tmp_path / "b.pth"), "--sets", str(tmp_path), "--levels", "0.5", "0",
                        "--seeds", "3", "--json", str(out)]) == 0
