@@ -187,3 +187,21 @@ def test_family_trains_resumes_exports_and_quantises(family, tmp_path, capsys):
     # The family's main work is quantised: some node of that type reads a dequantised input.
     dequantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     assert any(n.op_type == quantised and n.input[0] in dequantised for n in graph.node)
+
+
+@pytest.mark.parametrize("config, family, options", [
+    ("ms1mv2_mbf.yaml", "MobileFaceNet", {}),
+    ("webface_vit_b.yaml", "VisionTransformer", {"mask_ratio": 0.1, "drop_path_rate": 0.05, "grad_checkpointing": True}),
+])
+def test_recipe_configs_build_their_network(config, family, options):
+    from irface.config import load_config
+
+    cfg = load_config(ROOT / "configs" / config)
+    with torch.device("meta"):
+        model = create_backbone(cfg.network, **cfg.backbone_kwargs())
+    assert type(model).__name__ == family
+    for key, value in options.items():
+        assert getattr(cfg, key) == value
+    if options:
+        assert model.mask_ratio == 0.1 and isinstance(model.blocks[-1].drop_path.p, float)
+        assert model.blocks[-1].drop_path.p == pytest.approx(0.05)
