@@ -205,3 +205,18 @@ def test_recipe_configs_build_their_network(config, family, options):
     if options:
         assert model.mask_ratio == 0.1 and isinstance(model.blocks[-1].drop_path.p, float)
         assert model.blocks[-1].drop_path.p == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("name, options, size", [
+    ("mbf", {"layers": [2, 1, 1, 1], "input_size": 32}, 32),
+    ("vit_t", {"layers": [1], "widths": [32], "input_size": 18}, 18),
+])
+def test_batchnorm_folds_away_exactly(name, options, size):
+    from irface.export.fold import fold_batchnorm
+
+    model = randomise(create_backbone(name, **options)).eval()
+    folded = fold_batchnorm(model, leading=True)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
