@@ -172,6 +172,7 @@ def test_family_trains_resumes_exports_and_quantises(family, tmp_path, capsys):
     assert main(["export", "--ckpt", str(tmp_path / "split"), "--output", str(onnx_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["network"] is None  # a shrunken member: no registered name, the architecture still known
+    assert report["metadata"]["network"] == {"mbf": "MobileFaceNet", "vit": "VisionTransformer"}[family]
     assert [c["batch"] for c in report["checks"]] == [1, 7] and all(c["relative_error"] < 1e-4 for c in report["checks"])
     int8_path = tmp_path / "q.onnx"
     assert main(["export", "--ckpt", str(tmp_path / "split"), "--output", str(int8_path), "--int8",
