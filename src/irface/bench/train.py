@@ -24,11 +24,11 @@ from irface.bench.runner import Prepared, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.config import TrainConfig
 from irface.data.transforms import normalize
+from irface.device import DTYPES
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CFG = TrainConfig()
 
 
@@ -189,11 +189,10 @@ def compare_variants(shared: _Shared, opts: TrainOptions, device: torch.device, 
 def bench_train(opts: TrainOptions) -> dict[str, Any]:
     """Run the training-step benchmark; returns the report (JSON-ready)."""
     from irface.bench.timing import device_info
-    from irface.infer.model_file import resolve_device
+    from irface.device import precision_dtype, resolve_device
     from irface.models import create_backbone
 
-    if opts.precision not in DTYPES:
-        raise ConfigError(f"--precision {opts.precision}: use fp32, bf16 or fp16")
+    precision_dtype(opts.precision, "--precision")
     if opts.batch_size < 2 or opts.steps < 1 or opts.warmup < 0:
         raise ConfigError("--batch-size must be at least 2 (BatchNorm), --steps positive, --warmup not negative")
     if opts.num_classes < 1 or not 0.0 < opts.sample_rate <= 1.0:

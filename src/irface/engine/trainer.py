@@ -36,8 +36,9 @@ from irface.engine import checkpoint as ckpt_io
 from irface.engine import validation
 from irface.engine.logs import Meter, TrainLogger, seed_loss_line, seed_time_line
 from irface.engine.optim import LRSchedule, build_optimizer, clip_gradients, global_grad_norm
-from irface.engine.precision import LossScaler, autocast, configure_backends
-from irface.errors import ConfigError, ModelFileError, UserError
+from irface.device import DTYPES, autocast, resolve_device
+from irface.engine.precision import LossScaler, configure_backends
+from irface.errors import ConfigError, ModelFileError, UserError, first_line
 from irface.heads.partial_fc import PartialFC
 
 log = logging.getLogger(__name__)
@@ -62,25 +63,6 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto / cpu / cuda / cuda:N; under torchrun `auto` and `cuda` mean this process's GPU (LOCAL_RANK)."""
-    local = dist.get_local_rank()
-    if name == "auto":
-        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"config key 'device': unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"config key 'device': {name!r} asked for, but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", local)
-    elif device.type != "cpu":
-        raise ConfigError(f"config key 'device': {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
-    return device
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -136,7 +118,7 @@ class Trainer:
     # --- set-up ---------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "config key 'device'")
         dist.init_distributed(self.device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
@@ -265,7 +247,7 @@ class Trainer:
             self.backbone.load_state_dict(ckpt["backbone"], strict=True)
             self.head.load_full_state_dict(ckpt["head"])
         except (RuntimeError, ValueError) as e:
-            raise ModelFileError(f"{path}: does not fit the configured model ({str(e).splitlines()[0]})") from None
+            raise ModelFileError(f"{path}: does not fit the configured model ({first_line(e)})") from None
         try:
             self.opt_backbone.load_state_dict(ckpt["optimizer"])
             self.opt_head.load_state_dict(ckpt_io.shard_optimizer_state(
@@ -451,7 +433,7 @@ class Trainer:
             sync = self.model.no_sync() if self.world > 1 and micro < cfg.grad_accum - 1 and hasattr(self.model, "no_sync") \
                 else contextlib.nullcontext()
             with sync:
-                with autocast(cfg.precision, self.device):
+                with autocast(DTYPES[cfg.precision], self.device):
                     emb = self.model(x)
                 emb = emb.float()  # the head runs in fp32: margins are sensitive near |cos| = 1
                 if self.world > 1:
@@ -597,4 +579,4 @@ def train(cfg: TrainConfig, dataset: Optional[Dataset] = None) -> TrainResult:
     return Trainer(cfg, dataset).fit()
 
 
-__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "train", "resolve_device"]
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "train"]
