@@ -28,7 +28,6 @@ from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
 BEST_NAME = "best.pt"
 
 
@@ -50,7 +49,7 @@ def tensor_digest(*states: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically, with the digest of the weights; a failure leaves earlier files untouched."""
-    payload = dict(payload, format=CHECKPOINT_FORMAT, version=VERSION)
+    payload = dict(payload, format=CHECKPOINT_FORMAT)
     payload["digest"] = tensor_digest(payload["backbone"], payload["head"])
     try:
         with atomic_write(path, "wb") as f:
