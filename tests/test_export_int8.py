@@ -211,15 +211,12 @@ def test_int8_accuracy_benchmark_runs_and_reports_every_row(tmp_path, capsys):
     _write_model_and_sets(tmp_path, bench.SETS)
     out = tmp_path / "acc.json"
     assert bench.main(["--model", str(tmp_path / "b.pth"), "--calib", str(tmp_path / "lfw.bin"), "--sets",
-                       str(tmp_path), "--forms", "qdq", "cpu/as-before", "qdq/eq", "--noise-seeds", "1", "--json", str(out)]) == 0
+                       str(tmp_path), "--forms", "qdq", "cpu", "--noise-seeds", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [(r["model"], r["set"]) for r in report["rows"]] == (
-        [("int8 qdq", s) for s in bench.SETS] + [("int8 cpu/as-before", s) for s in bench.SETS]
-        + [("int8 qdq/eq", s) for s in bench.SETS] + [("fp32 + noise (seed 0)", s) for s in bench.SETS])
+        [("int8 qdq", s) for s in bench.SETS] + [("int8 cpu", s) for s in bench.SETS]
+        + [("fp32 + noise (seed 0)", s) for s in bench.SETS])
     assert 0 < report["noise_relative"] < 1 and "| int8 qdq | lfw | 20 |" in capsys.readouterr().out
-    from irface.export.quantize import INT8_FORMS
-
-    assert "cpu/as-before" not in INT8_FORMS and "qdq/eq" not in INT8_FORMS  # only for the run's length
 
 
 def test_protocol_resolution_benchmark_reports_each_noise_level(tmp_path, capsys):

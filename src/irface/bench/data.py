@@ -2,8 +2,7 @@
 
 Uses the loader `irface train` builds (`irface.data.loader.build_train_loader`) on the dataset it
 opens (`irface.data.datasets.open_train_dataset`), with the config's worker count, so the figure is
-what feeds a training step. The RecordIO reader (`irface.data.recordio`) is imported lazily: an
-install without it gets one line saying so.
+what feeds a training step.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from irface.bench.timing import device_info, peak_memory_mb, reset_peak_memory
-from irface.errors import ConfigError, DataError, UserError
+from irface.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +28,6 @@ def bench_data(data: str | Path, batch_size: int = 128, steps: int = 20, warmup:
     """Median time per training batch from `data` (a RecordIO folder); returns the report."""
     if batch_size < 1 or steps < 1 or warmup < 0 or workers < 0:
         raise ConfigError("--batch-size and --steps must be positive, --warmup and --workers not negative")
-    try:
-        import irface.data.recordio  # noqa: F401 (presence check: the reader is being written in parallel)
-    except ImportError:
-        raise UserError("bench data needs irface.data.recordio (the RecordIO reader), which this install does not "
-                        "have yet") from None
     from irface.data.datasets import open_train_dataset
     from irface.data.loader import build_train_loader, set_loader_epoch
     from irface.device import resolve_device

@@ -26,7 +26,7 @@ from torch import nn
 from irface.bench.flops import count_flops
 from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
 from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
-from irface.bench.timing import cpu_has_fast_bf16, sig
+from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
 from irface.data.transforms import normalize, to_nchw_tensor
 from irface.device import DTYPES
 from irface.errors import ConfigError
@@ -355,7 +355,6 @@ def agreement(prepared: dict[str, Prepared], baseline: str, faces: np.ndarray) -
 
 def bench_infer(opts: InferOptions) -> dict[str, Any]:
     """Run the inference benchmark; returns the report (JSON-ready)."""
-    from irface.bench.timing import device_info
     from irface.device import precision_dtype, resolve_device
 
     precision_dtype(opts.precision, "--precision")
@@ -364,10 +363,18 @@ def bench_infer(opts: InferOptions) -> dict[str, Any]:
     if opts.batch_size < 1 or opts.steps < 1 or opts.warmup < 0:
         raise ConfigError("--batch-size and --steps must be positive, --warmup not negative")
     device = resolve_device(opts.device)
+    # cuDNN runs fp32 convolutions on TF32 tensor cores by default; let the fp32 matmul peak do the same,
+    # or "fraction of peak" would compare TF32 convolutions with a plain-fp32 matmul rate. Put back after.
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
     if device.type == "cuda":
-        # cuDNN runs fp32 convolutions on TF32 tensor cores by default; let the fp32 matmul peak do the
-        # same, or "fraction of peak" would compare TF32 convolutions with a plain-fp32 matmul rate.
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        return _bench_infer(opts, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
+
+
+def _bench_infer(opts: InferOptions, device: torch.device) -> dict[str, Any]:
     base, source = base_network(opts)
     flop = count_flops(base, base.input_size)
     calib_faces, held_out = faces_for(opts, base.input_size)

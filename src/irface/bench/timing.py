@@ -91,11 +91,6 @@ def step_times_ms(step: Step, device: torch.device, steps: int, warmup: int) -> 
     return times
 
 
-def median_step_ms(step: Step, device: torch.device, steps: int, warmup: int) -> float:
-    """Median wall time of `step` in ms, after `warmup` untimed calls."""
-    return statistics.median(step_times_ms(step, device, steps, warmup))
-
-
 def interleaved_times_ms(steps_by_name: dict[str, Step], device: torch.device, rounds: int) -> dict[str, list[float]]:
     """Time one call of every step per round, `rounds` rounds, the order rotating each round.
 
@@ -197,12 +192,6 @@ def device_info(device: torch.device) -> dict:
         info["cpu_features"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
                                                "amx_int8", "avx_vnni", "avx512_fp16"})
     return info
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
 
 
 # --- the peak -----------------------------------------------------------------------------------

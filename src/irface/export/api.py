@@ -28,7 +28,7 @@ from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
     DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
 )
-from irface.export.quantize import INT8_FORMS, normalised_batch, write_int8_onnx
+from irface.export.quantize import INT8_FORMS, INT8_METHOD, normalised_batch, write_int8_onnx
 from irface.models.loading import load_backbone
 from irface.utils import atomic_path, check_writable
 
@@ -247,7 +247,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
             report["int8_agreement"] = agreement
             report["int8_form"] = {"name": int8_form, "description": INT8_FORMS[int8_form].description}
             report["calibration"] = {"source": str(calib), "images": int(len(calib_images)),
-                                     "method": calib_method or INT8_FORMS[int8_form].method}
+                                     "method": calib_method or INT8_METHOD}
         elif fmt == "onnx":
             checks = _export_onnx(net, model, tmp, label, meta, opset, batch_size, tolerance, batches)
         elif fmt == "torchscript":
