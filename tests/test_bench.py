@@ -113,7 +113,7 @@ def test_train_single_with_flags(capsys):
 
 
 def test_train_defaults_are_the_training_config(tmp_path):
-    from irface.bench.train import TrainOptions
+    from irface.bench.options import TrainOptions
     from irface.config import TrainConfig
 
     cfg, opts = TrainConfig(), TrainOptions()

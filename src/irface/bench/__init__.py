@@ -6,7 +6,8 @@ can do. Nothing here is asserted by tests: benchmarks report, tests check behavi
 """
 
 from irface.bench.flops import count_flops, head_flops, train_flops
-from irface.bench.infer import InferOptions, bench_infer
+from irface.bench.infer import bench_infer
+from irface.bench.options import InferOptions
 from irface.bench.timing import (
     Timing, device_info, interleaved_times_ms, make_timing, matmul_peak_gflops, peak_memory_mb,
     with_ratios,

@@ -10,21 +10,23 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from irface.bench.flops import count_flops
+from irface.bench.options import EvalOptions
 from irface.bench.timing import device_info, make_timing, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, sig
 from irface.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def bench_eval(bin_path: str | Path, model: Optional[str] = None, network: str = "iresnet100",
-               backbone_kwargs: Optional[dict[str, Any]] = None, batch_size: int = 64, steps: int = 1,
-               warmup: int = 0, device: str = "cpu", precision: str = "fp32", flip: bool = True) -> dict[str, Any]:
-    """Median wall time of `steps` whole passes over `bin_path`; returns the report."""
+def bench_eval(opts: EvalOptions) -> dict[str, Any]:
+    """Median wall time of `opts.steps` whole passes over `opts.bin`; returns the report."""
+    bin_path, model, network, batch_size, steps, warmup, device, precision, flip = (
+        opts.bin, opts.model, opts.network, opts.batch_size, opts.steps, opts.warmup, opts.device, opts.precision,
+        opts.flip)
     if batch_size < 1 or steps < 1 or warmup < 0:
         raise ConfigError("--batch-size and --steps must be positive, --warmup not negative")
     from irface.eval import evaluate_bin
@@ -42,7 +44,7 @@ def bench_eval(bin_path: str | Path, model: Optional[str] = None, network: str =
             from irface.models import create_backbone
 
             try:
-                net = create_backbone(network, **(backbone_kwargs or {}))
+                net = create_backbone(network, **opts.backbone_kwargs)
             except KeyError as e:
                 raise ConfigError(f"--network: {e.args[0]}") from None
             path = str(Path(tmp) / "model.pth")

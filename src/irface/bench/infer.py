@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from irface.bench.flops import count_flops
 from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
+from irface.bench.options import RUNTIMES, InferOptions
 from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
 from irface.data.transforms import normalize, to_nchw_tensor
@@ -36,29 +36,6 @@ log = logging.getLogger(__name__)
 # Faces that set the BN statistics and calibrate int8, and held-out faces for the agreement check.
 CALIB_FACES = 32
 AGREEMENT_FACES = 32
-RUNTIMES = ("torch", "ort", "ort-int8", "ort-int8-cpu")
-
-
-@dataclass
-class InferOptions:
-    """What `irface bench infer` measures. Defaults: what `irface embed` / `eval` run (load_model, batch 64)."""
-
-    network: str = "iresnet100"
-    model: Optional[str] = None
-    batch_size: int = 64
-    steps: int = 10
-    warmup: int = 2
-    precision: str = "fp32"
-    channels_last: bool = True
-    compile: bool = False
-    fold_bn: bool = True
-    runtime: str = "torch"  # torch, ort (onnxruntime fp32), ort-int8 (as exported) or ort-int8-cpu
-    device: str = "cpu"
-    compare: bool = False
-    variants: Optional[list[str]] = None  # with compare: a subset of the paths, by name
-    calib: Optional[str] = None  # folder of faces or .bin for int8 calibration and agreement
-    interleave: Optional[bool] = None  # default: side by side on CPU, one after another on CUDA
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def normalised(images: np.ndarray) -> torch.Tensor:
