@@ -80,7 +80,7 @@ def main(argv=None) -> int:
 
 
 def measure(args) -> int:
-    from irface.export import export_model
+    from irface.export import ExportOptions, Int8Options, export_model
     from irface.infer import load_model
     from irface.infer.accuracy import compare_accuracy
 
@@ -94,7 +94,7 @@ def measure(args) -> int:
         bins = [sets_dir / f"{n}.bin" for n in SETS]
         for form in args.forms:
             out = Path(tmp) / f"int8-{form.replace('/', '-')}.onnx"
-            report = export_model(args.model, out, int8=True, calib=args.calib, int8_form=form)
+            report = export_model(args.model, out, ExportOptions(int8=Int8Options(args.calib, form=form)))
             forms[form] = {"int8_agreement": report["int8_agreement"], "calibration": report["calibration"]}
             rows += rows_of(f"int8 {form}", compare_accuracy(reference, load_model(out), bins, reference_cache=cache))
             print(f"int8 {form}: done", file=sys.stderr, flush=True)
