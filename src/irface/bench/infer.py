@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from irface.bench.flops import count_flops
-from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
+from irface.bench.inputs import calibrate_batchnorm
 from irface.bench.options import RUNTIMES, InferOptions
 from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
@@ -55,8 +55,10 @@ def faces_for(opts: InferOptions, size: int) -> tuple[np.ndarray, np.ndarray]:
             raise ConfigError(f"{opts.calib}: only {len(faces)} images; need at least 4")
         half = len(faces) // 2
         return faces[:half], faces[half:]
-    calib, _ = synthetic_faces(CALIB_FACES // 2, 2, size, seed=1)
-    held_out, _ = synthetic_faces(AGREEMENT_FACES // 2, 2, size, seed=2)
+    from irface.data.synth import faces
+
+    calib, _ = faces(1, CALIB_FACES // 2, 2, size)
+    held_out, _ = faces(2, AGREEMENT_FACES // 2, 2, size)
     return calib, held_out
 
 
