@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import torch
 
+from irface.device import DTYPES
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[], object]
@@ -276,9 +278,6 @@ def sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
-PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
     """(one matmul call, its FLOPs) for `kind` (fp32, bf16, fp16, int8), to time beside the configurations."""
     if kind == "int8":
@@ -290,8 +289,8 @@ def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
         sess, feeds = sess_feeds
         return (lambda: sess.run(None, feeds)), 2.0 * (PEAK_N // 2) ** 3
     n = peak_size(device)
-    a = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
-    b = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
+    a = torch.randn(n, n, device=device).to(DTYPES[kind] or torch.float32)
+    b = torch.randn(n, n, device=device).to(DTYPES[kind] or torch.float32)
     return (lambda: a @ b), 2.0 * n ** 3
 
 
@@ -302,7 +301,7 @@ def measure_peaks(device: torch.device, kinds: set[str]) -> dict[str, Optional[f
         if kind == "int8":
             peaks[kind] = ort_int8_peak_gops(threads=torch.get_num_threads()) if device.type == "cpu" else None
         else:
-            peaks[kind] = matmul_peak_gflops(device, PEAK_DTYPES[kind])
+            peaks[kind] = matmul_peak_gflops(device, DTYPES[kind] or torch.float32)
     return {k: sig(v) if v else None for k, v in peaks.items()}
 
 
