@@ -27,8 +27,8 @@ from irface.bench.inputs import calibrate_batchnorm
 from irface.bench.options import RUNTIMES, InferOptions
 from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
-from irface.data.transforms import normalize, to_nchw_tensor
-from irface.device import DTYPES
+from irface.data.transforms import embed_images, normalize, to_nchw_tensor
+from irface.device import DTYPES, autocast
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,28 +110,30 @@ def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, 
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        input_dtype = torch.float32
+        input_dtype, run_dtype = torch.float32, dtype  # run_dtype: autocast's (None with cast weights)
         if cast_weights and dtype is not None:
             model = model.to(dtype)
-            input_dtype = dtype
+            input_dtype, run_dtype = dtype, None
         notes: dict[str, Any] = {"bn_folded": fold, "channels_last": channels_last, "precision": precision}
         if compile:
             model = _compiled(model, device)
             notes["compiled"] = True
-        autocast = dtype is not None and not cast_weights
+
+        def net(inp: torch.Tensor) -> torch.Tensor:
+            return model(inp.to(input_dtype))  # a no-op unless the weights were cast
+
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(batch, 3, size, size, generator=gen).mul_(2).sub_(1)
         x = x.to(device=device, dtype=input_dtype).contiguous(memory_format=memory_format)
 
-        def forward(inp: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                return model(inp)
+        def step() -> torch.Tensor:
+            with torch.inference_mode(), autocast(run_dtype, device):
+                return net(x)
 
         def embed(images: np.ndarray) -> np.ndarray:
-            inp = normalised(images).to(device=device, dtype=input_dtype).contiguous(memory_format=memory_format)
-            return forward(inp).float().cpu().numpy()
+            return embed_images(net, images, device, run_dtype, channels_last)
 
-        return Prepared(step=lambda: forward(x), embed=embed, notes=notes)
+        return Prepared(step=step, embed=embed, notes=notes)
 
     return Variant(name, build, flop, precision, description)
 
