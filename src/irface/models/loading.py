@@ -23,10 +23,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from irface.errors import ModelFileError
+from irface.errors import ModelFileError, first_line
 from irface.models.iresnet import IResNet
-from irface.models.registry import list_backbones
-from irface.models.variants import identify_state_dict
+from irface.models.variants import check_network, identify_state_dict
 
 CHECKPOINT_FORMAT = "irface-checkpoint"
 CHECKPOINT_GLOB = "checkpoint-*.pt"
@@ -117,7 +116,7 @@ def _torch_load(path: Path) -> Any:
         raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
                              "nothing in it was run") from None
     except Exception as e:
-        raise ModelFileError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ModelFileError(f"{path}: not a PyTorch weights file ({first_line(e)})") from None
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -177,12 +176,7 @@ def load_backbone(path: str | Path, network: Optional[str] = None) -> tuple[nn.M
         cls, arch, name = identify_state_dict(state)
     except KeyError as e:
         raise ModelFileError(f"{info['path']}: {e.args[0]}") from None
-    what = name or f"{'an' if cls is IResNet else 'a'} {cls.__name__} {arch}"
-    if network is not None:
-        if network not in list_backbones():
-            raise ModelFileError(f"unknown network '{network}'; known: {', '.join(list_backbones())}")
-        if network != name:
-            raise ModelFileError(f"{info['path']}: holds {what}, not {network}")
+    check_network(network, name, info["path"], f"{'an' if cls is IResNet else 'a'} {cls.__name__} {arch}")
     model = cls(**arch)
     try:
         model.load_state_dict(state, strict=True)

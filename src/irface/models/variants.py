@@ -9,8 +9,9 @@ from typing import Any, Mapping, Optional
 from torch import nn
 
 from irface.models.iresnet import IResNet
+from irface.errors import ModelFileError
 from irface.models.mobilefacenet import MobileFaceNet, is_mobilefacenet_state, mobilefacenet_arch, mobilefacenet_name
-from irface.models.registry import refuse_options, register_backbone
+from irface.models.registry import list_backbones, refuse_options, register_backbone
 from irface.models.vit import VisionTransformer, is_vit_state, vit_arch, vit_name
 
 DEPTHS: dict[str, list[int]] = {
@@ -60,6 +61,17 @@ def network_for_layers(layers: list[int]) -> Optional[str]:
         if depths == list(layers):
             return name
     return None
+
+
+def check_network(network: Optional[str], found: Optional[str], source: str, held: str = "") -> None:
+    """A `network` asked for (None: any) must be a registered backbone, and the one found in `source`:
+    `found` is its registered name (None when it has none; `held` then says what it is)."""
+    if network is None:
+        return
+    if network not in list_backbones():
+        raise ModelFileError(f"unknown network '{network}'; known: {', '.join(list_backbones())}")
+    if network != found:
+        raise ModelFileError(f"{source}: holds {found or held or 'an unnamed backbone'}, not {network}")
 
 
 _BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.conv1\.weight$")
