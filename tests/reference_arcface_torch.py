@@ -1,5 +1,5 @@
 """Independent, plain re-statements of insightface arcface_torch's `backbones/mobilefacenet.py` and
-`backbones/vit.py` (module names, parameter shapes and the forward as published; written for the tests,
+`backbones/vit.py` (module names, parameter shapes and the forward, training regularisers included, as published; written for the tests,
 deliberately naive: explicit attention arithmetic, no fused kernels, no autocast), used only to check
 that irface's backbones load their `backbone.pth` strictly and compute the same function.
 
@@ -118,13 +118,27 @@ class RefAttention(nn.Module):
         return self.proj_drop(self.proj((a @ v).transpose(1, 2).reshape(b, n, d)))
 
 
+class RefDropPath(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1 - self.p
+        r = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        r.div_(keep)
+        return x * r
+
+
 class RefBlock(nn.Module):
-    def __init__(self, d, heads):
+    def __init__(self, d, heads, drop_path=0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(d)
         self.norm2 = nn.LayerNorm(d)
         self.attn = RefAttention(d, heads)
-        self.drop_path = nn.Identity()  # stochastic depth is training-only
+        self.drop_path = RefDropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp = RefMlp(d, 4 * d)
 
     def forward(self, x):
@@ -143,27 +157,43 @@ class RefPatchEmbed(nn.Module):
 
 
 class RefViT(nn.Module):
-    """Eval-mode forward only (masking and drop path are training regularisers)."""
+    """With arcface_torch's training regularisers: drop path rising linearly to `drop_path_rate`, and
+    patch masking whenever `mask_ratio` > 0, at 0.1 whatever `mask_ratio` says (its `random_masking`
+    is called without the ratio and uses its default)."""
 
-    def __init__(self, emb=512, d=512, depth=12, heads=8, img=112, patch=9):
+    def __init__(self, emb=512, d=512, depth=12, heads=8, img=112, patch=9, drop_path_rate=0.0, mask_ratio=0.0):
         super().__init__()
         self.patch_embed = RefPatchEmbed(img, patch, d)
         n = self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))
         self.pos_drop = nn.Dropout(0.0)
-        self.blocks = nn.ModuleList([RefBlock(d, heads) for _ in range(depth)])
+        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        self.blocks = nn.ModuleList([RefBlock(d, heads, dpr[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(d)
         self.feature = nn.Sequential(nn.Linear(d * n, d, bias=False), nn.BatchNorm1d(d, eps=2e-5),
                                      nn.Linear(d, emb, bias=False), nn.BatchNorm1d(emb, eps=2e-5))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.n, self.d = n, d
+        self.n, self.d, self.mask_ratio = n, d, mask_ratio
+
+    def random_masking(self, x, mask_ratio=0.1):
+        b, n, d = x.size()
+        keep = int(n * (1 - mask_ratio))
+        shuffle = torch.argsort(torch.rand(b, n, device=x.device), dim=1)
+        restore = torch.argsort(shuffle, dim=1)
+        return torch.gather(x, dim=1, index=shuffle[:, :keep].unsqueeze(-1).repeat(1, 1, d)), restore
 
     def forward(self, x):
         b = x.shape[0]
         x = self.pos_drop(self.patch_embed(x) + self.pos_embed)
+        masking = self.training and self.mask_ratio > 0
+        if masking:
+            x, restore = self.random_masking(x)  # sic: the default ratio
         for blk in self.blocks:
             x = blk(x)
         x = self.norm(x.float())
+        if masking:
+            fill = self.mask_token.repeat(x.shape[0], restore.shape[1] - x.shape[1], 1)
+            x = torch.gather(torch.cat([x, fill], dim=1), 1, restore.unsqueeze(-1).repeat(1, 1, x.shape[2]))
         return self.feature(torch.reshape(x, (b, self.n * self.d)))
 
 

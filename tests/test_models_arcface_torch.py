@@ -102,6 +102,21 @@ def test_loader_names_the_network_and_refuses_a_wrong_one(tmp_path):
         load_backbone(tmp_path / "bn.pth")
 
 
+def test_vit_training_forward_is_arcface_torchs_with_the_same_random_draws():
+    # WebFace42M's vit_b_dp005_mask_005 trains with drop path 0.05 and, whatever its name says, 0.1 masking.
+    ref = randomise(RefViT(64, 32, 3, heads=4, img=36, drop_path_rate=0.5, mask_ratio=0.05)).train()
+    ours = create_backbone("vit_t", layers=[3], widths=[32], num_heads=4, input_size=36, embedding_size=64,
+                           drop_path_rate=0.5, mask_ratio=0.1).train()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(4, 3, 36, 36)
+    torch.manual_seed(5)
+    want = ref(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(ours(x), want, rtol=1e-4, atol=1e-4)
+    torch.manual_seed(6)
+    assert not torch.allclose(ours(x), want, rtol=1e-4, atol=1e-4)  # the draws matter: another seed differs
+
+
 def test_vit_masks_tokens_and_drops_paths_in_training_only():
     vit = VisionTransformer(embed_dim=16, depth=2, num_heads=4, input_size=36, embedding_size=8,
                             drop_path_rate=0.5, mask_ratio=0.25)
