@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from irface.engine.precision import DTYPES
+from irface.device import DTYPES
 from irface.errors import DataError
 
 log = logging.getLogger(__name__)

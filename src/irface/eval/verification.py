@@ -227,7 +227,7 @@ def module_embed_fn(model, device=None, dtype=None, channels_last: bool = False)
     """
     import torch
 
-    from irface.data.transforms import normalize, to_nchw_tensor
+    from irface.data.transforms import embed_images
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
 
@@ -235,12 +235,7 @@ def module_embed_fn(model, device=None, dtype=None, channels_last: bool = False)
         was_training = model.training
         model.eval()
         try:
-            x = normalize(to_nchw_tensor(images).to(device, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = model(x)
-            return out.float().cpu().numpy()
+            return embed_images(model, images, device, dtype, channels_last)
         finally:
             model.train(was_training)
 
