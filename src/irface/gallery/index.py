@@ -84,6 +84,12 @@ class FaceIndex:
         elif self.kind == "hnsw":
             self.faiss.downcast_index(self.index.index).hnsw.efSearch = self.params["ef_search"]
 
+    def tune(self, wanted: dict[str, int]) -> None:
+        """Change search-time parameters (`nprobe`, `ef_search`) of this kind; others are refused."""
+        params = index_params(self.kind, {**self.params, **wanted})
+        self.params = params
+        self._apply_search_params()
+
     def __len__(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
 
