@@ -171,10 +171,8 @@ class Gallery:
         path = Path(path)
         with GalleryFile(path) as gf:
             header = gf.header
-            if fingerprint is not None and header.get("fingerprint") != fingerprint:
-                built = f"{Path(header['model']).name}, " if header.get("model") else ""
-                raise GalleryError(f"{path}: built with another model ({built}{_short(header.get('fingerprint'))}), "
-                                   f"not this one ({_short(fingerprint)}); use that model or rebuild the gallery")
+            if fingerprint is not None:
+                _check_fingerprint(path, header, fingerprint)
             db = sqlite3.connect(":memory:", check_same_thread=False)
             try:
                 db.deserialize(gf.read_section("metadata"))
@@ -188,6 +186,10 @@ class Gallery:
             raise GalleryError(f"{path}: gallery index and metadata disagree ({len(index)} vectors, "
                                f"{gallery._count_faces()} rows); rebuild it")
         return gallery
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse (GalleryError, one line) to serve queries embedded by a model other than the gallery's."""
+        _check_fingerprint(self.path, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
 
     # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -435,6 +437,13 @@ class Gallery:
                 sections.append(("index", self._index.write))
             write_gallery_file(target, header, sections)
         return target
+
+
+def _check_fingerprint(path: Path, header: dict[str, Any], fingerprint: str) -> None:
+    if header.get("fingerprint") != fingerprint:
+        built = f"{Path(header['model']).name}, " if header.get("model") else ""
+        raise GalleryError(f"{path}: built with another model ({built}{_short(header.get('fingerprint'))}), "
+                           f"not this one ({_short(fingerprint)}); use that model or rebuild the gallery")
 
 
 def _now() -> str:

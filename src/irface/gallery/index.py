@@ -31,6 +31,8 @@ _POINTS_PER_LIST = 39
 
 
 def import_faiss() -> Any:
+    # faiss's loader logs which CPU build it tried at INFO level: not the user's concern.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError:
