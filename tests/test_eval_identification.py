@@ -1,53 +1,60 @@
-"""Identification metrics against values worked out by hand (NIST FRVT 1:N definitions)."""
+"""1:N identification figures (rank-k, TPIR at FPIR) against slow per-probe loops of NIST's definitions."""
 
-from __future__ import annotations
-
-import math
-
+import numpy as np
 import pytest
 
-from irface.eval.identification import identification_report, rank_k, threshold_at_fpir, tpir_at_fpir
-
-# Five mated searches: mate ranks (0 = not returned) and the mate's score.
-RANKS = [1, 1, 2, 0, 1]
-MATE = [0.9, 0.5, 0.8, -math.inf, 0.3]
-# Ten non-mated searches: their best scores. Sorted: 0.6, 0.4, 0.35, 0.2, 0.1, 0, 0, 0, 0, 0.
-NONMATED = [0.1, 0.4, 0.2, 0.35, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0]
+from irface.eval.identification import mate_ranks, rank_k, threshold_at_fpir, tpir_at_fpir
 
 
-def test_rank_k():
-    assert rank_k(RANKS, 1) == 3 / 5
-    assert rank_k(RANKS, 2) == 4 / 5 and rank_k(RANKS, 5) == 4 / 5
-    assert rank_k([], 1) is None
+def _slow(sim, mates, ks, fpirs):
+    """Loop over probes: rank = 1 + entries strictly above the mate; FPIR(T) = share of non-mated top scores >= T."""
+    ranks, scores, tops = [], [], []
+    for row, m in zip(sim, mates):
+        if m >= 0:
+            ranks.append(1 + sum(1 for j, v in enumerate(row) if v > row[m] and j != m))
+            scores.append(row[m])
+        else:
+            tops.append(max(row))
+    rank_figs = {k: sum(r <= k for r in ranks) / len(ranks) for k in ks}
+    tpir = {}
+    for f in fpirs:
+        # The lowest candidate threshold (a non-mated top score, or -inf) whose FPIR, counted as
+        # "score > threshold", stays within f; TPIR counts rank-1 mates strictly above it.
+        best = None
+        for t in sorted(set(tops)) + [float("inf")]:
+            if sum(v > t for v in tops) <= f * len(tops) + 1e-9:
+                best = t
+                break
+        if int(f * len(tops) + 1e-9) >= len(tops):
+            best = -np.inf
+        tpir[f] = None if int(f * len(tops) + 1e-9) < 1 else sum(
+            r == 1 and s > best for r, s in zip(ranks, scores)) / len(ranks)
+    return rank_figs, tpir
 
 
-def test_threshold_is_lowest_with_fpir_at_most_target():
-    # FPIR 0.1 of 10 allows one false positive: above 0.4 only 0.6 is -> threshold 0.4, FPIR 0.1.
-    assert threshold_at_fpir(NONMATED, 0.1) == (0.4, 0.1)
-    # FPIR 0.01 of 10 allows none: threshold = the highest non-mated score, FPIR 0.
-    assert threshold_at_fpir(NONMATED, 0.01) == (0.6, 0.0)
-    # FPIR 0.3 allows three: the 4th highest (0.2) -> 0.6, 0.4, 0.35 above it.
-    assert threshold_at_fpir(NONMATED, 0.3) == (0.2, 0.3)
-    assert threshold_at_fpir(NONMATED, 1.0) == (-math.inf, 1.0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_figures_equal_slow_definitions(seed):
+    rng = np.random.default_rng(seed)
+    probes, gallery = 300, 40
+    sim = np.round(rng.normal(0, 0.3, (probes, gallery)), 2)  # rounded: many ties
+    mates = rng.integers(-1, gallery, probes)
+    sim[mates >= 0, mates[mates >= 0]] += 0.5
+    ranks, mate_score, top = mate_ranks(sim, mates)
+    ks, fpirs = (1, 5, 10), (1e-2, 1e-1, 0.5)
+    want_rank, want_tpir = _slow(sim, mates, ks, fpirs)
+    assert rank_k(ranks, ks) == pytest.approx(want_rank, abs=1e-12)
+    got = tpir_at_fpir(mate_score, ranks, top[mates < 0], fpirs)
+    for f in fpirs:
+        assert (got[f] is None) == (want_tpir[f] is None)
+        if got[f] is not None:
+            assert got[f] == pytest.approx(want_tpir[f], abs=1e-12)
 
 
-def test_ties_never_exceed_the_target():
-    # Three non-mated at 0.5: allowing one false positive cannot split them, so none is allowed.
-    t, reached = threshold_at_fpir([0.5, 0.5, 0.5, 0.1], 0.25)
-    assert t == 0.5 and reached == 0.0
-
-
-def test_tpir_counts_rank_1_mates_above_the_threshold():
-    # At threshold 0.4 the rank-1 mates above it: 0.9 and 0.5 (0.3 is below; 0.8 is rank 2).
-    assert tpir_at_fpir(RANKS, MATE, NONMATED, 0.1)["tpir"] == 2 / 5
-    assert tpir_at_fpir(RANKS, MATE, NONMATED, 0.01)["tpir"] == 1 / 5
-    # Counting a mate at rank 2 as well (FNIR at rank R = 2) adds 0.8.
-    assert tpir_at_fpir(RANKS, MATE, NONMATED, 0.1, rank=2)["tpir"] == 3 / 5
-
-
-def test_report():
-    r = identification_report(RANKS, MATE, NONMATED)
-    assert (r["mated"], r["nonmated"], r["rank_1"], r["rank_5"]) == (5, 10, 0.6, 0.8)
-    assert r["tpir_at_fpir"]["1e-02"]["tpir"] == pytest.approx(0.2)
-    assert r["tpir_at_fpir"]["1e-01"]["tpir"] == pytest.approx(0.4)
-    assert identification_report(RANKS, MATE, [])["tpir_at_fpir"]["1e-01"] is None
+def test_unmeasurable_fpir_and_ties_with_the_mate():
+    sim = np.array([[0.9, 0.9, 0.1], [0.2, 0.8, 0.3], [0.5, 0.4, 0.1]])
+    ranks, score, top = mate_ranks(sim, np.array([1, 1, -1]))
+    assert ranks.tolist() == [1, 1, 0]  # a tie with the mate does not push it down
+    assert top.tolist() == [0.9, 0.3, 0.5]
+    assert tpir_at_fpir(score, ranks, top[2:], (0.5,)) == {0.5: None}  # one non-mated probe: 1e-0 at best
+    assert threshold_at_fpir(top[2:], 1.0) == -np.inf
+    assert tpir_at_fpir(score, ranks, top[2:], (1.0,)) == {1.0: 1.0}

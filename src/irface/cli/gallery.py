@@ -198,9 +198,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     lines = [f"{report['probes']} probes ({report['mated']} mated, {report['nonmated']} non-mated) against "
              f"{report['gallery_identities']} identities",
-             f"rank-1 {pct(report['rank_1'])}  rank-5 {pct(report['rank_5'])}"]
+             f"rank-1 {pct(report['rank_1'])}  rank-5 {pct(report['rank_5'])}  rank-10 {pct(report['rank_10'])}"]
     for key, t in report["tpir_at_fpir"].items():
-        lines.append(f"TPIR@FPIR={key}: " + ("n/a (no non-mated probes)" if t is None else
-                     f"{pct(t['tpir'])} (threshold {t['threshold']:.4f}, FPIR reached {t['fpir_reached']:.4f})"))
+        lines.append(f"TPIR@FPIR={key}: " + (
+            f"n/a (needs at least {round(1 / float(key))} non-mated probes)" if t["threshold"] is None else
+            f"{pct(t['tpir'])} (threshold {t['threshold']:.4f})"))
     emit(report, args.json, "\n".join(lines) + _skips(report))
     return 0

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from irface.errors import DataError, GalleryError
-from irface.eval.identification import identification_report
+from irface.eval.identification import FPIRS, RANKS, rank_k, threshold_at_fpir, tpir_at_fpir
 from irface.gallery.fingerprint import model_fingerprint
 from irface.gallery.gallery import Gallery, decision, validate_identity
 from irface.infer.embed import EmbedResult, embed_sources
@@ -113,8 +113,24 @@ def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *
     return {"results": rows, "skipped": result.skipped}
 
 
+def identification_figures(mate_rank: Sequence[int], mate_score: Sequence[float],
+                           nonmated_top: Sequence[float]) -> dict[str, Any]:
+    """rank-1/5/10 and TPIR at FPIR 1e-2, 1e-1 (with the threshold each needs) from per-probe search results.
+
+    `mate_rank`: 0 for a non-mated probe; past the search's list, len(list) + 1 (a miss at every k shown).
+    """
+    ranks = np.asarray(mate_rank, np.int64)
+    scores = np.asarray(mate_score, np.float64)
+    out: dict[str, Any] = {"mated": int((ranks >= 1).sum()), "nonmated": len(nonmated_top)}
+    out.update({f"rank_{k}": v for k, v in rank_k(ranks, RANKS).items()})
+    tpir = tpir_at_fpir(scores, ranks, np.asarray(nonmated_top, np.float64), FPIRS)
+    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_fpir(nonmated_top, f)}
+                           for f in FPIRS}
+    return out
+
+
 def evaluate_photos(gallery: Gallery, embedder: Embedder, probes_root: str | Path, **options: Any) -> dict[str, Any]:
-    """Identification figures of `probes_root/<identity>/*` against the gallery (see irface.eval.identification).
+    """Identification figures of `probes_root/<identity>/*` against the gallery (`irface.eval.identification`).
 
     A probe whose identity is enrolled is a mated search; any other is non-mated.
     """
@@ -123,17 +139,20 @@ def evaluate_photos(gallery: Gallery, embedder: Embedder, probes_root: str | Pat
     identity_of = {p: who for who, ps in folders.items() for p in ps}
     result = embed_photos(embedder, photos, **options)
     enrolled = set(gallery.identities())
-    matches = gallery.search(result.embeddings, top_k=5) if result.names else []
-    mate_ranks, mate_scores, nonmated = [], [], []
+    depth = max(RANKS)
+    matches = gallery.search(result.embeddings, top_k=depth) if result.names else []
+    ranks, scores, nonmated = [], [], []
     for name, row in zip(result.names, matches):
         who = identity_of[name]
         if who in enrolled:
-            rank = next((r for r, m in enumerate(row, 1) if m.identity == who), 0)
-            mate_ranks.append(rank)
-            mate_scores.append(row[rank - 1].similarity if rank else -np.inf)
+            rank = next((r for r, m in enumerate(row, 1) if m.identity == who), depth + 1)
+            ranks.append(rank)
+            scores.append(row[rank - 1].similarity if rank <= len(row) else -np.inf)
         else:
+            ranks.append(0)
+            scores.append(np.nan)
             nonmated.append(row[0].similarity if row else -np.inf)
-    report = identification_report(mate_ranks, mate_scores, nonmated)
+    report = identification_figures(ranks, scores, nonmated)
     report.update({"probes": len(result.names), "skipped": skipped + result.skipped,
                    "gallery": str(gallery.path), "gallery_identities": len(enrolled)})
     return report
