@@ -15,6 +15,7 @@ import contextlib
 import datetime as _dt
 import re
 import sqlite3
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,9 +174,8 @@ class Gallery:
             header = gf.header
             if fingerprint is not None:
                 _check_fingerprint(path, header, fingerprint)
-            db = sqlite3.connect(":memory:", check_same_thread=False)
             try:
-                db.deserialize(gf.read_section("metadata"))
+                db = _db_from_bytes(gf.read_section("metadata"))
                 db.execute("SELECT count(*) FROM faces").fetchone()
             except sqlite3.DatabaseError as e:
                 raise GalleryError(f"{path}: gallery metadata is unreadable ({e})") from None
@@ -427,7 +427,7 @@ class Gallery:
         target = Path(path) if path is not None else self.path
         with self._save_lock, self._lock.read():
             with self._db_lock:
-                metadata = self._db.serialize()
+                metadata = _db_bytes(self._db)
             header = {"fingerprint": self.fingerprint, "embedding_size": self.embedding_size,
                       "templates": self.templates, "model": self.model, "created": self.created,
                       "saved": _now(), "next_id": self._next_id, "faces": len(self._index),
@@ -437,6 +437,30 @@ class Gallery:
                 sections.append(("index", self._index.write))
             write_gallery_file(target, header, sections)
         return target
+
+
+def _db_bytes(db: sqlite3.Connection) -> bytes:
+    """The in-memory metadata database as an SQLite file image."""
+    if hasattr(db, "serialize"):
+        return db.serialize()
+    with tempfile.TemporaryDirectory() as tmp:  # Python 3.10: no serialize(); go through a file
+        out = sqlite3.connect(Path(tmp) / "meta.sqlite")
+        db.backup(out)
+        out.close()
+        return (Path(tmp) / "meta.sqlite").read_bytes()
+
+
+def _db_from_bytes(data: bytes) -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    if hasattr(db, "deserialize"):
+        db.deserialize(data)
+        return db
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "meta.sqlite").write_bytes(data)
+        src = sqlite3.connect(Path(tmp) / "meta.sqlite")
+        src.backup(db)
+        src.close()
+    return db
 
 
 def _check_fingerprint(path: Path, header: dict[str, Any], fingerprint: str) -> None:
