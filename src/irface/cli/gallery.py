@@ -36,6 +36,12 @@ def register(sub) -> None:
     b.add_argument("--output", "-o", required=True, metavar="G", help="the gallery file to write (e.g. faces.gallery)")
     b.add_argument("--templates", action="store_true", help="also keep one mean template per identity, and search those")
     b.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help=INDEX_HELP)
+    k = b.add_argument_group("approximate index parameters (defaults in docs/gallery.md)")
+    k.add_argument("--nlist", type=int, help="ivf: number of lists (default 4 sqrt(faces))")
+    k.add_argument("--nprobe", type=int, help="ivf: lists searched per query")
+    k.add_argument("--m", type=int, help="hnsw: links per node")
+    k.add_argument("--ef-construction", type=int, help="hnsw: candidates while building")
+    k.add_argument("--ef-search", type=int, help="hnsw: candidates while searching")
     _model_arguments(b, required=True)
     add_json_argument(b)
     b.set_defaults(func=run_build)
@@ -110,10 +116,15 @@ def run_build(args: argparse.Namespace) -> int:
     from irface.gallery.photos import build_from_folders
     from irface.utils import check_writable
 
+    from irface.gallery.index import index_params
+
     check_writable(args.output)
+    params = {k: getattr(args, k) for k in ("nlist", "nprobe", "m", "ef_construction", "ef_search")
+              if getattr(args, k) is not None}
+    index_params(args.index, params)  # refuse a wrong parameter before any work
     embedder = model_from_args(args)
     summary = build_from_folders(args.folder, embedder, args.output, templates=args.templates, index=args.index,
-                                 model=args.model, **_options(args))
+                                 params=params, model=args.model, **_options(args))
     emit(summary, args.json, f"wrote {args.output}: {summary['faces']} faces of {summary['identities']} identities "
                              f"({args.index} index{', templates' if args.templates else ''})" + _skips(summary))
     return 0

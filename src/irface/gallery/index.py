@@ -160,5 +160,10 @@ class FaceIndex:
     @classmethod
     def read(cls, kind: str, dim: int, params: dict[str, Any], read: Callable[[int], bytes] | None) -> "FaceIndex":
         faiss = import_faiss()
-        index = faiss.read_index(faiss.PyCallbackIOReader(read)) if read is not None else None
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(read)) if read is not None else None
+        except RuntimeError as e:  # a checksummed file should never get here; one line if it does
+            raise GalleryError(f"the gallery's faiss index is unreadable ({str(e).strip().splitlines()[0]})") from None
+        if index is not None and index.d != dim:
+            raise GalleryError(f"the gallery's faiss index holds {index.d}-d vectors, its header says {dim}")
         return cls(kind, dim, params, index)
