@@ -37,7 +37,7 @@ def register(sub) -> None:
     b.add_argument("--templates", action="store_true", help="also keep one mean template per identity, and search those")
     b.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help=INDEX_HELP)
     k = b.add_argument_group("approximate index parameters (defaults in docs/gallery.md)")
-    k.add_argument("--nlist", type=int, help="ivf: number of lists (default 4 sqrt(faces))")
+    k.add_argument("--nlist", type=int, help="ivf: number of lists (default sqrt(faces))")
     k.add_argument("--nprobe", type=int, help="ivf: lists searched per query")
     k.add_argument("--m", type=int, help="hnsw: links per node")
     k.add_argument("--ef-construction", type=int, help="hnsw: candidates while building")
