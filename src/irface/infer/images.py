@@ -37,13 +37,17 @@ def read_face(path: str | Path, size: int = 112) -> np.ndarray:
 def open_rgb(path: str | Path) -> np.ndarray:
     """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does)."""
     path = Path(path)
-    img = open_image(read_file(path), str(path))
+    return decode_rgb(open_image(read_file(path), str(path)), str(path))
+
+
+def decode_rgb(img: Image.Image, source: str) -> np.ndarray:
+    """An image opened by `open_image` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
             img = ImageOps.exif_transpose(img).convert("RGB")
     except Exception as e:
-        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})") from None
     return np.asarray(img, dtype=np.uint8)
 
 
