@@ -30,3 +30,7 @@ class OutputError(UserError):
     def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason
+
+
+class GalleryError(UserError):
+    """A gallery file that is damaged, from another model, or asked to do what it cannot (a bad identity name)."""
