@@ -1,6 +1,8 @@
-"""The FastAPI application: HTTP in front of `FaceService`, the web page, the request limits."""
+"""The FastAPI application: HTTP in front of `FaceService`, the web page, the request limits.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time,
+and the types they name are imported inside `create_app` (FastAPI is an optional extra).
+"""
 
 import contextlib
 import secrets
