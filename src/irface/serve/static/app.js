@@ -145,6 +145,7 @@ async function enroll(event) {
     let text = `Enrolled ${r.identity}: ${r.added} face${r.added === 1 ? "" : "s"} added`;
     if (r.skipped.length) text += `; skipped ${r.skipped.map((s) => s.reason).join("; ")}`;
     showResult(out, text);
+    $("enroll-files").value = "";  // the next person starts from an empty selection
     refreshGallery();
   } catch (e) {
     showResult(out, e.message, true);
