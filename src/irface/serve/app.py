@@ -103,7 +103,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
 
     @app.post("/v1/embed")
     async def embed(image: UploadFile = File(...), all_faces: bool = Form(False)) -> dict:
-        """L2-normalised embedding of the most prominent face (or of every face with all_faces)."""
+        """L2-normalised embedding of the largest face (or of every face with all_faces)."""
         return await call(lambda p: service.embed(p[0][1], p[0][0], all_faces), [image])
 
     @app.post("/v1/verify")
@@ -128,7 +128,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
 
     @app.post("/v1/gallery/enroll", dependencies=[Depends(require_key)])
     async def enroll(identity: str = Form(...), images: list[UploadFile] = File(...)) -> dict:
-        """Add a person: the most prominent face of each photo; answered once the gallery on disk holds it."""
+        """Add a person: the largest face of each photo; answered once the gallery on disk holds it."""
         return await call(lambda p: service.enroll(identity, p), images)
 
     @app.delete("/v1/gallery/{identity}", dependencies=[Depends(require_key)])
