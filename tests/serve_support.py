@@ -24,9 +24,10 @@ def upload(path: Path, field: str = "image") -> tuple[str, tuple[str, bytes, str
 
 
 def make_service(gallery_path: Path) -> Any:
+    from irface.infer import load_model
     from irface.serve import FaceService
 
-    return FaceService.open(MODEL, gallery_path)
+    return FaceService.open(load_model(MODEL), gallery_path)
 
 
 @contextlib.contextmanager

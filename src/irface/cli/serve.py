@@ -7,6 +7,9 @@ import ipaddress
 import logging
 import os
 
+from irface.cli._faces import add_detector_arguments, detector_options
+from irface.cli._model import add_model_arguments, model_from_args
+
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "IRFACE_API_KEY"
@@ -33,6 +36,8 @@ def register(sub) -> None:
                    help="largest image in pixels, checked before decoding (default 40,000,000)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("--network", help="backbone name for a bare state dict")
+    add_model_arguments(p)
+    add_detector_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -47,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise ConfigError("irface serve needs the serve extra: pip install 'irface[serve]'") from None
-    service = FaceService.open(args.model, args.gallery, device=args.device, network=args.network,
-                               threshold=args.threshold)
+    from irface.detect import load_detector
+
+    detector = load_detector(device=args.device, **detector_options(args))
+    service = FaceService.open(model_from_args(args), args.gallery, detector=detector, threshold=args.threshold)
     app = create_app(service, api_key=args.api_key or None, limits=limits)
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who reaches this port can change the gallery",

@@ -48,14 +48,16 @@ class FaceService:
         self._change_lock = threading.Lock()
 
     @classmethod
-    def open(cls, model: str | Path, gallery: Optional[str | Path] = None, *, device: str = "cpu",
-             network: Optional[str] = None, threshold: Optional[float] = None) -> "FaceService":
-        """Load the model and the detector once; open the gallery, or create an empty one if the file is new."""
-        from irface.detect import load_detector
-        from irface.infer.model_file import load_model
+    def open(cls, embedder: Embedder, gallery: Optional[str | Path] = None, *, detector: Any = None,
+             threshold: Optional[float] = None) -> "FaceService":
+        """Serve `embedder` (from `load_model`); the gallery is opened, or created empty if the file is new.
 
-        embedder = load_model(model, network, device=device)
-        detector = load_detector()
+        A gallery built with another model, or damaged, is refused (GalleryError, one line).
+        """
+        if detector is None:
+            from irface.detect import load_detector
+
+            detector = load_detector()
         opened = None
         if gallery is not None:
             from irface.gallery import Gallery, model_fingerprint
@@ -65,7 +67,7 @@ class FaceService:
                 opened = Gallery.open(gallery, fingerprint=fingerprint)
             else:
                 opened = Gallery.create(gallery, fingerprint=fingerprint, embedding_size=embedder.embedding_size,
-                                        model=str(model))
+                                        model=embedder.info.get("path"))
                 opened.save()
                 log.info("created an empty gallery at %s", gallery)
         return cls(embedder, detector, opened, threshold)
