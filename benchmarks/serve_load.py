@@ -1,8 +1,8 @@
 """Load generator for `irface serve`: requests/s and p50/p99 latency of /v1/verify and /v1/search.
 
-    .venv/bin/python benchmarks/serve_load.py                              # fixture model and photos
-    .venv/bin/python benchmarks/serve_load.py --clients 1 8 32 --requests 96 --json serve.json
-    .venv/bin/python benchmarks/serve_load.py --model run/ --photos people/ --clients 64
+    python benchmarks/serve_load.py                              # fixture model and photos, 1/8/32 clients
+    python benchmarks/serve_load.py --clients 1 8 32 --requests 96 --json serve.json
+    python benchmarks/serve_load.py --model run/ --photos people/ --clients 64 -- --device cuda
 
 Starts a real server (`python -m irface serve`) on a free port of 127.0.0.1 with a new gallery,
 enrols the first photo of every identity folder under --photos, then, for each endpoint and each
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     search_bodies = [[("image", (f.name, f.read_bytes()))] for f in every]
     pairs = list(zip(every, every[1:] + every[:1]))
     verify_bodies = [[("a", (a.name, a.read_bytes())), ("b", (b.name, b.read_bytes()))] for a, b in pairs]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     extra = [a for a in args.serve_args if a != "--"]
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _cpu_name(),
+    report = {"date": started, "machine": _cpu_name(),
               "cores": os.cpu_count(), "python": platform.python_version(), "model": str(args.model),
               "gallery_identities": len(people), "photos": len(every),
               "load_average_before": load_before[0], "load_average_after": load_after[0], "results": results}

@@ -168,7 +168,7 @@ class FaceService:
             raise RequestError(f"{identity}: no face found in any of the {len(photos)} photo(s)", 422)
         emb = self.batcher.embed(np.stack(crops))
         with self._change_lock:
-            written = [self.thumbnails.put(identity, s, c) for s, c in zip(sources, crops)]
+            written = [self.thumbnails.put(s, c) for s, c in zip(sources, crops)]
             try:
                 gallery.add(identity, emb, sources, boxes=boxes)
                 gallery.save()
@@ -185,6 +185,7 @@ class FaceService:
         gallery = self._need_gallery()
         identity = validate_identity(identity)
         with self._change_lock:
+            sources = [row["source"] for row in gallery.faces(identity)]
             removed = gallery.remove(identity)
             if removed:
                 try:
@@ -192,7 +193,7 @@ class FaceService:
                 except BaseException:
                     self._reload()
                     raise
-                self.thumbnails.remove_identity(identity)
+                self.thumbnails.remove(sources)
         if not removed:
             raise RequestError(f"{identity}: not in the gallery", 404)
         return {"identity": identity, "removed": removed}

@@ -1,7 +1,7 @@
 """Small pictures of enrolled faces, so that a search result can show who it matched.
 
-Faces enrolled through the server keep their aligned crop as a JPEG in `<gallery>.faces/<identity>/`,
-named by a hash of the row's source. Rows added by `irface gallery` have a photo file as their
+Faces enrolled through the server keep their aligned crop as a JPEG in `<gallery>.faces/`, named
+by a hash of the row's source (so that a search result's source finds its picture in one look-up). Rows added by `irface gallery` have a photo file as their
 source: its picture is made on demand, downscaled, and kept in memory.
 """
 
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 from PIL import Image
@@ -48,15 +47,19 @@ class ThumbnailStore:
         path = Path(gallery_path)
         return cls(path.with_name(path.name + ".faces"))
 
-    def put(self, identity: str, source: str, crop: np.ndarray) -> Path:
-        """Write the face's picture (atomically); `identity` must be a validated name."""
-        path = self.folder / identity / f"{thumbnail_key(source)}.jpg"
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.jpg"
+
+    def put(self, source: str, crop: np.ndarray) -> Path:
+        """Write the picture of the face whose gallery row has `source` (atomically)."""
+        path = self._path(thumbnail_key(source))
         with atomic_write(path, "wb") as f:
             f.write(_jpeg(crop))
         return path
 
-    def remove_identity(self, identity: str) -> None:
-        shutil.rmtree(self.folder / identity, ignore_errors=True)
+    def remove(self, sources: Iterable[str]) -> None:
+        for source in sources:
+            self._path(thumbnail_key(source)).unlink(missing_ok=True)
 
     def url(self, source: str) -> str:
         """The thumbnail's URL path for a row's `source`; remembered so that `get` may serve its photo."""
@@ -72,12 +75,10 @@ class ThumbnailStore:
         """JPEG bytes for `key` (24 hex digits), or None."""
         if len(key) != 24 or any(c not in "0123456789abcdef" for c in key):
             return None
-        stored = next(iter(self.folder.glob(f"*/{key}.jpg")), None) if self.folder.is_dir() else None
-        if stored is not None:
-            try:
-                return stored.read_bytes()
-            except OSError:
-                return None
+        try:
+            return self._path(key).read_bytes()
+        except OSError:
+            pass
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
