@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,7 +173,7 @@ def test_eval_times_a_bin_pass(capsys, tmp_path, tiny_model_file):
         from irface.eval import evaluate_bin  # noqa: F401
     except ImportError:
         pytest.skip("irface.eval.evaluate_bin not in this install")
-    from irface.data.verification import save_bin
+    from irface.data.bin import save_bin
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
@@ -264,3 +265,16 @@ def test_synthetic_faces_identities():
     assert same < other
     again, _ = synthetic_faces(4, 2, size=32, seed=0)
     assert np.array_equal(images, again)
+
+
+def test_photo_times_detection_and_photo_to_embedding(capsys):
+    realface = Path(__file__).parent / "fixtures" / "realface"
+    argv = ["bench", "photo", str(realface / "photos" / "obama" / "obama.jpg"), "--model",
+            str(realface / "models" / "mobilefacenet_128d.onnx"), "--sizes", "320x240,640x480", "--steps", "2",
+            "--warmup", "0", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["size"] for r in report["rows"]] == ["320x240", "640x480"]
+    for row in report["rows"]:
+        assert row["faces"] == 1 and 0 < row["detect_ms_min"] <= row["detect_ms"]
+        assert 0 < row["photo_to_embedding_ms_min"] <= row["photo_to_embedding_ms"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-DETECTOR_DEFAULTS = {"min_score": 0.6, "min_size": 0.0, "max_faces": 0, "det_size": 640}
+from irface.detect.retinaface import MIN_FACE_SIZE
+
+DETECTOR_DEFAULTS = {"min_score": 0.6, "min_size": MIN_FACE_SIZE, "max_faces": 0, "det_size": 640}
 
 
 def add_detector_arguments(p: argparse.ArgumentParser, max_faces: bool = False) -> None:
@@ -13,7 +15,8 @@ def add_detector_arguments(p: argparse.ArgumentParser, max_faces: bool = False) 
     g.add_argument("--min-score", type=float, default=DETECTOR_DEFAULTS["min_score"],
                    help="lowest face score kept, in [0, 1] (default 0.6)")
     g.add_argument("--min-size", type=float, default=DETECTOR_DEFAULTS["min_size"],
-                   help="smallest face kept: shorter side of its box in photo pixels (default 0)")
+                   help="smallest face kept: shorter side of its box in photo pixels (default %(default)g; smaller faces "
+                        "hold too little to recognise)")
     if max_faces:
         g.add_argument("--max-faces", type=int, default=DETECTOR_DEFAULTS["max_faces"],
                        help="keep at most this many faces per photo, largest first (default 0: all)")

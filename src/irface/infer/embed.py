@@ -53,7 +53,7 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
     """
     from tqdm import tqdm
 
-    from irface.infer.photo import faces_from_source
+    from irface.infer.photo import faces_from_source, no_face_error
 
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
@@ -74,7 +74,7 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
                 found = faces_from_source(source, mode=mode, all_faces=all_faces, detector=detector,
                                           size=embedder.input_size)
                 if not found:
-                    raise DataError(f"{source.name}: no face found")
+                    raise no_face_error(source.name, detector)
             except DataError as e:
                 if strict:
                     raise

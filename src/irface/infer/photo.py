@@ -53,6 +53,12 @@ def default_detector():
     return load_detector()
 
 
+def no_face_error(name: str, detector=None) -> DataError:
+    """The one line for a photo in which the detector found no face, with what it looked for."""
+    detector = detector if detector is not None else default_detector()
+    return DataError(f"{name}: no face found ({detector.describe()})")
+
+
 def is_aligned_crop(image: np.ndarray, size: int = 112) -> bool:
     """How "auto" decides: an image of exactly size x size pixels is an aligned crop."""
     return image.shape[0] == size and image.shape[1] == size
@@ -73,7 +79,7 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
     if mode == "aligned" or (mode == "auto" and is_aligned_crop(image_rgb, size)):
         crop = image_rgb
         if not is_aligned_crop(image_rgb, size):
-            from irface.data.verification import _resize_center
+            from irface.data.images import _resize_center
 
             crop = _resize_center(image_rgb, size)
         return [PhotoFace(name, np.ascontiguousarray(crop))]
@@ -108,7 +114,7 @@ def largest_face(path: str | Path, **options) -> PhotoFace:
     """The one face of a photo (the largest when there are several); DataError when there is none."""
     faces = faces_from_file(path, all_faces=False, **options)
     if not faces:
-        raise DataError(f"{path}: no face found")
+        raise no_face_error(str(path), options.get("detector"))
     return faces[0]
 
 
@@ -154,7 +160,7 @@ def align_photo(path: str | Path, output_dir: str | Path, *, largest: bool = Fal
         raise OutputError(f"{output_dir}: is a file; give a folder for the crops (or --landmarks for one crop)")
     faces = faces_from_file(path, mode="detect", all_faces=not largest, detector=detector, size=size)
     if not faces:
-        raise DataError(f"{path}: no face found")
+        raise no_face_error(str(path), detector)
     written = []
     for k, face in enumerate(faces):
         target = output_dir / f"{path.stem}_{k}.png"

@@ -56,19 +56,23 @@ def choose_threshold(embedder: Embedder, threshold: Optional[float] = None) -> t
     return DEFAULT_THRESHOLD, "default"
 
 
+def compare_faces(embedder: Embedder, face_a: PhotoFace, face_b: PhotoFace,
+                  threshold: Optional[float] = None) -> dict[str, Any]:
+    """The decision on two faces already found: similarity, threshold (its source, and whether it was
+    calibrated), `same`, and where each face was found. Same person when the similarity is strictly
+    above the threshold, as `irface eval` defines it."""
+    t, source = choose_threshold(embedder, threshold)
+    sim = similarity(embedder, face_a.crop, face_b.crop)
+    return {"a": face_a.name, "b": face_b.name, "similarity": sim, "threshold": t, "threshold_source": source,
+            "calibrated": source != "default", "same": bool(sim > t), "model": embedder.info.get("path"),
+            "faces": [face_a.to_dict(), face_b.to_dict()]}
+
+
 def verify_pair(embedder: Embedder, path_a: str | Path, path_b: str | Path, threshold: Optional[float] = None,
                 landmarks_a: Optional[str] = None, landmarks_b: Optional[str] = None, *, mode: str = "auto",
                 detector=None) -> dict[str, Any]:
-    """Compare the faces in two image files; returns similarity, threshold (its source, and whether it
-    was calibrated), `same`, and where each face was found.
-
-    Same person when the similarity is strictly above the threshold, as `irface eval` defines it.
-    """
+    """Compare the faces in two image files (`compare_faces` on what `load_face` finds in each)."""
     size = embedder.input_size
     face_a = load_face(path_a, size, landmarks_a, mode=mode, detector=detector)
     face_b = load_face(path_b, size, landmarks_b, mode=mode, detector=detector)
-    t, source = choose_threshold(embedder, threshold)
-    sim = similarity(embedder, face_a.crop, face_b.crop)
-    return {"a": str(path_a), "b": str(path_b), "similarity": sim, "threshold": t, "threshold_source": source,
-            "calibrated": source != "default", "same": bool(sim > t), "model": embedder.info.get("path"),
-            "faces": [face_a.to_dict(), face_b.to_dict()]}
+    return compare_faces(embedder, face_a, face_b, threshold)
