@@ -191,3 +191,17 @@ def test_concurrent_add_search_and_save_never_see_half_a_gallery(tmp_path):
 def test_match_is_plain_data():
     m = Match("a", 0.5, "a/1.jpg")
     assert m.accepted and m == Match("a", 0.5, "a/1.jpg", True)
+
+
+def test_identification_figures_from_search_lists():
+    from irface.gallery.photos import identification_figures
+
+    # Mated: ranks 1, 1, 3 and one past the list (11); ten non-mated top scores 0.0 .. 0.9.
+    figs = identification_figures([1, 1, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                                  [0.95, 0.5, 0.7, -np.inf] + [np.nan] * 10,
+                                  [i / 10 for i in range(10)])
+    assert (figs["mated"], figs["nonmated"]) == (4, 10)
+    assert (figs["rank_1"], figs["rank_5"], figs["rank_10"]) == (0.5, 0.75, 0.75)
+    # FPIR 1e-1 of ten allows one alarm: threshold 0.8 (only 0.9 above); rank-1 mates above it: 0.95.
+    assert figs["tpir_at_fpir"]["1e-01"] == {"tpir": 0.25, "threshold": 0.8}
+    assert figs["tpir_at_fpir"]["1e-02"] == {"tpir": None, "threshold": None}  # needs 100 non-mated

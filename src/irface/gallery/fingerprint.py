@@ -1,8 +1,8 @@
 """The model fingerprint a gallery carries: embeddings from two different models are not comparable.
 
 A fingerprint is the SHA-256 of the model file's bytes (for a run folder: of its newest complete
-checkpoint, the file `load_model` reads), plus the input settings the Embedder applies when they are
-not the defaults (a foreign model read with another mean/std or channel order embeds differently).
+checkpoint, the file `load_model` reads), plus the Embedder's input normalisation when it is not
+irface's own (a foreign model read with another mean/std or channel order embeds differently).
 Re-saving the same weights in another format gives another fingerprint: the gallery then asks for a
 rebuild rather than trusting that two files embed alike.
 """
@@ -42,13 +42,13 @@ def _model_path(path: Path) -> Path:
 
 
 def _input_settings(embedder: Any) -> dict[str, Any]:
-    # Settings that change what the same file embeds (issue #17's foreign-model options), when present.
-    out = {}
-    for name in ("input_mean", "input_std", "bgr"):
-        value = getattr(embedder, name, None)
-        if value is not None:
-            out[name] = value.tolist() if hasattr(value, "tolist") else value
-    return out
+    # How pixels become the model's input (`InputNorm`): the same file read with another mean, std or
+    # channel order embeds differently. The default normalisation adds nothing, so a bare path and
+    # its Embedder agree.
+    norm = getattr(embedder, "norm", None)
+    if norm is None or norm.is_standard():
+        return {}
+    return norm.to_metadata()
 
 
 def model_fingerprint(model: Any) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import datetime as _dt
 import re
 import sqlite3
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,13 +172,10 @@ class Gallery:
         path = Path(path)
         with GalleryFile(path) as gf:
             header = gf.header
-            if fingerprint is not None and header.get("fingerprint") != fingerprint:
-                built = f"{Path(header['model']).name}, " if header.get("model") else ""
-                raise GalleryError(f"{path}: built with another model ({built}{_short(header.get('fingerprint'))}), "
-                                   f"not this one ({_short(fingerprint)}); use that model or rebuild the gallery")
-            db = sqlite3.connect(":memory:", check_same_thread=False)
+            if fingerprint is not None:
+                _check_fingerprint(path, header, fingerprint)
             try:
-                db.deserialize(gf.read_section("metadata"))
+                db = _db_from_bytes(gf.read_section("metadata"))
                 db.execute("SELECT count(*) FROM faces").fetchone()
             except sqlite3.DatabaseError as e:
                 raise GalleryError(f"{path}: gallery metadata is unreadable ({e})") from None
@@ -188,6 +186,10 @@ class Gallery:
             raise GalleryError(f"{path}: gallery index and metadata disagree ({len(index)} vectors, "
                                f"{gallery._count_faces()} rows); rebuild it")
         return gallery
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse (GalleryError, one line) to serve queries embedded by a model other than the gallery's."""
+        _check_fingerprint(self.path, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
 
     # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -249,43 +251,61 @@ class Gallery:
         The embeddings are L2-normalised here. Not on disk until `save()`.
         """
         validate_identity(identity)
-        x = _unit_rows(embeddings, self.embedding_size, f"faces of '{identity}'")
+        return self.add_many([identity] * len(sources), embeddings, sources, boxes)
+
+    def add_many(self, identities: Sequence[str], embeddings: Any, sources: Sequence[str],
+                 boxes: Optional[Any] = None) -> list[int]:
+        """Enrol faces of many identities at once (one identity and source per row): one index add."""
+        for name in set(identities):
+            validate_identity(name)
+        what = f"faces of '{identities[0]}'" if len(set(identities)) == 1 else "faces"
+        if not len(identities) and not len(sources):
+            return []
+        x = _unit_rows(embeddings, self.embedding_size, what)
         n = len(x)
         sources = [str(s) for s in sources]
-        if len(sources) != n:
-            raise GalleryError(f"faces of '{identity}': {n} embeddings but {len(sources)} sources")
+        if len(sources) != n or len(identities) != n:
+            raise GalleryError(f"{what}: {n} embeddings but {len(sources)} sources and {len(identities)} identities")
         if boxes is None:
             box_rows = [(None, None, None, None)] * n
         else:
             b = np.asarray(boxes, dtype=np.float64)
             if b.shape != (n, 4):
-                raise GalleryError(f"faces of '{identity}': boxes must have shape ({n}, 4), got {tuple(b.shape)}")
+                raise GalleryError(f"{what}: boxes must have shape ({n}, 4), got {tuple(b.shape)}")
             box_rows = [tuple(map(float, r)) for r in b]
         if n == 0:
             return []
+        names = list(identities)
         with self._lock.write():
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             self._index.add(ids, x)
-            with self._db_lock:
-                with self._db:
-                    self._db.executemany(
-                        "INSERT INTO faces (id, identity, source, x1, y1, x2, y2, fingerprint) VALUES (?,?,?,?,?,?,?,?)",
-                        [(int(i), identity, s, *bx, self.fingerprint) for i, s, bx in zip(ids, sources, box_rows)])
-                    if self.templates:
-                        row = self._db.execute("SELECT count, total FROM templates WHERE identity = ?",
-                                               (identity,)).fetchone()
-                        count, total = (0, np.zeros(self.embedding_size)) if row is None else \
-                            (row[0], np.frombuffer(row[1], np.float64))
-                        self._db.execute("INSERT OR REPLACE INTO templates VALUES (?, ?, ?)",
-                                         (identity, count + n, (total + x.sum(0, dtype=np.float64)).tobytes()))
+            with self._db_lock, self._db:
+                self._db.executemany(
+                    "INSERT INTO faces (id, identity, source, x1, y1, x2, y2, fingerprint) VALUES (?,?,?,?,?,?,?,?)",
+                    [(int(i), who, s, *bx, self.fingerprint) for i, who, s, bx in zip(ids, names, sources, box_rows)])
+                if self.templates:
+                    self._add_to_templates(names, x)
             self._next_id += n
             if len(self._identity_of) < self._next_id:
                 grown = np.full(max(self._next_id, 2 * len(self._identity_of)), -1, np.int64)
                 grown[:len(self._identity_of)] = self._identity_of
                 self._identity_of = grown
-            self._identity_of[ids] = self._code_for(identity)
+            self._identity_of[ids] = [self._code_for(who) for who in names]
             self._template_cache = None
         return ids.tolist()
+
+    def _add_to_templates(self, names: list[str], x: np.ndarray) -> None:
+        order = np.argsort(np.array(names, dtype=object), kind="stable")
+        sorted_names = [names[i] for i in order]
+        starts = [0] + [i for i in range(1, len(order)) if sorted_names[i] != sorted_names[i - 1]] + [len(order)]
+        for a, b in zip(starts[:-1], starts[1:]):
+            who = sorted_names[a]
+            rows = x[order[a:b]]
+            row = self._db.execute("SELECT count, total FROM templates WHERE identity = ?", (who,)).fetchone()
+            count, total = (0, np.zeros(self.embedding_size)) if row is None else \
+                (row[0], np.frombuffer(row[1], np.float64))
+            self._db.execute("INSERT OR REPLACE INTO templates VALUES (?, ?, ?)",
+                             (who, count + len(rows), (total + rows.sum(0, dtype=np.float64)).tobytes()))
 
     def train(self, sample: Any) -> None:
         """IVF only, before the first add: learn the lists from `sample` (N, E), e.g. every face to be enrolled.
@@ -339,6 +359,18 @@ class Gallery:
             sources = self._sources(wanted)
         return [[Match(name, sim, sources.get(fid), threshold is None or sim > threshold) for name, sim, fid in row]
                 for row in ranked]
+
+    def nearest(self, embeddings: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The raw index answer: (similarities, face ids), each (Q, k), face id -1 past the gallery's end."""
+        q = _unit_rows(embeddings, self.embedding_size, "query")
+        with self._lock.read():
+            return self._index.search(q, k)
+
+    def tune(self, *, nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> None:
+        """Search-time knobs of approximate indexes (IVF lists probed, HNSW candidate list); saved with it."""
+        wanted = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
+        with self._lock.write():
+            self._index.tune(wanted)
 
     def _search_faces(self, q: np.ndarray, top_k: int) -> list[list[tuple[str, float, Optional[int]]]]:
         n = len(self._index)
@@ -395,7 +427,7 @@ class Gallery:
         target = Path(path) if path is not None else self.path
         with self._save_lock, self._lock.read():
             with self._db_lock:
-                metadata = self._db.serialize()
+                metadata = _db_bytes(self._db)
             header = {"fingerprint": self.fingerprint, "embedding_size": self.embedding_size,
                       "templates": self.templates, "model": self.model, "created": self.created,
                       "saved": _now(), "next_id": self._next_id, "faces": len(self._index),
@@ -405,6 +437,37 @@ class Gallery:
                 sections.append(("index", self._index.write))
             write_gallery_file(target, header, sections)
         return target
+
+
+def _db_bytes(db: sqlite3.Connection) -> bytes:
+    """The in-memory metadata database as an SQLite file image."""
+    if hasattr(db, "serialize"):
+        return db.serialize()
+    with tempfile.TemporaryDirectory() as tmp:  # Python 3.10: no serialize(); go through a file
+        out = sqlite3.connect(Path(tmp) / "meta.sqlite")
+        db.backup(out)
+        out.close()
+        return (Path(tmp) / "meta.sqlite").read_bytes()
+
+
+def _db_from_bytes(data: bytes) -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    if hasattr(db, "deserialize"):
+        db.deserialize(data)
+        return db
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "meta.sqlite").write_bytes(data)
+        src = sqlite3.connect(Path(tmp) / "meta.sqlite")
+        src.backup(db)
+        src.close()
+    return db
+
+
+def _check_fingerprint(path: Path, header: dict[str, Any], fingerprint: str) -> None:
+    if header.get("fingerprint") != fingerprint:
+        built = f"{Path(header['model']).name}, " if header.get("model") else ""
+        raise GalleryError(f"{path}: built with another model ({built}{_short(header.get('fingerprint'))}), "
+                           f"not this one ({_short(fingerprint)}); use that model or rebuild the gallery")
 
 
 def _now() -> str:

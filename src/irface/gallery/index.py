@@ -23,14 +23,19 @@ INDEX_KINDS = ("flat", "ivf", "hnsw")
 # Defaults chosen on the 1 M x 512 benchmark (benchmarks/README.md): recall@1 >= 0.99 against exact.
 DEFAULT_PARAMS = {
     "flat": {},
-    "ivf": {"nlist": None, "nprobe": 32},  # nlist None: 4 * sqrt(faces) from the first batch added
+    "ivf": {"nlist": None, "nprobe": 32},  # nlist None: sqrt(faces) of the first batch trained on
     "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64},
 }
+# Below this many queries a search runs on one thread (see FaceIndex.search).
+_PARALLEL_QUERIES = 8
 # k-means wants about 39 training points per list (faiss warns below that).
 _POINTS_PER_LIST = 39
+_TRAIN_POINTS_PER_LIST = 64
 
 
 def import_faiss() -> Any:
+    # faiss's loader logs which CPU build it tried at INFO level: not the user's concern.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError:
@@ -74,7 +79,11 @@ class FaceIndex:
         # IVF: untrained until the first add (its lists are learnt from that batch).
         if nlist is None:
             return None
-        return faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        # k-means on at most 64 faces per list (faiss's default, 256, costs 4x more for lists as good
+        # for search: minutes at a million faces on two cores).
+        index.cp.max_points_per_centroid = _TRAIN_POINTS_PER_LIST
+        return index
 
     def _apply_search_params(self) -> None:
         if self.index is None:
@@ -84,6 +93,12 @@ class FaceIndex:
         elif self.kind == "hnsw":
             self.faiss.downcast_index(self.index.index).hnsw.efSearch = self.params["ef_search"]
 
+    def tune(self, wanted: dict[str, int]) -> None:
+        """Change search-time parameters (`nprobe`, `ef_search`) of this kind; others are refused."""
+        params = index_params(self.kind, {**self.params, **wanted})
+        self.params = params
+        self._apply_search_params()
+
     def __len__(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
 
@@ -92,7 +107,7 @@ class FaceIndex:
         if self.kind != "ivf" or self.index is not None:
             return
         n = len(vectors)
-        nlist = self.params["nlist"] or max(1, int(4 * math.sqrt(n)))
+        nlist = self.params["nlist"] or max(1, round(math.sqrt(n)))
         nlist = max(1, min(nlist, n // _POINTS_PER_LIST))
         self.params["nlist"] = nlist
         index = self._new(nlist)
@@ -131,7 +146,17 @@ class FaceIndex:
         if self.index is None or not len(self):
             q = len(vectors)
             return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
-        return self.index.search(vectors, k)
+        if len(vectors) >= _PARALLEL_QUERIES:
+            return self.index.search(vectors, k)
+        # faiss shares out queries among OpenMP threads: a few queries gain nothing from more threads, and
+        # waking them costs up to 100x the search on a busy machine (HNSW, one query: 0.2 ms alone,
+        # 20 ms with two threads under load). The setting is this thread's own (an OpenMP ICV).
+        threads = self.faiss.omp_get_max_threads()
+        self.faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(vectors, k)
+        finally:
+            self.faiss.omp_set_num_threads(threads)
 
     def write(self, write: Callable[[bytes], int]) -> None:
         if self.index is not None:
@@ -140,5 +165,10 @@ class FaceIndex:
     @classmethod
     def read(cls, kind: str, dim: int, params: dict[str, Any], read: Callable[[int], bytes] | None) -> "FaceIndex":
         faiss = import_faiss()
-        index = faiss.read_index(faiss.PyCallbackIOReader(read)) if read is not None else None
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(read)) if read is not None else None
+        except RuntimeError as e:  # a checksummed file should never get here; one line if it does
+            raise GalleryError(f"the gallery's faiss index is unreadable ({str(e).strip().splitlines()[0]})") from None
+        if index is not None and index.d != dim:
+            raise GalleryError(f"the gallery's faiss index holds {index.d}-d vectors, its header says {dim}")
         return cls(kind, dim, params, index)

@@ -31,6 +31,7 @@ MAGIC = b"IRFGAL01"
 END = b"IRFGEND1"
 FORMAT_VERSION = 1
 _TRAILER = struct.Struct("<Q32s8s")
+REQUIRED_KEYS = ("fingerprint", "embedding_size", "index", "sections")
 _CHUNK = 1 << 20
 
 
@@ -137,9 +138,14 @@ class GalleryFile:
             header = json.loads(f.read(header_len))
         except ValueError:
             raise _refuse(path, "gallery header is damaged") from None
+        if not isinstance(header, dict):
+            raise _refuse(path, "gallery header is damaged")
         if header.get("format") != FORMAT_VERSION:
             raise _refuse(path, f"gallery format {header.get('format')} is not one this irface reads "
                                 f"(it reads {FORMAT_VERSION})")
+        missing = [k for k in REQUIRED_KEYS if k not in header]
+        if missing:
+            raise _refuse(path, f"gallery header lacks {', '.join(missing)}")
         for name, (start, length) in header["sections"].items():
             if start < len(MAGIC) or start + length > header_start:
                 raise _refuse(path, f"gallery section '{name}' lies outside the file")
