@@ -45,7 +45,7 @@ class Limits:
 def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
     """Uploaded bytes as a uint8 (H, W, 3) RGB photo, EXIF orientation applied; `RequestError` otherwise."""
     from irface.infer.images import decode_rgb
-    from irface.data.verification import open_image
+    from irface.data.images import open_image
 
     if not data:
         raise RequestError(f"{name}: empty upload")
