@@ -255,3 +255,38 @@ def test_search_without_a_gallery_says_how_to_get_one(service):
         r = c.post("/v1/search", files=[upload(OBAMA)])
         assert r.status_code == 409 and "--gallery" in r.json()["detail"]
         assert c.post("/v1/verify", files=[upload(OBAMA, "a"), upload(OBAMA_2, "b")]).json()["same"] is True
+
+
+def test_a_gallery_built_by_irface_gallery_is_served_with_pictures_cut_from_its_photos(tmp_path, service):
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from irface.cli import main
+    from irface.serve import FaceService
+
+    people = tmp_path / "people"
+    for who, name in (("obama", "obama.jpg"), ("biden", "biden.jpg"), ("clapton", "clapton-1.jpg")):
+        (people / who).mkdir(parents=True)
+        shutil.copy(photo(who, name), people / who / name)
+    gallery = tmp_path / "built.gallery"
+    assert main(["gallery", "build", str(people), "--model", service.embedder.info["path"],
+                 "--output", str(gallery)]) == 0
+    served = FaceService.open(service.embedder, gallery, detector=service.detector)
+    with TestClient(create_app(served)) as c:
+        r = c.post("/v1/search", files=[upload(OBAMA_3)]).json()
+        assert r["identity"] == "obama" and r["matches"][0]["source"] == str(people / "obama" / "obama.jpg")
+        pic = c.get(r["matches"][0]["thumbnail"])
+        assert pic.status_code == 200
+        # The face, not the whole 910x1137 photo: cut at the stored box plus 30% a side, then shrunk.
+        from irface.gallery import Gallery
+
+        x1, y1, x2, y2 = Gallery.open(gallery).faces("obama")[0]["box"]
+        dx, dy = 0.3 * (x2 - x1), 0.3 * (y2 - y1)
+        cut = Image.new("RGB", (min(910, int(x2 + dx) + 1) - max(0, int(x1 - dx)),
+                                min(1137, int(y2 + dy) + 1) - max(0, int(y1 - dy))))
+        cut.thumbnail((160, 160))
+        assert Image.open(io.BytesIO(pic.content)).size == cut.size != (128, 160)
+        assert c.get("/v1/gallery/thumbnail/" + "0" * 24).status_code == 404
+        assert c.get("/v1/gallery/thumbnail/..%2F..%2Fetc").status_code == 404

@@ -26,6 +26,8 @@ from irface.serve.thumbnails import ThumbnailStore
 log = logging.getLogger(__name__)
 
 MAX_TOP_K = 100
+# Sources of faces enrolled through the server: no file behind them, their picture is stored.
+UPLOAD_PREFIX = "upload:"
 
 
 def _face_json(face: Any, photo: np.ndarray, name: str) -> dict[str, Any]:
@@ -138,10 +140,17 @@ class FaceService:
         emb = self.batcher.embed(face.crop[None])
         matches = gallery.search(emb, top_k=top_k, threshold=t)[0]
         rows = [{"identity": m.identity, "similarity": float(m.similarity), "source": m.source,
-                 "accepted": bool(m.accepted),
-                 "thumbnail": None if m.source is None else self.thumbnails.url(m.source)} for m in matches]
+                 "accepted": bool(m.accepted), "thumbnail": self._thumbnail_url(gallery, m)} for m in matches]
         return {"identity": decision(matches), "threshold": t, "threshold_source": source, "matches": rows,
                 "face": _face_json(face, photo, name)}
+
+    def _thumbnail_url(self, gallery: Any, match: Any) -> Optional[str]:
+        if match.source is None:
+            return None
+        box = None
+        if not match.source.startswith(UPLOAD_PREFIX):  # a photo file: its picture is cut at the face's box
+            box = next((row["box"] for row in gallery.faces(match.identity) if row["source"] == match.source), None)
+        return self.thumbnails.url(match.source, box)
 
     def enroll(self, identity: str, photos: Sequence[tuple[str, np.ndarray]]) -> dict[str, Any]:
         """Add the largest face of each photo under `identity`; returns once the gallery file holds them.
@@ -161,7 +170,7 @@ class FaceService:
                 continue
             digest = hashlib.sha256(face.crop.tobytes()).hexdigest()[:12]
             crops.append(face.crop)
-            sources.append(f"upload:{identity}/{Path(name).name}#{digest}")
+            sources.append(f"{UPLOAD_PREFIX}{identity}/{Path(name).name}#{digest}")
             faces.append(_face_json(face, photo, name))
             boxes.append(faces[-1]["box"])
         if not crops:

@@ -1,8 +1,9 @@
 """Small pictures of enrolled faces, so that a search result can show who it matched.
 
-Faces enrolled through the server keep their aligned crop as a JPEG in `<gallery>.faces/`, named
-by a hash of the row's source (so that a search result's source finds its picture in one look-up). Rows added by `irface gallery` have a photo file as their
-source: its picture is made on demand, downscaled, and kept in memory.
+Faces enrolled through the server keep their aligned crop as a JPEG in `<gallery>.faces/`, named by
+a hash of the row's source (a search result's source finds its picture in one look-up). Rows added
+by `irface gallery` have a photo file as their source and the face's box: their picture is cut from
+that photo on demand (the box with a margin) and kept in memory.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,10 +36,23 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _around(photo: np.ndarray, box: Optional[Sequence[float]], margin: float = 0.3) -> np.ndarray:
+    """The face's box grown by `margin` of its size on each side, within the photo (the whole photo without a box)."""
+    if box is None:
+        return photo
+    x1, y1, x2, y2 = (float(v) for v in box)
+    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
+    h, w = photo.shape[:2]
+    left, top = max(0, int(x1 - dx)), max(0, int(y1 - dy))
+    right, bottom = min(w, int(x2 + dx) + 1), min(h, int(y2 + dy) + 1)
+    return photo if right <= left or bottom <= top else photo[top:bottom, left:right]
+
+
 class ThumbnailStore:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self._sources: OrderedDict[str, str] = OrderedDict()  # key -> photo file, from search results
+        # key -> (photo file, face box or None), from search results: what `get` may cut a picture from
+        self._sources: OrderedDict[str, tuple[str, Optional[Sequence[float]]]] = OrderedDict()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -61,11 +75,11 @@ class ThumbnailStore:
         for source in sources:
             self._path(thumbnail_key(source)).unlink(missing_ok=True)
 
-    def url(self, source: str) -> str:
-        """The thumbnail's URL path for a row's `source`; remembered so that `get` may serve its photo."""
+    def url(self, source: str, box: Optional[Sequence[float]] = None) -> str:
+        """The thumbnail's URL path for a row's `source`; remembered so that `get` may cut it from the photo."""
         key = thumbnail_key(source)
         with self._lock:
-            self._sources[key] = source
+            self._sources[key] = (source, box)
             self._sources.move_to_end(key)
             while len(self._sources) > 4 * _CACHE_SIZE:
                 self._sources.popitem(last=False)
@@ -83,14 +97,14 @@ class ThumbnailStore:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-            source = self._sources.get(key)
+            source, box = self._sources.get(key, (None, None))
         if source is None or not Path(source).is_file():
             return None
         from irface.errors import UserError
         from irface.infer.images import open_rgb
 
         try:
-            data = _jpeg(open_rgb(source))
+            data = _jpeg(_around(open_rgb(source), box))
         except UserError:
             return None
         with self._lock:
