@@ -154,6 +154,17 @@ def test_gallery_changes_need_the_key(client, service):
     assert client.post("/v1/search", files=[upload(CARELL)]).status_code == 200
 
 
+def test_a_form_posted_from_another_site_is_refused(client, service):
+    before = service.gallery.info()["faces"]
+    for origin in ("http://evil.example", "null", "http://testserver.evil.example"):
+        r = client.post("/v1/gallery/enroll", data={"identity": "csrf"}, files=[upload(CARELL, "images")],
+                        headers={"X-API-Key": API_KEY, "Origin": origin})
+        assert r.status_code == 403 and "another site" in r.json()["detail"]
+    assert service.gallery.info()["faces"] == before
+    # The server's own page (same origin) and clients that send no Origin (curl) are served.
+    assert client.post("/v1/search", files=[upload(CARELL)], headers={"Origin": "http://testserver"}).status_code == 200
+
+
 @pytest.mark.parametrize("name", ["../etc", "a/b", "a\\b", "..", "", " x", "x" * 200, "bad\nname"])
 def test_identity_names_with_path_or_control_characters_are_refused(client, service, name):
     before = service.gallery.info()["faces"]

@@ -7,6 +7,7 @@ where the browser is not installed (`.ci/run` installs it).
 
 from __future__ import annotations
 
+import base64
 import shutil
 
 import pytest
@@ -105,6 +106,19 @@ def test_the_page_compares_two_photos_enrols_and_searches(tmp_path, browser):
         # The match's picture loaded (a decoded image has a width).
         WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
             "const i = document.querySelector('#matches .match img'); return i.complete && i.naturalWidth > 0;"))
+
+        # Dragged and dropped rather than chosen: the drop zone takes the file the same way.
+        dropped = photo("obama", "obama2.jpg")
+        browser.execute_script("""
+            const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], arguments[1], { type: "image/jpeg" }));
+            document.getElementById("drop-search").dispatchEvent(
+                new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        """, base64.b64encode(dropped.read_bytes()).decode(), dropped.name)
+        WebDriverWait(browser, WAIT_S).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#photo-search img").get_attribute("alt") == dropped.name)
+        _text(browser, "search-result", "Best match: obama")
 
         # Someone never enrolled: "Unknown".
         browser.find_element(By.ID, "file-search").send_keys(str(photo("carell", "carell.jpg")))

@@ -8,6 +8,7 @@ import contextlib
 import secrets
 from importlib import resources
 from typing import Any, AsyncIterator, Callable, Optional
+from urllib.parse import urlsplit
 
 from irface.errors import GalleryError, UserError
 from irface.serve.limits import BodySizeLimit, Limits, RequestError, decode_upload
@@ -60,7 +61,14 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.middleware("http")
-    async def no_sniff(request: Request, call_next: Callable) -> Any:
+    async def same_origin_and_no_sniff(request: Request, call_next: Callable) -> Any:
+        # A web page elsewhere may make the visitor's browser post a form here (no preflight for
+        # multipart); browsers say where such a request comes from, and only this server's page may.
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None \
+                and urlsplit(origin).netloc != request.headers.get("host"):
+            return JSONResponse({"detail": f"requests from the page of another site ({origin[:100]}) are refused"},
+                                status_code=403)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
