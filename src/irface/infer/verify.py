@@ -37,12 +37,7 @@ def load_face(path: str | Path, size: int = 112, landmarks: Optional[str | np.nd
 def similarity(embedder: Embedder, image_a: np.ndarray, image_b: np.ndarray) -> float:
     """Cosine similarity of two uint8 (S, S, 3) RGB face crops."""
     emb = l2_normalize(embedder.embed(np.stack([image_a, image_b])))
-    return cosine(emb[0], emb[1])
-
-
-def cosine(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
-    """Cosine similarity of two L2-normalised embeddings, clipped to [-1, 1]."""
-    return float(np.clip(emb_a @ emb_b, -1.0, 1.0))
+    return float(np.clip(emb[0] @ emb[1], -1.0, 1.0))
 
 
 def choose_threshold(embedder: Embedder, threshold: Optional[float] = None) -> tuple[float, str]:

@@ -18,11 +18,18 @@ from irface.infer.embed import l2_normalize
 from irface.infer.model_file import Embedder
 
 
-class EmbedBatcher:
-    """`embed(crops)` from any thread: L2-normalised embeddings of uint8 (N, S, S, 3) RGB crops."""
+class EmbedBatcher(Embedder):
+    """The served model as an `Embedder` whose `embed(crops)` may be called from any thread.
+
+    Rows come back L2-normalised. Everything else (input size, threshold, info) is the model's, so
+    the library's functions that take an Embedder (`compare_faces`, ...) run through the batcher.
+    """
 
     def __init__(self, embedder: Embedder, max_batch: int = 64):
         self.embedder = embedder
+        self.input_size, self.embedding_size, self.info = embedder.input_size, embedder.embedding_size, embedder.info
+        self.threshold = embedder.threshold
+        self.threshold_source = getattr(embedder, "threshold_source", None)
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Optional[tuple[np.ndarray, Future]]] = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None

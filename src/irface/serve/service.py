@@ -18,7 +18,7 @@ import numpy as np
 
 from irface.errors import UserError
 from irface.infer.model_file import Embedder
-from irface.infer.verify import choose_threshold, cosine
+from irface.infer.verify import choose_threshold
 from irface.serve.batcher import EmbedBatcher
 from irface.serve.limits import RequestError
 from irface.serve.thumbnails import ThumbnailStore
@@ -113,13 +113,14 @@ class FaceService:
     def verify(self, photo_a: np.ndarray, name_a: str, photo_b: np.ndarray, name_b: str,
                threshold: Optional[float] = None) -> dict[str, Any]:
         """Same person? The largest face of each photo, compared as `irface verify` compares crops."""
+        from irface.infer.verify import compare_faces
+
         t, source = self._threshold(threshold)
         face_a = self._faces(photo_a, name_a)[0]
         face_b = self._faces(photo_b, name_b)[0]
-        emb = self.batcher.embed(np.stack([face_a.crop, face_b.crop]))
-        sim = cosine(emb[0], emb[1])
-        return {"similarity": sim, "threshold": t, "threshold_source": source, "same": bool(sim > t),
-                "a": _face_json(face_a, photo_a, name_a), "b": _face_json(face_b, photo_b, name_b)}
+        result = compare_faces(self.batcher, face_a, face_b, t)
+        return {"similarity": result["similarity"], "threshold": t, "threshold_source": source,
+                "same": result["same"], "a": _face_json(face_a, photo_a, name_a), "b": _face_json(face_b, photo_b, name_b)}
 
     # --- gallery -----------------------------------------------------------------------------
     def _need_gallery(self) -> Any:
