@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import os
 
-from irface.cli._faces import add_detector_arguments, detector_options
+from irface.cli._faces import add_detector_arguments, detector_from_args
 from irface.cli._model import add_model_arguments, model_from_args
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ def register(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest image in pixels, checked before decoding (default 40,000,000)")
-    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    p.add_argument("--network", help="backbone name for a bare state dict")
     add_model_arguments(p)
     add_detector_arguments(p)
     p.set_defaults(func=run)
@@ -52,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise ConfigError("irface serve needs the serve extra: pip install 'irface[serve]'") from None
-    from irface.detect import load_detector
+    from irface.device import resolve_device
 
-    detector = load_detector(device=args.device, **detector_options(args))
+    detector = detector_from_args(args, device=resolve_device(args.device).type)
     service = FaceService.open(model_from_args(args), args.gallery, detector=detector, threshold=args.threshold)
     app = create_app(service, api_key=args.api_key or None, limits=limits)
     if not _is_loopback(args.host) and not args.api_key:
