@@ -75,3 +75,34 @@ def test_two_processes_train_and_one_resumes(tmp_path, kind):
     # One process picks the two ranks' run up, batch statistics included.
     again = train(cfg_for(out, kind, batch_size=4, resume="auto", max_steps=8), tiny_dataset())
     assert again.step == 8 and again.loss == again.loss
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"head": "adaface", "head_options": "{k: 3}"}, "config key 'head': head adaface takes no parameter k; its parameters: s, m, h, t_alpha"),
+    ({"head": "subcenter", "head_options": "{m: 0.3}"}, "config key 'head_options': set m with the key margin"),
+    ({"head": "magface", "margin": 0.5}, "config key 'margin': magface's margin follows the feature norm"),
+    ({"head": "curricularface", "head_options": "{t_alpha: 2}"}, "t_alpha must be in (0, 1], got 2"),
+    ({"head": "adaface", "head_options": "[1, 2]"}, "config key 'head_options': expected a mapping"),
+])
+def test_bad_head_options_are_one_line_before_any_work(tmp_path, extra, message):
+    from irface.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        train(load_config(None, tiny_overrides(tmp_path, **extra)), tiny_dataset())
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shipped_head_recipes_build_their_heads():
+    from pathlib import Path
+
+    from irface.heads import create_head
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    expected = {"adaface": {"s": 64.0, "m": 0.4, "h": 0.333, "t_alpha": 0.01},
+                "magface": {"s": 64.0, "l_a": 10.0, "u_a": 110.0, "l_m": 0.45, "u_m": 0.8, "lambda_g": 35.0,
+                            "easy_margin": True},
+                "subcenter": {"s": 64.0, "m": 0.5, "k": 3, "base": "arcface"}}
+    for kind, params in expected.items():
+        cfg = load_config(root / f"ms1mv2_r100_{kind}.yaml")
+        assert cfg.head == kind and cfg.num_classes == 85742
+        assert create_head(kind, 8, 4, **cfg.head_params()).hparams() == params
