@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     from irface.bench.timing import device_info
-    from irface.infer.model_file import resolve_device
+    from irface.device import resolve_device
 
     out = Path(args.out)
     report: dict = {"script": "benchmarks/gpu.sh", "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

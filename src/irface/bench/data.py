@@ -36,7 +36,7 @@ def bench_data(data: str | Path, batch_size: int = 128, steps: int = 20, warmup:
                         "have yet") from None
     from irface.data.datasets import open_train_dataset
     from irface.data.loader import build_train_loader, set_loader_epoch
-    from irface.infer.model_file import resolve_device
+    from irface.device import resolve_device
 
     dev = resolve_device(device)
     dataset = open_train_dataset(data)

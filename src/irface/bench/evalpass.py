@@ -34,7 +34,8 @@ def bench_eval(bin_path: str | Path, model: Optional[str] = None, network: str =
                         "does not have yet") from None
     if not Path(bin_path).is_file():
         raise DataError(f"{bin_path}: no such .bin file")
-    from irface.infer.model_file import load_model, resolve_device
+    from irface.device import resolve_device
+    from irface.infer.model_file import load_model
     from irface.models.loading import load_backbone
 
     dev = resolve_device(device)

@@ -28,11 +28,11 @@ from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
 from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.data.transforms import normalize, to_nchw_tensor
+from irface.device import DTYPES
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Faces that set the BN statistics and calibrate int8, and held-out faces for the agreement check.
 CALIB_FACES = 32
 AGREEMENT_FACES = 32
@@ -356,10 +356,9 @@ def agreement(prepared: dict[str, Prepared], baseline: str, faces: np.ndarray) -
 def bench_infer(opts: InferOptions) -> dict[str, Any]:
     """Run the inference benchmark; returns the report (JSON-ready)."""
     from irface.bench.timing import device_info
-    from irface.infer.model_file import resolve_device
+    from irface.device import precision_dtype, resolve_device
 
-    if opts.precision not in DTYPES:
-        raise ConfigError(f"--precision {opts.precision}: use fp32, bf16 or fp16")
+    precision_dtype(opts.precision, "--precision")
     if opts.runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {opts.runtime}: use {', '.join(RUNTIMES)}")
     if opts.batch_size < 1 or opts.steps < 1 or opts.warmup < 0:

@@ -204,7 +204,7 @@ def measure_row(opts: ScaleOptions, classes: int, ranks: int, rate: float, devic
 
 
 def bench_scale(opts: ScaleOptions) -> dict[str, Any]:
-    from irface.infer.model_file import resolve_device
+    from irface.device import resolve_device
 
     if min(opts.classes, default=0) < 1 or min(opts.ranks, default=0) < 1 or not opts.sample_rates:
         raise ConfigError("--classes and --ranks must be positive, --sample-rates not empty")

@@ -1,9 +1,14 @@
-"""The one definition of the input normalisation: RGB, (x / 255 - 0.5) / 0.5, 112 x 112."""
+"""The one definition of the input normalisation (RGB, (x / 255 - 0.5) / 0.5, 112 x 112) and of the forward
+of uint8 images through a model."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
+
+from irface.device import autocast
 
 INPUT_SIZE = 112
 MEAN = 127.5  # (x / 255 - 0.5) / 0.5 == (x - 127.5) / 127.5
@@ -18,3 +23,15 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 def to_nchw_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB array -> uint8 (N, 3, H, W) tensor (no copy of the pixels to float)."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def embed_images(model: torch.nn.Module, images: np.ndarray, device: torch.device,
+                 dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> np.ndarray:
+    """The one forward of uint8 (N, H, W, 3) RGB images: normalise on `device`, NHWC if `channels_last`,
+    autocast to `dtype` (None: fp32), inference mode; float32 (N, E) embeddings back on the CPU."""
+    x = normalize(to_nchw_tensor(images).to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(dtype, device):
+        out = model(x)
+    return out.float().cpu().numpy()

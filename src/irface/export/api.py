@@ -7,20 +7,17 @@ into place; a failed check leaves no output.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from irface.errors import ConfigError, UserError
+from irface.errors import ConfigError, UserError, first_line
 from irface.export.calibration import DEFAULT_CALIB_COUNT, load_calibration_images
 from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
@@ -33,7 +30,7 @@ from irface.export.onnx_export import (
 )
 from irface.export.quantize import INT8_FORMS, normalised_batch, write_int8_onnx
 from irface.models.loading import load_backbone
-from irface.utils import check_writable
+from irface.utils import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +62,6 @@ def format_for(output: str | Path, fmt: Optional[str] = None) -> str:
     return fmt
 
 
-@contextlib.contextmanager
-def staged_output(output: Path) -> Iterator[Path]:
-    """A temporary path beside `output` (same suffix); renamed onto `output` only if the block succeeds."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=f".partial{output.suffix}", dir=output.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def _check_onnx_file(path: Path, label: str):
     """onnx.checker, then the input/output contract; returns an onnxruntime session."""
     import onnx
@@ -93,11 +69,11 @@ def _check_onnx_file(path: Path, label: str):
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
-        raise ParityError(f"{label}: onnx.checker refused the export ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: onnx.checker refused the export ({first_line(e)}); output removed") from None
     try:
         sess = onnx_session(path)
     except Exception as e:
-        raise ParityError(f"{label}: onnxruntime cannot load the export ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: onnxruntime cannot load the export ({first_line(e)}); output removed") from None
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
         raise ParityError(f"{label}: expected one input '{INPUT_NAME}' and one output '{OUTPUT_NAME}', got "
@@ -114,7 +90,7 @@ def _export_onnx(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, la
     try:
         export_onnx(net, tmp, reference.input_size, opset=opset, batch_size=batch_size, metadata=meta)
     except Exception as e:
-        raise ParityError(f"{label}: the ONNX exporter failed ({_first_line(e)})") from None
+        raise ParityError(f"{label}: the ONNX exporter failed ({first_line(e)})") from None
     sess = _check_onnx_file(tmp, label)
     return check_parity(_onnx_runner(sess), reference, reference.input_size, tolerance, batches, label)
 
@@ -131,7 +107,7 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
     except UserError:
         raise
     except Exception as e:
-        raise ParityError(f"{label}: int8 quantisation failed ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: int8 quantisation failed ({first_line(e)}); output removed") from None
     proto = onnx.load(str(tmp))
     set_metadata(proto, meta)
     onnx.save(proto, str(tmp))
@@ -143,7 +119,7 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
         try:
             out = np.asarray(run(random_input(batch, size)))
         except Exception as e:
-            raise ParityError(f"{label}: the int8 model failed to run at batch {batch} ({_first_line(e)})") from None
+            raise ParityError(f"{label}: the int8 model failed to run at batch {batch} ({first_line(e)})") from None
         if out.shape != (batch, reference.embedding_size) or not np.all(np.isfinite(out)):
             raise ParityError(f"{label}: the int8 model gave shape {out.shape} or non-finite values at batch {batch}")
         records.append({"batch": batch, "shape": list(out.shape)})
@@ -178,13 +154,13 @@ def _export_torchscript(net: torch.nn.Module, reference: torch.nn.Module, tmp: P
             traced = torch.jit.trace(net.eval(), example, check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA_FILE: json.dumps(meta)})
     except Exception as e:
-        raise ParityError(f"{label}: TorchScript tracing failed ({_first_line(e)})") from None
+        raise ParityError(f"{label}: TorchScript tracing failed ({first_line(e)})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
     except Exception as e:
-        raise ParityError(f"{label}: the saved TorchScript does not load ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: the saved TorchScript does not load ({first_line(e)}); output removed") from None
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -204,7 +180,7 @@ def _check_weights_file(tmp: Path, reference: torch.nn.Module, label: str, toler
     try:
         reloaded, _ = load_backbone(tmp)
     except Exception as e:
-        raise ParityError(f"{label}: the written weights do not load back ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: the written weights do not load back ({first_line(e)}); output removed") from None
     reloaded.eval()
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -264,7 +240,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
         "bn_folded": bool(fold_bn and fmt in ("onnx", "torchscript")),
     }
     log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or "iresnet", output, fmt, precision)
-    with staged_output(output) as tmp:
+    with atomic_path(output, f".partial{output.suffix}") as tmp:
         if fmt == "onnx" and int8:
             checks, agreement = _export_int8(model, tmp, label, meta, opset, batch_size, batches,
                                              calib_images, calib_method, int8_min_cosine, int8_form, fold_bn)

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from irface.data.transforms import normalize, to_nchw_tensor
-from irface.errors import UserError
+from irface.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def quantize_int8(fp32_onnx: str | Path, output: str | Path, calib_images: np.nd
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
             source = prepared
         except Exception as e:  # optional step: quantise the plain export if it fails
-            log.warning("int8: pre-processing skipped (%s: %s)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            log.warning("int8: pre-processing skipped (%s)", first_line(e))
         import onnx
 
         # The blocks' leading BatchNorms (before a padded conv, not foldable) have no channel axis to

@@ -19,23 +19,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from irface.data.transforms import normalize, to_nchw_tensor
-from irface.errors import ModelFileError
+from irface.data.transforms import embed_images, normalize, to_nchw_tensor
+from irface.device import precision_dtype, resolve_device
+from irface.errors import ModelFileError, first_line
 from irface.export.fold import fold_batchnorm
 from irface.export.metadata import THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, threshold_from
 from irface.models.loading import is_torchscript_archive, load_backbone
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelFileError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelFileError(f"device '{name}' asked for, but no CUDA device is available")
-    return device
 
 
 class Embedder:
@@ -63,7 +52,7 @@ class TorchEmbedder(Embedder):
         self.model = model.eval().to(device)
         # NHWC activations and weights: the layout oneDNN and cuDNN run convolutions fastest in
         # (benchmarks/README.md has the figures).
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.info = info
@@ -74,11 +63,7 @@ class TorchEmbedder(Embedder):
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         self.check_input(images)
-        x = normalize(to_nchw_tensor(images).to(self.device, non_blocking=True))
-        x = x.contiguous(memory_format=self.memory_format)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.model(x)
-        return out.float().cpu().numpy()
+        return embed_images(self.model, images, self.device, self.dtype, self.channels_last)
 
 
 class OnnxEmbedder(Embedder):
@@ -95,7 +80,7 @@ class OnnxEmbedder(Embedder):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         shape, out_shape = inp.shape, out.shape
@@ -137,7 +122,7 @@ def _torchscript_meta(path: Path, device: torch.device) -> tuple[torch.jit.Scrip
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the file is still read correctly
             model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as e:
-        raise ModelFileError(f"{path}: not a loadable TorchScript model ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise ModelFileError(f"{path}: not a loadable TorchScript model ({first_line(e)})") from None
     try:
         meta = json.loads(extra[TORCHSCRIPT_EXTRA_FILE] or "{}")
     except (ValueError, TypeError):
@@ -165,13 +150,11 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ModelFileError(f"unknown precision '{precision}' (use fp32, bf16 or fp16)")
+    dtype = precision_dtype(precision)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file or folder")
     if path.suffix.lower() == ".onnx":
         return OnnxEmbedder(path, device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if path.is_file() and is_torchscript_archive(path):
         model, meta = _torchscript_meta(path, device)
         size = int(meta.get("input_size", 112))
