@@ -38,7 +38,7 @@ def _loader_rate(dataset, batch: int, workers: int, images: int) -> float:
 
 
 def _decode_rate(dataset, images: int) -> float:
-    from irface.data.verification import decode_image
+    from irface.data.images import decode_image
 
     blobs = [dataset.read(i % len(dataset))[1] for i in range(min(images, len(dataset)))]
     start = time.perf_counter()
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from irface.data import verification
+    from irface.data import images as image_codec
     from irface.data.recordio import RecordIODataset
 
     torch.set_num_threads(args.threads)
@@ -98,12 +98,12 @@ def main(argv=None) -> int:
         pass
     result["read_records_per_s"] = round(max(_read_rate(dataset, args.images) for _ in range(max(1, args.repeat))))
     decoders = ["pillow"]
-    if verification._fast_jpeg():
+    if image_codec._fast_jpeg():
         decoders.append("simplejpeg")
-    saved = verification._FAST_JPEG
+    saved = image_codec._FAST_JPEG
     try:
         for name in decoders:
-            verification._FAST_JPEG = False if name == "pillow" else saved
+            image_codec._FAST_JPEG = False if name == "pillow" else saved
             # Best of `repeat`: on a shared machine the slower runs measure the neighbours.
             best = lambda f, *a: max(f(*a) for _ in range(max(1, args.repeat)))  # noqa: E731
             figures = {"decode_per_s": round(best(_decode_rate, dataset, args.images))}
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                 + "; ".join(f"loader, {k.split('_')[2]} workers: {v:,} img/s"
                             for k, v in figures.items() if k.startswith("loader_")))
     finally:
-        verification._FAST_JPEG = saved
+        image_codec._FAST_JPEG = saved
     say(f"record reads (no decode): {result['read_records_per_s']:,} records/s")
     if args.json:
         text = json.dumps(result, indent=2) + "\n"

@@ -69,7 +69,7 @@ class NoisyEmbedder:
 
 def synthesise_sets(out: Path, pairs: int, size: int) -> Path:
     from irface.data.synth import verification_set
-    from irface.data.verification import save_bin
+    from irface.data.bin import save_bin
     from irface.demo import DemoSettings
 
     d = DemoSettings()

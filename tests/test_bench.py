@@ -172,7 +172,7 @@ def test_eval_times_a_bin_pass(capsys, tmp_path, tiny_model_file):
         from irface.eval import evaluate_bin  # noqa: F401
     except ImportError:
         pytest.skip("irface.eval.evaluate_bin not in this install")
-    from irface.data.verification import save_bin
+    from irface.data.bin import save_bin
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)

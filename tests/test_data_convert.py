@@ -14,7 +14,7 @@ from irface.data.convert import make_pairs, pack_image_folder, unpack_recordio
 from irface.data.datasets import ImageFolderDataset
 from irface.data.info import describe
 from irface.data.recordio import RecordIODataset
-from irface.data.verification import read_bin
+from irface.data.bin import read_bin
 from irface.errors import DataError
 
 COLORS = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irface.data import verification
-from irface.data.verification import decode_image
+from irface.data import images
+from irface.data.images import decode_image
 from irface.errors import DataError
 
 
@@ -78,6 +78,6 @@ def test_fast_decoder_and_pillow_agree(monkeypatch):
     arr = (rng.random((112, 112, 3)) * 60 + np.linspace(0, 190, 112)[None, :, None]).astype(np.uint8)
     data = encoded(Image.fromarray(arr), "JPEG")
     fast = decode_image(data)
-    monkeypatch.setattr(verification, "_FAST_JPEG", False)  # force Pillow
+    monkeypatch.setattr(images, "_FAST_JPEG", False)  # force Pillow
     slow = decode_image(data)
     assert np.array_equal(fast, slow)

@@ -8,7 +8,7 @@ import torch
 
 from irface.data import load_bin, synth
 from irface.data.recordio import RecordIODataset
-from irface.data.verification import read_bin
+from irface.data.bin import read_bin
 
 
 def best_threshold_accuracy(sims: np.ndarray, issame: np.ndarray) -> float:
@@ -86,7 +86,7 @@ def lfw_like():
     held = np.arange(1000, 1040)
     hard = synth.verification_set(0, "lfw", held, 120, size=112)
     easy = synth.verification_set(0, "lfw", held, 120, size=112, difficulty=0.0)
-    from irface.data.verification import decode_images
+    from irface.data.images import decode_images
 
     return decode_images(hard[0]), np.array(hard[1]), decode_images(easy[0]), np.array(easy[1])
 

@@ -228,7 +228,7 @@ def test_cli_train_with_json(tmp_path, capsys):
 def _write_bin(path):
     """A real (tiny) verification set: the trainer reads every set once at set-up."""
     from engine_support import tiny_images
-    from irface.data.verification import save_bin
+    from irface.data.bin import save_bin
 
     save_bin(path, tiny_images()[0][:20], [i % 2 == 0 for i in range(10)])
 

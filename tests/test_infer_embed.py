@@ -66,7 +66,7 @@ def test_images_of_another_size_are_resized_like_bin_images(tmp_path, model_file
 
 def test_recordio_folder(tmp_path, model_file):
     from irface.data.recordio import write_recordio_dataset
-    from irface.data.verification import encode_image
+    from irface.data.images import encode_image
 
     path, model = model_file
     imgs = faces(3)

@@ -182,7 +182,7 @@ def tiny_model_file(path: Path, seed: int = 1) -> Path:
 
 def tiny_bin(path: Path, pairs: int = 10, images: list[bytes] | None = None) -> Path:
     """A well-formed 16x16 verification set (PNG images) of `pairs` pairs."""
-    from irface.data.verification import save_bin
+    from irface.data.bin import save_bin
 
     faces = tiny_images()[0]
     encoded = images if images is not None else [png(faces[i % len(faces)]) for i in range(2 * pairs)]

@@ -12,7 +12,8 @@ from irface.data.datasets import ImageFolderDataset
 from irface.data.pairs import plan_pairs
 from irface.data.progress import progress_bar
 from irface.data.recordio import RecordIODataset, RecordIOReader, write_recordio_dataset
-from irface.data.verification import decode_image, encode_image, open_image, save_bin
+from irface.data.bin import save_bin
+from irface.data.images import decode_image, encode_image, open_image
 from irface.errors import DataError
 from irface.utils import atomic_write
 

@@ -15,13 +15,12 @@ import torch
 from torch.utils.data import Dataset
 
 from irface.data.badimages import BadImageCounter
-from irface.data.verification import decode_image
+from irface.data.images import IMAGE_SUFFIXES, decode_image
 from irface.errors import DataError
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_MAX_BAD_IMAGES = 100  # as the config key `max_bad_images`
 
 

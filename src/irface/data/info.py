@@ -77,7 +77,7 @@ def describe_image_folder(folder: Path) -> dict:
 
 
 def describe_bin(path: Path) -> dict:
-    from irface.data.verification import read_bin
+    from irface.data.bin import read_bin
 
     bins, issame = read_bin(path)
     info = {"kind": "bin", "path": str(path), "pairs": int(len(issame)), "positives": int(issame.sum()),

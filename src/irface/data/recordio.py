@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from irface.data.badimages import BadImageCounter
-from irface.data.verification import decode_image
+from irface.data.images import decode_image
 from irface.errors import DataError
 
 log = logging.getLogger(__name__)

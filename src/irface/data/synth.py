@@ -432,7 +432,7 @@ def write_synthetic(out_dir: str | Path, ids: int = 300, per_id: int = 20, holdo
     (pairs of held-out identities ids..ids+holdout_ids-1) into `out_dir`."""
     from irface.data.progress import progress_bar
     from irface.data.recordio import write_recordio_dataset
-    from irface.data.verification import save_bin
+    from irface.data.bin import save_bin
 
     if ids < 1 or per_id < 1:
         raise ValueError("ids and per_id must be positive")

@@ -170,8 +170,7 @@ class Trainer:
         self._last_saved_step = -1
         self._resume()
         self._wrap_model()
-        targets = self._on_rank0(lambda: validation.check_targets(
-            validation.find_targets(cfg.val_targets, cfg.data_path), cfg.image_size)) or {}
+        targets = self._on_rank0(lambda: validation.open_targets(cfg.val_targets, cfg.data_path, cfg.image_size)) or {}
         self.val_targets = targets
         self.has_val = bool(dist.all_gather_object(bool(targets))[0])
         if self.is_main:

@@ -22,27 +22,17 @@ from irface.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def find_targets(val_targets: list[str], data_path: str) -> dict[str, Path]:
-    """`.bin` files to verify on: names are looked up beside the training data, paths taken as given.
+def open_targets(val_targets: list[str], data_path: str, image_size: int) -> dict[str, Path]:
+    """The `.bin` sets to verify on (name -> path), looked up beside the training data; missing ones are
+    skipped with one warning. Every set is read once here: a hostile pickle, a malformed set or images of
+    the wrong size stop the run with one line before any training, not at the end of the first epoch."""
+    from irface.data.bin import find_targets, read_bin
+    from irface.data.images import open_image
 
-    Missing ones are left out (the caller logs which); the result maps name -> path.
-    """
     base = Path(data_path) if data_path else Path(".")
-    if base.is_file():
-        base = base.parent
-    found: dict[str, Path] = {}
-    for entry in val_targets:
-        path = Path(entry) if entry.endswith(".bin") or "/" in entry else base / f"{entry}.bin"
-        if path.is_file():
-            found[path.stem] = path
-    return found
-
-
-def check_targets(targets: dict[str, Path], image_size: int) -> dict[str, Path]:
-    """Read every `.bin` once at set-up: a hostile pickle, a malformed set or images of the wrong size stop
-    the run with one line before any training, not at the end of the first epoch. Returns `targets`."""
-    from irface.data.verification import open_image, read_bin
-
+    targets, missing = find_targets(val_targets, base.parent if base.is_file() else base)
+    if missing:
+        log.warning("verification sets not found, skipped: %s", ", ".join(map(str, missing)))
     for path in targets.values():
         bins, _ = read_bin(path)  # allow-list unpickling: a .bin cannot run code
         if not bins:

@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from irface.data.verification import decode_images, open_image, read_bin
+from irface.data.bin import find_targets, read_bin
+from irface.data.images import decode_images, open_image
 from irface.errors import DataError, ModelFileError
 from irface.eval.protocol import (
     FARS,
@@ -196,29 +197,6 @@ def evaluate_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_
     return result
 
 
-def find_targets(data_dir: str | Path, targets: Sequence[str]) -> dict[str, Path]:
-    """Target names (`lfw`, `cfp_fp.bin`, ...) -> their `.bin` paths in `data_dir`; all checked first."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: not a folder (expected a folder of .bin verification sets)")
-    found: dict[str, Path] = {}
-    for target in targets:
-        name = target.strip()
-        if name.endswith(".bin"):
-            name = name[: -len(".bin")]
-        if not name:
-            continue
-        path = data_dir / f"{name}.bin"
-        if not path.is_file():
-            present = sorted(p.stem for p in data_dir.glob("*.bin"))
-            listing = ", ".join(present) if present else "none"
-            raise DataError(f"{path}: no such verification set; .bin files in {data_dir}: {listing}")
-        found[name] = path
-    if not found:
-        raise DataError(f"{data_dir}: no targets given")
-    return found
-
-
 def run_verification(embed_fn: EmbedFn, data_dir: str | Path, targets: Sequence[str],
                      batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True, *,
                      image_size: Optional[int] = None, shard: bool = False) -> dict[str, TargetResult]:
@@ -227,7 +205,15 @@ def run_verification(embed_fn: EmbedFn, data_dir: str | Path, targets: Sequence[
     Every target is checked to exist before any work starts; a missing one raises `DataError`
     listing the `.bin` files present. With `shard=True` every rank must call this (see `embed_bin`).
     """
-    paths = find_targets(data_dir, targets)
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a folder (expected a folder of .bin verification sets)")
+    paths, missing = find_targets(targets, data_dir)
+    if missing:
+        listing = ", ".join(sorted(p.stem for p in data_dir.glob("*.bin"))) or "none"
+        raise DataError(f"{missing[0]}: no such verification set; .bin files in {data_dir}: {listing}")
+    if not paths:
+        raise DataError(f"{data_dir}: no targets given")
     return {name: evaluate_bin(embed_fn, path, batch_size, flip, image_size=image_size, shard=shard, name=name)
             for name, path in paths.items()}
 

@@ -7,26 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from irface.data.datasets import IMAGE_SUFFIXES
 from irface.data.recordio import REC_NAME
-from irface.data.verification import decode_image, decode_images, read_bin
+from irface.data.bin import read_bin
+from irface.data.images import IMAGE_SUFFIXES, decode_image, decode_images, list_image_files
 from irface.errors import DataError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIB_COUNT = 256
-
-
-def list_image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, in sorted path order; hidden files and folders skipped."""
-    found = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder).parts
-        if any(part.startswith(".") for part in rel):
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            found.append(p)
-    return sorted(found)
 
 
 def _spread(n: int, count: int) -> np.ndarray:

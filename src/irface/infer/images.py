@@ -10,10 +10,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from irface.data.datasets import IMAGE_SUFFIXES
-from irface.data.verification import decode_image, open_image
+from irface.data.images import IMAGE_SUFFIXES, decode_image, list_image_files, open_image
 from irface.errors import DataError
-from irface.export.calibration import list_image_files
 
 
 def read_file(path: Path) -> bytes:
