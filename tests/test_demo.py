@@ -65,3 +65,18 @@ def test_pick_threads_sets_a_count_it_measured():
         assert threads in {1, before} and torch.get_num_threads() == threads and seconds > 0
     finally:
         torch.set_num_threads(before)
+
+
+def test_untrained_pass_reads_every_nth_pair_of_each_set(tmp_path):
+    from irface.data import read_bin, save_bin
+    from irface.demo import TARGETS, _write_every_nth_pair, untrained_pair_stride
+
+    assert [untrained_pair_stride(p) for p in (6000, 3000, 600, 40)] == [5, 2, 1, 1]
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    for name in TARGETS:
+        save_bin(src / f"{name}.bin", [f"{name}-{i}".encode() for i in range(40)], [i % 3 == 0 for i in range(20)])
+    _write_every_nth_pair(src, dst, 5)
+    images, issame = read_bin(dst / "cfp_fp.bin")
+    assert images == [f"cfp_fp-{i}".encode() for p in (0, 5, 10, 15) for i in (2 * p, 2 * p + 1)]
+    assert issame.tolist() == [p % 3 == 0 for p in (0, 5, 10, 15)]
