@@ -146,7 +146,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     t0 = time.perf_counter()
     onnx_path = out / "model.onnx"
     log.info("[5/6] export to ONNX with a parity check -> %s", onnx_path)
-    export_report = export_model(run_dir, onnx_path, fmt="onnx")
+    export_report = export_model(run_dir, onnx_path)
     seconds["export"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

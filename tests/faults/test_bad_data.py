@@ -189,7 +189,7 @@ def test_grey_rgba_cmyk_palette_16bit_and_other_sizes_are_converted(tmp_path, ca
     assert code == 0, err
     # ... and so do embedding and packing.
     model = tiny_model_file(tmp_path / "m.pth")
-    # --aligned: these are crops of other sizes, to be resized (a photo of another size would be detected).
+    # bigger.png is a crop of another size: auto mode would look for a face in it, --aligned resizes it.
     code, _, err = run_cli(["embed", model, data, "-o", tmp_path / "e.npz", "--device", "cpu", "--no-progress",
                             "--aligned"], capsys)
     assert code == 0, err
