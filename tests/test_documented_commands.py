@@ -62,6 +62,12 @@ EXPECT: dict[str, list[str]] = {
     "irface train --config configs/demo.yaml data_path=DATA num_classes=30": [
         "lfw.bin: 112x112 images resized to 56x56", "[lfw]Accuracy-Flip: ", "[cfp_fp]Accuracy-Flip: ",
         "[agedb_30]Accuracy-Flip: "],
+    # Real photos to a decision (README and docs/inference.md): six faces found, the calibrated threshold
+    # decides every pair of the fixtures right and verify then uses it.
+    "irface detect tests/fixtures/realface/group/t1.jpg": ["6 face(s)"],
+    "irface calibrate photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos": ["accuracy 1.0000"],
+    "irface verify photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos/obama/obama.jpg "
+    "tests/fixtures/realface/photos/biden/biden.jpg": ["different people", "from the calibration"],
 }
 
 
