@@ -41,19 +41,19 @@ _UPRIGHT = {
 
 
 def open_rgb(path: str | Path) -> np.ndarray:
-    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does)."""
-    path = Path(path)
-    data = read_file(path)
-    # The header only: the size is checked before any pixel is decoded.
-    return decode_rgb(data, open_image(data, str(path)), str(path))
-
-
-def decode_rgb(data: bytes, img: Image.Image, source: str) -> np.ndarray:
-    """`data`, already opened by `open_image` as `img`, decoded to uint8 (H, W, 3) RGB, upright.
+    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does).
 
     Any mode is converted as `decode_image` converts it (grey, palette, CMYK, alpha dropped, 16-bit);
     JPEGs are decoded by simplejpeg when it is installed (the `fast` extra), Pillow otherwise.
     """
+    path = Path(path)
+    data = read_file(path)
+    # The header only: the size is checked before any pixel is decoded.
+    return decode_rgb(open_image(data, str(path)), data, str(path))
+
+
+def decode_rgb(img: Image.Image, data: bytes, source: str) -> np.ndarray:
+    """An image opened by `open_image` from `data` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule

@@ -60,7 +60,7 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
         raise RequestError(f"{name}: image of {img.width}x{img.height} pixels is larger than allowed "
                            f"({limits.max_pixels} pixels)", 413)
     try:
-        return decode_rgb(data, img, name)
+        return decode_rgb(img, data, name)
     except DataError as e:
         raise RequestError(str(e)) from None
 
