@@ -103,3 +103,14 @@ def test_untrained_network_and_raw_pixels_verify_near_chance(lfw_like):
     assert best_threshold_accuracy(cosine_pairs(emb), issame) < 0.7
     # The knob works: without nuisances the identity alone shows in the raw pixels.
     assert best_threshold_accuracy(cosine_pairs(easy_images), easy_same) > 0.8
+
+
+def test_faces_are_unencoded_training_images_of_each_identity():
+    from irface.data.synth import faces
+
+    images, labels = faces(0, 3, 2, size=32)
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert images.std() > 10  # faces, not a blank
+    again, _ = faces(0, 3, 2, size=32)
+    assert np.array_equal(images, again)

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from irface.errors import ConfigError
+from irface.errors import ConfigError, first_line
 from irface.utils import atomic_write
 
 HEADS = ("softmax", "arcface", "cosface", "combined")
@@ -269,7 +269,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from PIL import Image
 
 from irface.config import TrainConfig, load_config
 from irface.errors import ConfigError
+
+if TYPE_CHECKING:
+    from irface.engine import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     t0 = time.perf_counter()
     onnx_path = out / "model.onnx"
     log.info("[5/6] export to ONNX with a parity check -> %s", onnx_path)
-    export_report = export_model(run_dir, onnx_path, fmt="onnx")
+    export_report = export_model(run_dir, onnx_path)
     seconds["export"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -162,26 +165,15 @@ def run_demo(settings: DemoSettings) -> DemoResult:
 
     return DemoResult(
         data_dir=str(data_dir), run_dir=str(run_dir), onnx=str(onnx_path),
-        untrained=_figures(untrained), trained=_figures(trained), train=_train_figures(result, run_dir),
+        untrained=_figures(untrained), trained=_figures(trained), train=_train_figures(result),
         export=export_report, verify=checks, seconds={k: round(v, 1) for k, v in seconds.items()},
     )
 
 
-def _train_figures(result: Any, run_dir: Path) -> dict[str, Any]:
-    """Steps, epochs, last loss and the training speed read back from train.log's periodic lines."""
-    figures = {"steps": result.step, "epochs": result.epoch, "loss": result.loss, "stopped": result.stopped,
-               "checkpoint": result.checkpoint}
-    speeds = []
-    log_path = run_dir / "train.log"
-    if log_path.exists():
-        for line in log_path.read_text().splitlines():
-            if "images/s " in line:
-                try:
-                    speeds.append(float(line.split("images/s ")[1].split()[0]))
-                except (IndexError, ValueError):
-                    pass
-    figures["images_per_s"] = speeds[-1] if speeds else None
-    return figures
+def _train_figures(result: TrainResult) -> dict[str, Any]:
+    """Steps, epochs, last loss and the training speed (images/s over the run's steps) from the run's result."""
+    return {"steps": result.step, "epochs": result.epoch, "loss": result.loss, "stopped": result.stopped,
+            "checkpoint": result.checkpoint, "seconds": result.seconds, "images_per_s": result.images_per_s}
 
 
 def summary_lines(result: DemoResult) -> list[str]:

@@ -16,8 +16,6 @@ def _model_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--model", required=required, metavar="MODEL",
                    help="the model that embeds the photos" + ("" if required else
                         " (default: the one the gallery was built with, if its file is still there)"))
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--network", help="backbone name for a bare state dict (checked if given)")
     p.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
     add_model_arguments(p)
     add_face_arguments(p, all_faces=False)

@@ -379,16 +379,26 @@ def _concat(parts: list[dict]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def _train_batch(seed: int, group: list[int], per_id: int, difficulty: float) -> tuple[np.ndarray, dict, np.ndarray]:
+    traits = np.repeat(identity_traits(seed, group), per_id, axis=0)
+    nz = _concat([draw_nuisance(np.random.default_rng([seed, _STREAM_TRAIN, i]), per_id, "train", difficulty)
+                  for i in group])
+    return traits, nz, np.repeat(group, per_id)
+
+
 def train_images(seed: int, ids: int, per_id: int, size: int = 112, difficulty: float = 1.0,
                  chunk_ids: int = 16) -> Iterator[tuple[int, bytes]]:
     """(label, JPEG bytes) for `per_id` images of each of `ids` identities, grouped by identity."""
     for first in range(0, ids, chunk_ids):
-        group = list(range(first, min(ids, first + chunk_ids)))
-        traits = np.repeat(identity_traits(seed, group), per_id, axis=0)
-        nz = _concat([draw_nuisance(np.random.default_rng([seed, _STREAM_TRAIN, i]), per_id, "train", difficulty)
-                      for i in group])
-        labels = np.repeat(group, per_id)
+        traits, nz, labels = _train_batch(seed, list(range(first, min(ids, first + chunk_ids))), per_id, difficulty)
         yield from zip(labels.tolist(), render_encoded(traits, nz, size))
+
+
+def faces(seed: int, ids: int, per_id: int, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (ids * per_id, size, size, 3) RGB faces (the training images' poses and light, not encoded) and
+    their identity labels: inputs for benchmarks and calibration when no real faces are at hand."""
+    traits, nz, labels = _train_batch(seed, list(range(ids)), per_id, 1.0)
+    return render(traits, nz, size), labels
 
 
 def verification_set(seed: int, name: str, identities: np.ndarray, pairs: int, size: int = 112,

@@ -2,8 +2,7 @@
 
 `irface.eval.run_verification(embed_fn, data_dir, targets, batch_size)` runs the community protocol
 (10 folds, flip) on `.bin` sets; here we only give it an embedding function over the current backbone
-and turn its results into log lines and plain numbers for checkpoints. Imported lazily so that the
-engine works (and its tests run) without the evaluation package.
+and turn its results into log lines and plain numbers for checkpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from irface.engine.precision import DTYPES
+from irface.device import DTYPES
 from irface.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -180,9 +180,17 @@ class PartialFC(nn.Module):
             parts.append(rows[max(self.start, lo) - lo:min(self.end, hi) - lo])
         return torch.cat(parts)
 
+    def _shared_state(self) -> dict[str, torch.Tensor]:
+        """State that is not split by class (a stateful margin's buffers): the same on every rank."""
+        own = {k: v for k, v in self.state_dict().items() if k not in ("weight", "bias")}
+        own.update({f"margin.{k}": v for k, v in self._margin.named_buffers()})
+        return own
+
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Take this rank's rows from a whole head's state (`weight`, and `bias` for softmax)."""
-        expected = {"weight"} | ({"bias"} if self.bias is not None else set())
+        """Take this rank's rows from a whole head's state (`weight`, and `bias` for softmax) and the state
+        every rank shares (a stateful margin's buffers)."""
+        shared = self._shared_state()
+        expected = {"weight"} | ({"bias"} if self.bias is not None else set()) | set(shared)
         if set(state) != expected:
             raise ValueError(f"head state has keys {sorted(state)}, expected {sorted(expected)}")
         if tuple(state["weight"].shape) != (self.num_classes, self.embedding_size):
@@ -192,12 +200,16 @@ class PartialFC(nn.Module):
             self.weight.copy_(state["weight"][self.start:self.end])
             if self.bias is not None:
                 self.bias.copy_(state["bias"][self.start:self.end])
+            for key, tensor in shared.items():
+                tensor.copy_(state[key])
 
     def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
-        """The whole head gathered on rank 0 (None on other ranks). A collective: every rank calls it."""
+        """The whole head gathered on rank 0 (None on other ranks), with the shared state (buffers).
+        A collective: every rank calls it."""
         out = {"weight": dist.gather_rows(self.weight.detach(), self.shard_sizes)}
         if self.bias is not None:
             out["bias"] = dist.gather_rows(self.bias.detach(), self.shard_sizes)
+        out.update({k: v.detach().clone() for k, v in self._shared_state().items()})
         return out if self.rank == 0 or not dist.is_initialized() else None
 
     def sampler_state(self) -> Optional[torch.Tensor]:

@@ -21,26 +21,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from irface.data.transforms import MEAN, STD, normalize, to_nchw_tensor
-from irface.errors import ModelFileError
+from irface.data.transforms import MEAN, STD, embed_images
+from irface.device import precision_dtype, resolve_device
+from irface.errors import ModelFileError, first_line
 from irface.export.fold import fold_batchnorm
 from irface.export.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
                                     threshold_from)
 from irface.models.loading import is_torchscript_archive, load_backbone
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelFileError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelFileError(f"device '{name}' asked for, but no CUDA device is available")
-    return device
 
 
 class Embedder:
@@ -71,7 +60,7 @@ class TorchEmbedder(Embedder):
         self.norm = norm or InputNorm()
         # NHWC activations and weights: the layout oneDNN and cuDNN run convolutions fastest in
         # (benchmarks/README.md has the figures).
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.info = info
@@ -82,14 +71,8 @@ class TorchEmbedder(Embedder):
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         self.check_input(images)
-        if self.norm.is_standard():
-            x = normalize(to_nchw_tensor(images).to(self.device, non_blocking=True))
-        else:
-            x = torch.from_numpy(self.norm.apply(images)).to(self.device)
-        x = x.contiguous(memory_format=self.memory_format)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.model(x)
-        return out.float().cpu().numpy()
+        return embed_images(self.model, images, self.device, self.dtype, self.channels_last,
+                            self.norm.mean, self.norm.std, self.norm.bgr)
 
 
 @dataclass
@@ -111,6 +94,7 @@ class InputNorm:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     def is_standard(self) -> bool:
+        """irface's own normalisation (RGB, (x - 127.5) / 127.5)."""
         return not self.bgr and self.mean == (MEAN,) * 3 and self.std == (STD,) * 3
 
     def describe(self) -> str:
@@ -161,9 +145,9 @@ def guess_onnx_norm(path: Path) -> tuple[InputNorm, str]:
         nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
     except Exception:
         return InputNorm(source="guess"), "graph unreadable, so the common (x - 127.5) / 127.5"
-    names = [(n.name or n.op_type) for n in nodes]
-    has_sub = any(n.startswith(("Sub", "_minus")) or t.op_type == "Sub" for n, t in zip(names, nodes))
-    has_mul = any(n.startswith(("Mul", "_mul")) or t.op_type == "Mul" for n, t in zip(names, nodes))
+    # By node name, exactly as insightface's ArcFaceONNX decides (mxnet exports name them so).
+    has_sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    has_mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
     if has_sub and has_mul:
         return InputNorm((0.0,) * 3, (1.0,) * 3, False, "guess"), "the graph starts with Sub and Mul (normalises inside)"
     return InputNorm(source="guess"), "no Sub/Mul at the graph's start"
@@ -183,7 +167,7 @@ class OnnxEmbedder(Embedder):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         shape, out_shape = inp.shape, out.shape
@@ -231,7 +215,7 @@ def _torchscript_meta(path: Path, device: torch.device) -> tuple[torch.jit.Scrip
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the file is still read correctly
             model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as e:
-        raise ModelFileError(f"{path}: not a loadable TorchScript model ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise ModelFileError(f"{path}: not a loadable TorchScript model ({first_line(e)})") from None
     try:
         meta = json.loads(extra[TORCHSCRIPT_EXTRA_FILE] or "{}")
     except (ValueError, TypeError):
@@ -277,8 +261,6 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ModelFileError(f"unknown precision '{precision}' (use fp32, bf16 or fp16)")
     if not path.exists():
         raise ModelFileError(f"{path}: no such file or folder")
     calibration = read_calibration(path)
@@ -296,7 +278,7 @@ def _open(path: Path, network: Optional[str], device: torch.device, precision: s
           channels_last: bool, norm: Optional[InputNorm]) -> Embedder:
     if path.suffix.lower() == ".onnx":
         return OnnxEmbedder(path, device, norm)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = precision_dtype(precision)
     if path.is_file() and is_torchscript_archive(path):
         model, meta = _torchscript_meta(path, device)
         size = int(meta.get("input_size", 112))

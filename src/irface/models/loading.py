@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 import torch
 
-from irface.errors import ModelFileError
+from irface.errors import ModelFileError, first_line
 from irface.models.iresnet import IResNet
-from irface.models.variants import DEPTHS, arch_from_state_dict, network_for_layers
+from irface.models.variants import arch_from_state_dict, check_network, network_for_layers
 
 CHECKPOINT_FORMAT = "irface-checkpoint"
 CHECKPOINT_GLOB = "checkpoint-*.pt"
@@ -114,7 +114,7 @@ def _torch_load(path: Path) -> Any:
         raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
                              "nothing in it was run") from None
     except Exception as e:
-        raise ModelFileError(f"{path}: not a PyTorch weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ModelFileError(f"{path}: not a PyTorch weights file ({first_line(e)})") from None
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -173,11 +173,7 @@ def load_backbone(path: str | Path, network: Optional[str] = None) -> tuple[IRes
     except KeyError as e:
         raise ModelFileError(f"{info['path']}: {e.args[0]}") from None
     name = network_for_layers(arch["layers"])
-    if network is not None:
-        if network not in DEPTHS:
-            raise ModelFileError(f"unknown network '{network}'; known: {', '.join(DEPTHS)}")
-        if DEPTHS[network] != arch["layers"]:
-            raise ModelFileError(f"{info['path']}: holds {name or 'an IResNet with depths ' + str(arch['layers'])}, not {network}")
+    check_network(network, arch["layers"], info["path"])
     model = IResNet(**arch)
     try:
         model.load_state_dict(state, strict=True)

@@ -6,7 +6,8 @@ import re
 from typing import Any, Mapping, Optional
 
 from irface.models.iresnet import IResNet
-from irface.models.registry import register_backbone
+from irface.errors import ModelFileError
+from irface.models.registry import list_backbones, register_backbone
 
 DEPTHS: dict[str, list[int]] = {
     "iresnet18": [2, 2, 2, 2],
@@ -53,6 +54,17 @@ def network_for_layers(layers: list[int]) -> Optional[str]:
         if depths == list(layers):
             return name
     return None
+
+
+def check_network(network: Optional[str], layers: list[int], source: str) -> None:
+    """A `network` asked for (None: any) must be a registered backbone, and the one whose depths are `layers`."""
+    if network is None:
+        return
+    if network not in list_backbones():
+        raise ModelFileError(f"unknown network '{network}'; known: {', '.join(list_backbones())}")
+    if DEPTHS.get(network) != list(layers):
+        held = network_for_layers(layers) or f"an IResNet with depths {list(layers)}"
+        raise ModelFileError(f"{source}: holds {held}, not {network}")
 
 
 _BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.conv1\.weight$")
