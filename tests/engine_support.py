@@ -99,7 +99,7 @@ if (_mode and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
         def _train_step(self, batches):
             loss = _step(self, batches)
-            if self.step + 1 == _at:
+            if self.state.step + 1 == _at:
                 os.kill(os.getpid(), signal.SIGKILL if _mode == "kill" else signal.SIGTERM)
             return loss
 

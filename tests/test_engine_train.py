@@ -2,7 +2,6 @@
 
 import os
 import re
-import types
 
 import pytest
 import torch
@@ -36,6 +35,7 @@ def finished_run(tmp_path_factory):
 def test_a_few_steps_lower_the_loss_and_log_the_seeds_lines(finished_run):
     out, result = finished_run
     assert result.step == 24 and result.epoch == 4 and result.stopped == "completed"
+    assert result.steps_run == 24 and result.seconds > 0 and result.images_per_s > 0
     lines = (out / "train.log").read_text().splitlines()
     losses = [float(m.group(2)) for m in (re.match(r"^epoch: (\d+) step: 6, loss is ([0-9.e+-]+)$", l) for l in lines) if m]
     assert len(losses) == 4
@@ -66,6 +66,16 @@ def test_checkpoint_contents_load_with_weights_only(finished_run):
     assert info["kind"] == "irface-checkpoint" and info["path"].endswith(names[-1])
     assert all(torch.equal(v, ckpt["backbone"][k]) for k, v in model.state_dict().items())
     assert (out / "config.yaml").exists()
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(finished_run, tmp_path):
+    out, _ = finished_run
+    ckpt = load(out / "checkpoint-e0004-s00000024.pt")
+    ckpt["version"] = 99
+    old = tmp_path / "checkpoint-e0004-s00000024.pt"
+    torch.save(ckpt, old)
+    with pytest.raises(ModelFileError, match=r"checkpoint format version 99; this irface reads version 1$"):
+        train(cfg_for(tmp_path / "out", resume=str(old)), tiny_dataset())
 
 
 def test_newest_checkpoint_goes_by_the_step_in_the_name(finished_run, tmp_path):
@@ -224,7 +234,7 @@ def test_cli_train_with_json(tmp_path, capsys):
     assert err == ["irface train: error: config key 'batch_size': expected int, got 'abc'"]
 
 
-# --- verification during training (the eval package's API, faked) ------------------------------------
+# --- verification during training ---------------------------------------------------------------------
 def _write_bin(path):
     """A real (tiny) verification set: the trainer reads every set once at set-up."""
     from engine_support import tiny_images
@@ -233,55 +243,36 @@ def _write_bin(path):
     save_bin(path, tiny_images()[0][:20], [i % 2 == 0 for i in range(10)])
 
 
-def _fake_eval(monkeypatch, accuracies):
-    import irface.eval
-
-    calls = []
-
-    def run_verification(embed_fn, data_dir, targets, batch_size):
-        images = torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8).numpy()
-        emb = embed_fn(images)
-        assert emb.shape == (4, 16) and emb.dtype.name == "float32"
-        calls.append((data_dir, list(targets)))
-        acc = accuracies[min(len(calls), len(accuracies)) - 1]
-        return {t: types.SimpleNamespace(accuracy_flip=acc, accuracy_flip_std=0.01, threshold_cos=0.25 + len(calls) / 100)
-                for t in targets}
-
-    def format_seed_lines(name, r):
-        return [f"[{name}]Accuracy-Flip: {r.accuracy_flip:.5f}+-{r.accuracy_flip_std:.5f}"]
-
-    monkeypatch.setattr(irface.eval, "run_verification", run_verification, raising=False)
-    monkeypatch.setattr(irface.eval, "format_seed_lines", format_seed_lines, raising=False)
-    return calls
-
-
-def test_verification_runs_every_n_steps_and_keeps_the_best(tmp_path, monkeypatch):
-    calls = _fake_eval(monkeypatch, [0.5, 0.8, 0.6, 0.7])
+def test_verification_runs_for_real_every_n_steps_and_keeps_the_best(tmp_path):
+    """The live backbone's embeddings through the eval protocol: figures in the log, the checkpoints and
+    the result, and `best.pt` from the step whose Accuracy-Flip was highest."""
     data = tmp_path / "data"
     data.mkdir()
     _write_bin(data / "lfw.bin")  # found beside the data; cfp_fp and agedb_30 are not there
     result = train(cfg_for(tmp_path / "out", data, eval_every=4, max_steps=12, best_target="lfw",
                            val_targets="[lfw,cfp_fp,agedb_30]"), tiny_dataset())
-    # Steps 4, 6 (epoch end), 8, 12 (epoch end and run end): once each.
-    assert len(calls) == 4 and calls[0] == (data, ["lfw"])
     log = (tmp_path / "out" / "train.log").read_text()
-    assert "[lfw]Accuracy-Flip: 0.80000+-0.01000" in log
+    # Steps 4, 6 (epoch end), 8, 12 (epoch end and run end): once each.
+    seen = [(float(a), float(s)) for a, s in re.findall(r"\[lfw\]Accuracy-Flip: ([0-9.]+)\+-([0-9.]+)", log)]
+    assert len(seen) == 4 and all(0.0 <= a <= 1.0 for a, _ in seen)
+    assert "verification sets not found, skipped" in log and "cfp_fp.bin" in log
     final = load(result.checkpoint)
-    assert final["threshold"] == pytest.approx(0.29) and final["val"]["lfw"]["accuracy_flip"] == 0.7
-    assert result.val == {"lfw": {"accuracy_flip": 0.7, "accuracy_flip_std": 0.01, "threshold_cos": 0.29}}
+    assert result.val == final["val"] and set(final["val"]) == {"lfw"}
+    assert final["val"]["lfw"]["accuracy_flip"] == pytest.approx(seen[-1][0], abs=1e-5)
+    assert result.threshold == final["threshold"] == final["val"]["lfw"]["threshold_cos"]
+    best_at = [4, 6, 8, 12][[a for a, _ in seen].index(max(a for a, _ in seen))]
     best = load(tmp_path / "out" / "best.pt")
-    assert best["step"] == 6 and best["best"] == {"target": "lfw", "value": 0.8, "step": 6}
+    assert best["step"] == best_at and best["best"]["step"] == best_at and best["best"]["target"] == "lfw"
+    assert best["best"]["value"] == pytest.approx(max(a for a, _ in seen), abs=1e-5)
 
 
-def test_verification_is_skipped_without_bin_files_or_eval_package(tmp_path, monkeypatch):
-    import irface.eval
-
-    monkeypatch.delattr(irface.eval, "run_verification", raising=False)
+def test_verification_is_skipped_without_bin_files(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    _write_bin(data / "lfw.bin")
     result = train(cfg_for(tmp_path / "out", data, max_steps=6), tiny_dataset())
-    assert result.val == {} and "verification skipped" in (tmp_path / "out" / "train.log").read_text()
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert result.val == {} and log.count("verification sets not found, skipped") == 1
+    assert not (tmp_path / "out" / "best.pt").exists()
 
 
 @pytest.mark.faults

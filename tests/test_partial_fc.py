@@ -109,6 +109,19 @@ def test_sampling_is_refused_for_softmax():
         PartialFC("softmax", E, C, sample_rate=0.5)
 
 
+def test_full_state_carries_a_stateful_margins_buffers():
+    """A stateful margin (AdaFace, CurricularFace) keeps running statistics in buffers: checkpoints carry them."""
+    pfc = PartialFC("arcface", 8, 10, seed=1)
+    pfc.margin.register_buffer("running_t", torch.tensor([0.25]))
+    state = pfc.full_state_dict()
+    # Under the buffer's own name, as in the plain head's state_dict (create_head(...).load_state_dict works).
+    assert torch.equal(state["running_t"], torch.tensor([0.25]))
+    other = PartialFC("arcface", 8, 10, seed=2)
+    other.margin.register_buffer("running_t", torch.zeros(1))
+    other.load_full_state_dict(state)
+    assert torch.equal(other.margin.running_t, torch.tensor([0.25])) and torch.equal(other.weight, pfc.weight)
+
+
 def test_full_state_round_trip_and_layout():
     pfc = PartialFC("arcface", E, C, {"s": 32.0, "m": 0.3}, rank=1, world_size=3)
     assert (pfc.start, pfc.end) == class_range(C, 1, 3)

@@ -30,3 +30,13 @@ class OutputError(UserError):
     def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason
+
+
+class GalleryError(UserError):
+    """A gallery file that is damaged, from another model, or asked to do what it cannot (a bad identity name)."""
+
+
+def first_line(e: BaseException) -> str:
+    """`Type: first line of the message` (or just `Type`): a foreign exception inside our one-line errors."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -21,8 +21,10 @@ def _reason(e: OSError) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path` and rename it over `path` only if the block succeeds.
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path` (ending in `suffix`), synced and renamed over `path` only if the
+    block succeeds: for writers that take a path (exporters, RecordIO). The one place files are made
+    atomically.
 
     A crash or an exception leaves either the old file or nothing, never half a file. A folder that
     cannot be created or written, or a full disk, raises `OutputError` (one line naming `path`).
@@ -30,7 +32,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
     except OSError as e:
         raise OutputError(f"{path}: cannot write here ({_reason(e)})", _reason(e)) from None
     # mkstemp makes the file 0600; give it the permissions an ordinary open() would (0666 - umask).
@@ -39,10 +42,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     os.chmod(tmp, 0o666 & ~umask)
     body_done = False
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            body_done = True
-            f.flush()
+        yield Path(tmp)
+        body_done = True
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
@@ -52,6 +54,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             raise OutputError(f"{path}: could not write ({_reason(e)}); nothing was written there",
                               _reason(e)) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """`open(path, mode)` through `atomic_path`: the file appears whole when the block succeeds, or not at all."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def check_writable(path: str | os.PathLike) -> Path:

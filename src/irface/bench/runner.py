@@ -22,7 +22,7 @@ from irface.bench.timing import (
     Step, Timing, interleaved_times_ms, make_timing, measure_peaks, peak_memory_mb, peak_probe, reset_peak_memory,
     sig, step_times_ms, synchronize, with_ratios,
 )
-from irface.errors import ConfigError
+from irface.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ def select_variants(variants: list[Variant], names: Optional[list[str]]) -> list
     return [v for i, v in enumerate(variants) if i == 0 or v.name in names]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def _warm(name: str, prepared: Prepared, device: torch.device, warmup: int) -> tuple[float, float]:
     """Warm-up calls; returns (peak memory MB during them, seconds taken)."""
     before = peak_memory_mb(device) if device.type == "cpu" else 0.0
@@ -109,7 +104,7 @@ def run_variants(variants: list[Variant], device: torch.device, batch: int, step
             p = v.build()
             memory[v.name], _ = _warm(v.name, p, device, warmup)
         except Exception as e:  # an unavailable path is a line in the report, not the end of the run
-            skipped[v.name] = _first_line(e)
+            skipped[v.name] = first_line(e)
             log.warning("bench: %s skipped: %s", v.name, skipped[v.name])
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -29,9 +29,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def emit(report: dict[str, Any], json_target: Optional[str], text: str) -> None:
-    """Print `text` (human lines) unless the JSON goes to stdout; write the JSON where asked."""
-    if json_target is None or json_target != STDOUT:
+def emit(report: dict[str, Any], json_target: Optional[str], text: Optional[str]) -> None:
+    """Print `text` (human lines; None: the command printed its own) unless the JSON goes to stdout;
+    write the JSON where asked."""
+    if text is not None and json_target != STDOUT:
         print(text)
     if json_target is None:
         return

@@ -4,7 +4,6 @@ IJB-B / IJB-C (1:1 TAR@FAR and 1:N) with `--ijb ROOT`."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from irface.errors import UserError
@@ -59,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.ckpt or not args.data:
         raise UserError("irface eval needs --ckpt MODEL and --data DIR (or --ijb ROOT for IJB-B/IJB-C)")
     from irface.eval import format_seed_lines, format_table, run_verification
-    from irface.eval.result import report, write_report
+    from irface.cli._output import emit
+    from irface.eval.result import report
     from irface.infer import load_model
     from irface.utils import check_writable
 
@@ -87,10 +87,7 @@ def run(args: argparse.Namespace) -> int:
         meta = {"model": str(args.ckpt), "kind": model.info.get("kind"), "network": model.info.get("network"),
                 "data": str(args.data), "device": str(getattr(model, "device", args.device)),
                 "precision": args.precision, "batch_size": args.batch_size, "flip": not args.no_flip}
-        if args.json == "-":
-            print(json.dumps(report(results, **meta), indent=2))
-        else:
-            write_report(results, args.json, **meta)
+        emit(report(results, **meta), args.json, None)
     if args.plot:
         from irface.eval.plot import plot_roc
 

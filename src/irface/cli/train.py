@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
@@ -38,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from irface import dist
     from irface.config import load_config
     from irface.engine import NonFiniteLossError, train
-    from irface.utils import atomic_write, check_writable
+    from irface.cli._output import emit
+    from irface.utils import check_writable
 
     cfg = load_config(args.config, [*args.set, *args.overrides])
     if args.json and args.json != "-":
@@ -49,10 +49,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"irface train: stopped: {e}", file=sys.stderr)
         return 1
     if args.json and dist.get_rank() == 0:
-        text = json.dumps(result.to_dict(), indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            with atomic_write(args.json, "w") as f:
-                f.write(text + "\n")
+        emit(result.to_dict(), args.json, None)
     return 0

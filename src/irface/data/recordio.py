@@ -19,11 +19,11 @@ Format facts (dmlc-core `recordio.h/.cc`, mxnet `python/mxnet/recordio.py`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
 import struct
-import tempfile
 import warnings
 from collections import namedtuple
 from pathlib import Path
@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from irface.data.badimages import BadImageCounter
 from irface.data.images import decode_image
 from irface.errors import DataError
+from irface.utils import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -317,21 +318,14 @@ class RecordIOWriter:
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else None
-        self.rec_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp: list[tuple[str, Path]] = []
-        self._rec = self._open_tmp(self.rec_path, "w+b")
-        self._idx = self._open_tmp(self.idx_path, "w") if self.idx_path is not None else None
+        # Each file is written under a temporary name that `atomic_path` renames into place on `close()`.
+        self._files = contextlib.ExitStack()
+        self._rec = open(self._files.enter_context(atomic_path(self.rec_path)), "w+b")
+        self._idx = None
+        if self.idx_path is not None:
+            self._idx = open(self._files.enter_context(atomic_path(self.idx_path)), "w", newline="\n", encoding="ascii")
         self._keys: set[int] = set()
         self.count = 0
-
-    def _open_tmp(self, path: Path, mode: str):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self._tmp.append((tmp, path))
-        # mkstemp makes 0600 files; data files get the usual permissions (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        return os.fdopen(fd, mode, **({"newline": "\n", "encoding": "ascii"} if "b" not in mode else {}))
 
     def tell(self) -> int:
         return self._rec.tell()
@@ -369,27 +363,17 @@ class RecordIOWriter:
 
     def close(self) -> None:
         """Flush, sync and move both files into place."""
-        files = [f for f in (self._rec, self._idx) if f is not None]
-        if not files or files[0].closed:
-            return
-        for f in files:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-        for tmp, final in self._tmp:
-            os.replace(tmp, final)
-        self._tmp = []
+        for f in (self._rec, self._idx):
+            if f is not None:
+                f.close()
+        self._files.close()
 
     def abort(self) -> None:
+        """Close both files and remove them; nothing is left behind."""
         for f in (self._rec, self._idx):
-            if f is not None and not f.closed:
+            if f is not None:
                 f.close()
-        for tmp, _ in self._tmp:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        self._tmp = []
+        self._files.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> "RecordIOWriter":
         return self
@@ -419,8 +403,6 @@ def read_property(path: str | Path) -> tuple[int, int, int]:
 
 
 def write_property(path: str | Path, num_classes: int, height: int, width: int) -> None:
-    from irface.utils import atomic_write
-
     with atomic_write(path, "w") as f:
         f.write(f"{num_classes},{height},{width}\n")
 

@@ -22,13 +22,12 @@ import numpy as np
 import torch
 
 from irface import dist
-from irface.errors import ModelFileError, OutputError
+from irface.errors import ModelFileError, OutputError, first_line
 from irface.models.loading import CHECKPOINT_FORMAT, is_torchscript_archive, list_checkpoints, refusal_reason
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
 BEST_NAME = "best.pt"
 
 
@@ -50,7 +49,7 @@ def tensor_digest(*states: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically, with the digest of the weights; a failure leaves earlier files untouched."""
-    payload = dict(payload, format=CHECKPOINT_FORMAT, version=VERSION)
+    payload = dict(payload, format=CHECKPOINT_FORMAT)
     payload["digest"] = tensor_digest(payload["backbone"], payload["head"])
     try:
         with atomic_write(path, "wb") as f:
@@ -74,7 +73,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
                              "nothing in it was run") from None
     except Exception as e:
-        raise ModelFileError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ModelFileError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelFileError(f"{path}: not an irface training checkpoint (no format: {CHECKPOINT_FORMAT})")
     missing = [k for k in ("backbone", "head", "step", "epoch", "digest") if k not in ckpt]

@@ -31,11 +31,12 @@ def param_groups(module: nn.Module, weight_decay: float, exclude_norm_bias: bool
                         {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
 
-def build_optimizer(module: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (momentum, coupled weight decay: the seed's) or AdamW (beta1 = momentum, decoupled decay)."""
+def build_optimizer(module: nn.Module, cfg: TrainConfig, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD (momentum, coupled weight decay: the seed's; `fused` kernels if asked) or AdamW (beta1 = momentum,
+    decoupled decay)."""
     groups = param_groups(module, cfg.weight_decay, cfg.wd_exclude_norm_bias)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, **({"fused": True} if fused else {}))
     return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
 
 

@@ -1,4 +1,4 @@
-"""Precision in one place: the models know nothing of autocast; the trainer asks here.
+"""Training precision: backend kernel choices and the fp16 loss scaler (names -> dtypes: `irface.device`).
 
 fp32 runs as is; bf16 is autocast with no scaler (its range is fp32's); fp16 is autocast plus a
 dynamic loss scale. The scaler is our own (a few lines) rather than `torch.amp.GradScaler` because
@@ -8,23 +8,13 @@ gradients, so "did anything overflow?" is answered from the all-reduced gradient
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable
 
 import torch
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # fp16: consecutive overflowing steps after which the scaler gives up (the scale is then 2**-4).
 MAX_CONSECUTIVE_SKIPS = 20
-
-
-def autocast(precision: str, device: torch.device) -> ContextManager:
-    """The forward pass's context for `precision` on `device` (a no-op for fp32)."""
-    dtype = DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def configure_backends(device: torch.device, deterministic: bool) -> Callable[[], None]:

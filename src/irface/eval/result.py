@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from irface.eval.protocol import min_pairs_for_far
-from irface.utils import atomic_write
 
 
 def far_key(far: float) -> str:
@@ -122,10 +119,3 @@ def report(results: Mapping[str, TargetResult], **meta: Any) -> dict[str, Any]:
     """One JSON-ready object: `meta` (model, device, ...) and every target's figures under `targets`."""
     return {**meta, "protocol": "10-fold, squared L2 on L2-normalised embeddings, thresholds 0:4:0.01",
             "targets": {name: r.to_dict() for name, r in results.items()}}
-
-
-def write_report(results: Mapping[str, TargetResult], path: str | Path, **meta: Any) -> None:
-    """`report(...)` as indented JSON, written atomically to `path`."""
-    with atomic_write(path, "w") as f:
-        json.dump(report(results, **meta), f, indent=2)
-        f.write("\n")

@@ -7,20 +7,18 @@ into place; a failed check leaves no output.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import os
-import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from irface.errors import ConfigError, UserError
+from irface.errors import ConfigError, UserError, first_line
 from irface.export.calibration import DEFAULT_CALIB_COUNT, load_calibration_images
 from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
@@ -31,9 +29,9 @@ from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
     DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
 )
-from irface.export.quantize import INT8_FORMS, normalised_batch, write_int8_onnx
+from irface.export.quantize import INT8_FORMS, INT8_METHOD, normalised_batch, write_int8_onnx
 from irface.models.loading import load_backbone
-from irface.utils import check_writable
+from irface.utils import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +41,32 @@ _FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"
                      ".pth": "pth", ".safetensors": "safetensors"}
 # Mean cosine similarity int8 vs fp32 embeddings of the calibration faces below which int8 is refused.
 INT8_MIN_COSINE = 0.95
+
+
+@dataclass
+class Int8Options:
+    """`--int8`: the faces to calibrate on (RecordIO folder, image folder or `.bin`), how many, the
+    calibration method (None: the form's), the form, and the least mean cosine to fp32 accepted."""
+
+    calib: Optional[str | Path] = None
+    count: int = DEFAULT_CALIB_COUNT
+    method: Optional[str] = None
+    form: str = "qdq"
+    min_cosine: float = INT8_MIN_COSINE
+
+
+@dataclass
+class ExportOptions:
+    """How `export_model` writes: `fmt` (None: from the suffix), `network` (to check the file against),
+    ONNX `opset`, `batch_size` (None: dynamic), `fp16` weights, `fold_bn`, and `int8` (ONNX only)."""
+
+    fmt: Optional[str] = None
+    network: Optional[str] = None
+    opset: int = DEFAULT_OPSET
+    batch_size: Optional[int] = None
+    fp16: bool = False
+    fold_bn: bool = True
+    int8: Optional[Int8Options] = None
 MIN_OPSET = 11
 
 
@@ -65,27 +89,6 @@ def format_for(output: str | Path, fmt: Optional[str] = None) -> str:
     return fmt
 
 
-@contextlib.contextmanager
-def staged_output(output: Path) -> Iterator[Path]:
-    """A temporary path beside `output` (same suffix); renamed onto `output` only if the block succeeds."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=f".partial{output.suffix}", dir=output.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def _check_onnx_file(path: Path, label: str):
     """onnx.checker, then the input/output contract; returns an onnxruntime session."""
     import onnx
@@ -93,11 +96,11 @@ def _check_onnx_file(path: Path, label: str):
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
-        raise ParityError(f"{label}: onnx.checker refused the export ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: onnx.checker refused the export ({first_line(e)}); output removed") from None
     try:
         sess = onnx_session(path)
     except Exception as e:
-        raise ParityError(f"{label}: onnxruntime cannot load the export ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: onnxruntime cannot load the export ({first_line(e)}); output removed") from None
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
         raise ParityError(f"{label}: expected one input '{INPUT_NAME}' and one output '{OUTPUT_NAME}', got "
@@ -114,24 +117,23 @@ def _export_onnx(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, la
     try:
         export_onnx(net, tmp, reference.input_size, opset=opset, batch_size=batch_size, metadata=meta)
     except Exception as e:
-        raise ParityError(f"{label}: the ONNX exporter failed ({_first_line(e)})") from None
+        raise ParityError(f"{label}: the ONNX exporter failed ({first_line(e)})") from None
     sess = _check_onnx_file(tmp, label)
     return check_parity(_onnx_runner(sess), reference, reference.input_size, tolerance, batches, label)
 
 
-def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
-                 opset: int, batch_size: Optional[int], batches: Sequence[int], calib_images: np.ndarray,
-                 calib_method: Optional[str], min_cosine: float, form: str,
-                 fold_bn: bool) -> tuple[list[dict], dict[str, Any]]:
+def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str], opts: ExportOptions,
+                 batches: Sequence[int], calib_images: np.ndarray) -> tuple[list[dict], dict[str, Any]]:
     import onnx
 
+    q, batch_size = opts.int8, opts.batch_size
     try:
-        write_int8_onnx(reference, tmp, calib_images, form, batch_size=batch_size, opset=opset, method=calib_method,
-                        fold_bn=fold_bn)
+        write_int8_onnx(reference, tmp, calib_images, q.form, batch_size=batch_size, opset=opts.opset, method=q.method,
+                        fold_bn=opts.fold_bn)
     except UserError:
         raise
     except Exception as e:
-        raise ParityError(f"{label}: int8 quantisation failed ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: int8 quantisation failed ({first_line(e)}); output removed") from None
     proto = onnx.load(str(tmp))
     set_metadata(proto, meta)
     onnx.save(proto, str(tmp))
@@ -143,7 +145,7 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
         try:
             out = np.asarray(run(random_input(batch, size)))
         except Exception as e:
-            raise ParityError(f"{label}: the int8 model failed to run at batch {batch} ({_first_line(e)})") from None
+            raise ParityError(f"{label}: the int8 model failed to run at batch {batch} ({first_line(e)})") from None
         if out.shape != (batch, reference.embedding_size) or not np.all(np.isfinite(out)):
             raise ParityError(f"{label}: the int8 model gave shape {out.shape} or non-finite values at batch {batch}")
         records.append({"batch": batch, "shape": list(out.shape)})
@@ -160,11 +162,11 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
         got, ref = [run(chunk)], [reference_embeddings(reference, chunk)]
     cos = cosine_similarity(np.concatenate(got), np.concatenate(ref))
     agreement = {"faces": int(len(cos)), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
-                 "min_mean_cosine_required": min_cosine}
+                 "min_mean_cosine_required": q.min_cosine}
     log.info("%s: int8 vs fp32 cosine similarity on %d faces: mean %.4f, min %.4f", label, len(cos), cos.mean(), cos.min())
-    if not cos.mean() >= min_cosine:
+    if not cos.mean() >= q.min_cosine:
         raise ParityError(f"{label}: int8 embeddings agree poorly with fp32 (mean cosine {cos.mean():.4f} < "
-                          f"{min_cosine}); output removed")
+                          f"{q.min_cosine}); output removed")
     return records, agreement
 
 
@@ -178,13 +180,13 @@ def _export_torchscript(net: torch.nn.Module, reference: torch.nn.Module, tmp: P
             traced = torch.jit.trace(net.eval(), example, check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA_FILE: json.dumps(meta)})
     except Exception as e:
-        raise ParityError(f"{label}: TorchScript tracing failed ({_first_line(e)})") from None
+        raise ParityError(f"{label}: TorchScript tracing failed ({first_line(e)})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
     except Exception as e:
-        raise ParityError(f"{label}: the saved TorchScript does not load ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: the saved TorchScript does not load ({first_line(e)}); output removed") from None
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -204,7 +206,7 @@ def _check_weights_file(tmp: Path, reference: torch.nn.Module, label: str, toler
     try:
         reloaded, _ = load_backbone(tmp)
     except Exception as e:
-        raise ParityError(f"{label}: the written weights do not load back ({_first_line(e)}); output removed") from None
+        raise ParityError(f"{label}: the written weights do not load back ({first_line(e)}); output removed") from None
     reloaded.eval()
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -213,28 +215,26 @@ def _check_weights_file(tmp: Path, reference: torch.nn.Module, label: str, toler
     return check_parity(run, reference, reference.input_size, tolerance, batches, label)
 
 
-def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] = None, *,
-                 network: Optional[str] = None, opset: int = DEFAULT_OPSET, batch_size: Optional[int] = None,
-                 fp16: bool = False, int8: bool = False, calib: Optional[str | Path] = None,
-                 calib_count: int = DEFAULT_CALIB_COUNT, calib_method: Optional[str] = None, fold_bn: bool = True,
-                 int8_min_cosine: float = INT8_MIN_COSINE, int8_form: str = "qdq") -> dict[str, Any]:
-    """Export the backbone in `model_path` to `output`, check it, and return a report (JSON-ready dict).
+def export_model(model_path: str | Path, output: str | Path, opts: Optional[ExportOptions] = None) -> dict[str, Any]:
+    """Export the backbone in `model_path` to `output` as `opts` says, check it, and return a report (JSON-ready).
 
-    `fmt`: onnx, torchscript, pth or safetensors (default: from the suffix). `batch_size`: None for a
-    dynamic batch (ONNX), else a fixed one. `fp16` halves the weights (input and output stay float32);
-    `int8` (ONNX only) quantises with onnxruntime, calibrated on `calib` (image folder or `.bin`).
-    Raises `ParityError` (nothing written) when the exported model disagrees with PyTorch.
+    Formats: onnx, torchscript, pth or safetensors. `fp16` halves the weights (input and output stay
+    float32); `int8` (ONNX only) quantises with onnxruntime, calibrated on faces. Raises `ParityError`
+    (nothing written) when the exported model disagrees with PyTorch.
     """
+    opts = opts or ExportOptions()
     output = Path(output)
-    fmt = format_for(output, fmt)
+    fmt = format_for(output, opts.fmt)
+    network, opset, batch_size, fp16, fold_bn, q = opts.network, opts.opset, opts.batch_size, opts.fp16, opts.fold_bn, opts.int8
+    int8 = q is not None
     if fp16 and int8:
         raise ConfigError("--fp16 and --int8 exclude each other")
     if int8 and fmt != "onnx":
         raise ConfigError(f"--int8 needs --format onnx (onnxruntime quantisation), not {fmt}")
-    if int8 and calib is None:
+    if int8 and q.calib is None:
         raise ConfigError("--int8 needs --calib (a RecordIO training folder, a folder of aligned faces or a .bin)")
-    if int8 and int8_form not in INT8_FORMS:
-        raise ConfigError(f"unknown int8 form '{int8_form}'; known: {', '.join(INT8_FORMS)}")
+    if int8 and q.form not in INT8_FORMS:
+        raise ConfigError(f"unknown int8 form '{q.form}'; known: {', '.join(INT8_FORMS)}")
     if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
     if fmt == "onnx" and opset < MIN_OPSET:
@@ -248,7 +248,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     meta = export_metadata(info, model.input_size, model.embedding_size, precision,
                            batch_size if fmt == "onnx" else None)
-    calib_images = load_calibration_images(calib, calib_count, model.input_size) if int8 else None
+    calib_images = load_calibration_images(q.calib, q.count, model.input_size) if int8 else None
     tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     batches = (batch_size,) if batch_size and fmt == "onnx" else CHECK_BATCHES
     label = str(output)
@@ -263,15 +263,14 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
         "batch": "dynamic" if batch_size is None or fmt != "onnx" else batch_size,
         "bn_folded": bool(fold_bn and fmt in ("onnx", "torchscript")),
     }
-    log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or "iresnet", output, fmt, precision)
-    with staged_output(output) as tmp:
+    log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or info.get("family"), output, fmt, precision)
+    with atomic_path(output, f".partial{output.suffix}") as tmp:
         if fmt == "onnx" and int8:
-            checks, agreement = _export_int8(model, tmp, label, meta, opset, batch_size, batches,
-                                             calib_images, calib_method, int8_min_cosine, int8_form, fold_bn)
+            checks, agreement = _export_int8(model, tmp, label, meta, opts, batches, calib_images)
             report["int8_agreement"] = agreement
-            report["int8_form"] = {"name": int8_form, "description": INT8_FORMS[int8_form].description}
-            report["calibration"] = {"source": str(calib), "images": int(len(calib_images)),
-                                     "method": calib_method or INT8_FORMS[int8_form].method}
+            report["int8_form"] = {"name": q.form, "description": INT8_FORMS[q.form].description}
+            report["calibration"] = {"source": str(q.calib), "images": int(len(calib_images)),
+                                     "method": q.method or INT8_METHOD}
         elif fmt == "onnx":
             checks = _export_onnx(net, model, tmp, label, meta, opset, batch_size, tolerance, batches)
         elif fmt == "torchscript":

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from irface.errors import UserError
+from irface.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], reference: torch.nn.Mo
             got = np.asarray(run(x))
         except Exception as e:  # a model that does not run is a failed check, not a crash
             raise ParityError(f"{what}: the exported model failed to run at batch {batch} "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"({first_line(e)})") from None
         err = relative_error(got, ref)
         log.info("%s: batch %d relative error %.3g (tolerance %.0e)", what, batch, err, tolerance)
         records.append({"batch": batch, "relative_error": err, "tolerance": tolerance})

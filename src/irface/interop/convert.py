@@ -16,24 +16,13 @@ from typing import Any, Optional
 
 import torch
 
-from irface.errors import ModelFileError, UserError
+from irface.errors import UserError
+from irface.models.variants import check_network, network_for_layers
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".pth", ".safetensors", ".pt")
-
-
-def _check_network(network: Optional[str], info: dict[str, Any], source: Path) -> None:
-    from irface.models.variants import DEPTHS
-
-    if network is None:
-        return
-    if network not in DEPTHS:
-        raise ModelFileError(f"unknown network '{network}'; known: {', '.join(DEPTHS)}")
-    if DEPTHS[network] != info["arch"]["layers"]:
-        held = info.get("network") or f"an IResNet with depths {info['arch']['layers']}"
-        raise ModelFileError(f"{source}: holds {held}, not {network}")
 
 
 def irface_checkpoint(state: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +85,8 @@ def convert_mindspore(source: str | Path, output: str | Path, network: Optional[
     source = Path(source)
     state, info = read_mindspore_backbone(source)
     info["path"] = str(source)
-    _check_network(network, info, source)
+    layers = info["arch"]["layers"]
+    check_network(network, network_for_layers(layers), str(source), f"an IResNet with depths {layers}")
     out = write_converted(state, info, output)
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     params = sum(v.numel() for k, v in state.items() if not k.endswith(buffers))
