@@ -58,6 +58,9 @@ TINY: dict[str, str] = {
 
 # Text that must appear in a command's output (stdout + stderr).
 EXPECT: dict[str, list[str]] = {
+    # The reference's TAR@FAR table and the 1:N lines of the synthetic IJB-C set.
+    "irface eval --ckpt tests/fixtures/mindspore/tiny_iresnet_e.ckpt --ijb": [
+        "| N1D1F1-IJBC  |", "0.0001", "1:N reference script", "1:N NIST   G1"],
     # Trains and verifies during training on the 112-px .bin sets of `irface data synth`.
     "irface train --config configs/demo.yaml data_path=DATA num_classes=30": [
         "lfw.bin: 112x112 images resized to 56x56", "[lfw]Accuracy-Flip: ", "[cfp_fp]Accuracy-Flip: ",

@@ -104,8 +104,8 @@ def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.n
                    chunk: int = POOL_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique template ids, float64 (T, E) unnormalised template features).
 
-    `features(indices)` returns the float32 image features of those images (rows in that order), so
-    only `chunk` images are gathered at a time. Images are visited template by template, media by
+    `features(rows)` returns the float32 image features of those images (rows: an index array or a
+    slice, in that order), so only `chunk` images are gathered at a time. Images are visited template by template, media by
     media (ids ascending), in file order within a media: the reference's summation order.
     """
     templates = np.asarray(templates, dtype=np.int64)
@@ -123,7 +123,10 @@ def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.n
         t_end = max(t + 1, int(np.searchsorted(bounds, bounds[t] + chunk, side="right")) - 1)
         t_end = min(t_end, len(t_starts))
         lo, hi = bounds[t], bounds[t_end]
-        x = np.asarray(features(order[lo:hi]), dtype=np.float32)
+        rows = order[lo:hi]
+        if rows[-1] - rows[0] == hi - lo - 1 and (hi - lo == 1 or bool(np.all(np.diff(rows) == 1))):
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a run of the file (the archive's usual order): a view
+        x = np.asarray(features(rows), dtype=np.float32)
         if out is None:
             out = np.zeros((len(t_starts), x.shape[1]), dtype=np.float64)
         m_lo, m_hi = np.searchsorted(media_starts, [lo, hi])
