@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,16 @@ def test_calibrate_batchnorm_normalises_what_it_saw(tiny_backbone):
     assert not model.training
     out = seen["out"].transpose(0, 1).reshape(8, -1)
     assert out.mean(1).abs().max() < 0.05 and (out.var(1) - 1).abs().max() < 0.1
+
+
+def test_photo_times_detection_and_photo_to_embedding(capsys):
+    realface = Path(__file__).parent / "fixtures" / "realface"
+    argv = ["bench", "photo", str(realface / "photos" / "obama" / "obama.jpg"), "--model",
+            str(realface / "models" / "mobilefacenet_128d.onnx"), "--sizes", "320x240,640x480", "--steps", "2",
+            "--warmup", "0", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["size"] for r in report["rows"]] == ["320x240", "640x480"]
+    for row in report["rows"]:
+        assert row["faces"] == 1 and 0 < row["detect_ms_min"] <= row["detect_ms"]
+        assert 0 < row["photo_to_embedding_ms_min"] <= row["photo_to_embedding_ms"]

@@ -1,4 +1,4 @@
-"""`irface bench train|infer|data|eval|scale`: speed figures (parsing only; the work is in `irface.bench`)."""
+"""`irface bench train|infer|data|eval|photo|scale`: speed figures (parsing only; the work is in `irface.bench`)."""
 
 from __future__ import annotations
 
@@ -124,6 +124,20 @@ def register(sub) -> None:
     e.add_argument("--no-flip", dest="flip", action="store_false", help="skip the mirrored images")
     e.set_defaults(func=run_eval)
 
+    ph = bsub.add_parser("photo", help="a photo to faces and embeddings (detection, and end to end)",
+                         description="Time face detection alone and the whole path from a JPEG photo to the "
+                                     "embedding of its face (decode, detect, align, embed), the photo resized to each "
+                                     "size, in interleaved rounds.")
+    ph.add_argument("photo", metavar="PHOTO", help="a photo with a face (resized to each --sizes)")
+    ph.add_argument("--model", required=True, metavar="FILE", help="the embedding model (any file irface reads)")
+    ph.add_argument("--sizes", default="640x480,1280x960", metavar="WxH,..", help="photo sizes (default 640x480,1280x960)")
+    ph.add_argument("--det-size", type=int, default=640, metavar="S", help="detection size (default 640, as the commands)")
+    ph.add_argument("--steps", type=int, default=20, metavar="K", help="timed rounds; the median is reported (default 20)")
+    ph.add_argument("--warmup", type=int, default=3, metavar="W", help="untimed calls of each step first (default 3)")
+    ph.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_json_argument(ph)
+    ph.set_defaults(func=run_photo)
+
     d = ScaleOptions()
     s = bsub.add_parser("scale", help="the classification head's cost at 100k..10M classes",
                         description="Partial FC memory and time per step against classes, ranks and sample rate: "
@@ -219,6 +233,16 @@ def run_eval(args: argparse.Namespace) -> int:
     from irface.bench.options import EvalOptions
 
     return _report(bench_eval, _options(EvalOptions, args, backbone_kwargs=_backbone_kwargs(args)), args)
+
+
+def run_photo(args: argparse.Namespace) -> int:
+    from irface.bench.photo import bench_photo, parse_sizes
+    from irface.bench.report import format_report
+
+    report = bench_photo(args.photo, args.model, parse_sizes(args.sizes), steps=args.steps, warmup=args.warmup,
+                         device=args.device, det_size=args.det_size)
+    emit(report, args.json, format_report(report))
+    return 0
 
 
 def run_scale(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -31,21 +32,71 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
-def embed_faces(embedder: Embedder, sources: Sequence[FaceSource], batch_size: int = 64,
-                progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 (N, E) embeddings of `sources`, in order, with a progress bar on stderr."""
+@dataclass
+class EmbedResult:
+    """What `embed_sources` found: one row per face, and the inputs it skipped with the reason."""
+
+    names: list[str]
+    embeddings: np.ndarray  # float32 (N, E), L2-normalised
+    norms: np.ndarray  # float32 (N,), each raw embedding's length before normalisation
+    faces: list[dict] = field(default_factory=list)  # PhotoFace.to_dict() of each row
+    skipped: list[dict] = field(default_factory=list)  # {"name", "reason"}
+
+
+def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size: int = 64, progress: bool = True,
+                  *, mode: str = "auto", all_faces: bool = False, strict: bool = False,
+                  detector=None) -> EmbedResult:
+    """Embed every face of `sources` (photos are detected and aligned as `irface.infer.photo` decides).
+
+    An input that cannot be read or holds no face is logged and skipped (with `strict`, it stops the
+    run with its DataError); crops are embedded `batch_size` at a time as they come.
+    """
     from tqdm import tqdm
+
+    from irface.infer.photo import faces_from_source, no_face_error
 
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
-    out = np.empty((len(sources), embedder.embedding_size), dtype=np.float32)
+    names: list[str] = []
+    faces: list[dict] = []
+    skipped: list[dict] = []
+    chunks: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending:
+            chunks.append(embedder.embed(np.stack(pending)).astype(np.float32))
+            pending.clear()
+
     with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not progress, desc="embed") as bar:
-        for start in range(0, len(sources), batch_size):
-            chunk = sources[start:start + batch_size]
-            images = np.stack([s.load() for s in chunk])
-            out[start:start + len(chunk)] = l2_normalize(embedder.embed(images))
-            bar.update(len(chunk))
-    return out
+        for source in sources:
+            try:
+                found = faces_from_source(source, mode=mode, all_faces=all_faces, detector=detector,
+                                          size=embedder.input_size)
+                if not found:
+                    raise no_face_error(source.name, detector)
+            except DataError as e:
+                if strict:
+                    raise
+                log.warning("skipped %s", e)
+                skipped.append({"name": source.name, "reason": str(e)})
+                found = []
+            for face in found:
+                names.append(face.name)
+                faces.append(face.to_dict())
+                pending.append(face.crop)
+                if len(pending) == batch_size:
+                    flush()
+            bar.update(1)
+        flush()
+    raw = np.concatenate(chunks) if chunks else np.zeros((0, embedder.embedding_size), np.float32)
+    return EmbedResult(names, l2_normalize(raw), np.linalg.norm(raw, axis=1).astype(np.float32), faces, skipped)
+
+
+def embed_faces(embedder: Embedder, sources: Sequence[FaceSource], batch_size: int = 64,
+                progress: bool = True) -> np.ndarray:
+    """L2-normalised float32 (N, E) embeddings of aligned crops `sources`, in order (no detection)."""
+    return embed_sources(embedder, sources, batch_size, progress, mode="aligned", strict=True).embeddings
 
 
 def check_output(path: str | Path) -> Path:
@@ -116,11 +167,18 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
 
 def embed_to_file(embedder: Embedder, inputs: Sequence[str | Path], output: str | Path, batch_size: int = 64,
-                  progress: bool = True) -> dict:
-    """Embed every face under `inputs` and write them to `output`; returns a summary dict."""
+                  progress: bool = True, *, mode: str = "auto", all_faces: bool = False, strict: bool = False,
+                  detector=None) -> dict:
+    """Embed every face under `inputs` and write them to `output`; returns a summary dict
+    (count, embedding_size, files, skipped)."""
     output = check_output(output)
     sources = collect_faces(inputs, embedder.input_size)
-    embeddings = embed_faces(embedder, sources, batch_size, progress)
-    files = write_embeddings(output, embeddings, [s.name for s in sources])
-    log.info("wrote %d embeddings of size %d to %s", len(sources), embeddings.shape[1], output)
-    return {"count": len(sources), "embedding_size": int(embeddings.shape[1]), "files": [str(f) for f in files]}
+    result = embed_sources(embedder, sources, batch_size, progress, mode=mode, all_faces=all_faces,
+                           strict=strict, detector=detector)
+    if not result.names:
+        raise DataError(f"no face embedded: all {len(sources)} inputs were skipped "
+                        f"(first: {result.skipped[0]['reason']})")
+    files = write_embeddings(output, result.embeddings, result.names)
+    log.info("wrote %d embeddings of size %d to %s", len(result.names), result.embeddings.shape[1], output)
+    return {"count": len(result.names), "embedding_size": int(result.embeddings.shape[1]),
+            "files": [str(f) for f in files], "skipped": result.skipped}

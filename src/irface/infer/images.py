@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from irface.data.images import IMAGE_SUFFIXES, decode_image, list_image_files, open_image
+from irface.data.images import IMAGE_SUFFIXES, _to_rgb, decode_image, list_image_files, open_image
 from irface.errors import DataError
 
 
@@ -39,18 +39,23 @@ def open_rgb(path: str | Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            # Grey, palette, CMYK, alpha (dropped) and 16-bit modes as decode_image converts them.
+            return _to_rgb(ImageOps.exif_transpose(img))
     except Exception as e:
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
-    return np.asarray(img, dtype=np.uint8)
 
 
 @dataclass
 class FaceSource:
-    """One face to embed: a name for the output's file list and a function that returns the crop."""
+    """One input to embed: a name for the output's file list and a function that returns its image.
+
+    `photo` is the image file when the source is one (it may then need detection, see
+    `irface.infer.photo`); RecordIO records are aligned crops and have none.
+    """
 
     name: str
     load: Callable[[], np.ndarray]
+    photo: Optional[Path] = None
 
 
 def _is_recordio(path: Path) -> bool:
@@ -95,9 +100,9 @@ def collect_faces(inputs: Sequence[str | Path], size: int = 112) -> list[FaceSou
             files = list_image_files(path)
             if not files:
                 raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            sources += [FaceSource(str(p), (lambda p=p: read_face(p, size))) for p in files]
+            sources += [FaceSource(str(p), (lambda p=p: read_face(p, size)), p) for p in files]
         else:
-            sources.append(FaceSource(str(path), (lambda p=path: read_face(p, size))))
+            sources.append(FaceSource(str(path), (lambda p=path: read_face(p, size)), path))
     return sources
 
 
