@@ -22,10 +22,8 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, image folders, or a folder with train.rec")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="emb.npy, emb.npz or emb.parquet")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision for PyTorch models on CUDA (default fp32)")
-    p.add_argument("--network", help="backbone name for a bare state dict (checked if given)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     add_model_arguments(p)
     add_face_arguments(p)

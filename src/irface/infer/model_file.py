@@ -141,9 +141,9 @@ def guess_onnx_norm(path: Path) -> tuple[InputNorm, str]:
         nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
     except Exception:
         return InputNorm(source="guess"), "graph unreadable, so the common (x - 127.5) / 127.5"
-    names = [(n.name or n.op_type) for n in nodes]
-    has_sub = any(n.startswith(("Sub", "_minus")) or t.op_type == "Sub" for n, t in zip(names, nodes))
-    has_mul = any(n.startswith(("Mul", "_mul")) or t.op_type == "Mul" for n, t in zip(names, nodes))
+    # By node name, exactly as insightface's ArcFaceONNX decides (mxnet exports name them so).
+    has_sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    has_mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
     if has_sub and has_mul:
         return InputNorm((0.0,) * 3, (1.0,) * 3, False, "guess"), "the graph starts with Sub and Mul (normalises inside)"
     return InputNorm(source="guess"), "no Sub/Mul at the graph's start"
