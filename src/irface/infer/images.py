@@ -48,19 +48,24 @@ def open_rgb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     data = read_file(path)
-    img = open_image(data, str(path))  # the header only: size checked before any pixel is decoded
+    # The header only: the size is checked before any pixel is decoded.
+    return decode_rgb(open_image(data, str(path)), data, str(path))
+
+
+def decode_rgb(img: Image.Image, data: bytes, source: str) -> np.ndarray:
+    """An image opened by `open_image` from `data` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
             orientation = img.getexif().get(0x0112, 1)
-            arr = _decode_jpeg_fast(data, str(path))
+            arr = _decode_jpeg_fast(data, source)
             if arr is None:
                 img.load()
                 arr = _to_rgb(img)
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{path}: cannot decode image ({first_line(e)})") from None
+        raise DataError(f"{source}: cannot decode image ({first_line(e)})") from None
     upright = _UPRIGHT.get(orientation)
     return np.ascontiguousarray(upright(arr)) if upright else arr
 

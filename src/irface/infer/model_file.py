@@ -93,6 +93,10 @@ class InputNorm:
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
+    def is_standard(self) -> bool:
+        """irface's own normalisation (RGB, (x - 127.5) / 127.5)."""
+        return not self.bgr and self.mean == (MEAN,) * 3 and self.std == (STD,) * 3
+
     def describe(self) -> str:
         def fmt(v):
             return f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v)
