@@ -109,10 +109,21 @@ def test_missing_target_lists_what_is_there(tmp_path):
     assert list(run_verification(model.embed, tmp_path, ["cfp_fp.bin", "lfw"])) == ["cfp_fp", "lfw"]
 
 
-def test_input_size_mismatch_is_one_clear_line(tmp_path):
+def test_images_of_another_size_reach_the_model_at_its_input_size(tmp_path):
     make_bin(tmp_path / "lfw.bin", n_pairs=10, size=16)
-    with pytest.raises(ModelFileError, match=r"expects 112x112 faces, but .*lfw\.bin holds 16x16 images"):
-        evaluate_bin(Counter(column_features, input_size=112).embed, tmp_path / "lfw.bin")
+    seen = []
+    model = Counter(lambda x: seen.append(x.shape) or column_features(x), input_size=24)
+    evaluate_bin(model.embed, tmp_path / "lfw.bin")
+    assert seen and all(shape[1:] == (24, 24, 3) for shape in seen)
+
+
+def test_an_undecodable_image_is_still_one_clear_line(tmp_path):
+    images, issame = make_pair_images(10, 16)
+    encoded = [png(x) for x in images]
+    encoded[0] = b"not an image"
+    save_bin(tmp_path / "lfw.bin", encoded, issame)
+    with pytest.raises(DataError, match=r"lfw\.bin image 0: cannot decode image"):
+        evaluate_bin(Counter(column_features, input_size=24).embed, tmp_path / "lfw.bin")
 
 
 def test_embedding_shape_and_size_mismatch(tmp_path):

@@ -107,12 +107,24 @@ def _run_embed(embed_fn: EmbedFn, images: np.ndarray, path: Path, expected_dim: 
     return out.astype(np.float32, copy=False)
 
 
+_RESIZES_REPORTED: set[tuple[str, int, int, int]] = set()
+
+
+def _report_resize(path: Path, width: int, height: int, size: int) -> None:
+    """Say once per set and size (not at every verification of a training run) that images are resized."""
+    key = (str(path.resolve()), width, height, size)
+    if key not in _RESIZES_REPORTED:
+        _RESIZES_REPORTED.add(key)
+        log.info("%s: %dx%d images resized to %dx%d", path.name, width, height, size, size)
+
+
 def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
               image_size: Optional[int] = None, min_pairs: int = 1) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
     """Raw float32 embeddings of a `.bin`'s images (and of their mirror images) and the pair labels.
 
-    `image_size` defaults to the model's (`embed_fn.input_size` or its Embedder's); the set's images
-    must have that size.
+    `image_size` defaults to the model's (`embed_fn.input_size` or its Embedder's); images of another
+    size are resized to it on decode as the training decoder does (short side, bilinear, centre crop),
+    as the reference's `load_bin` does, and that is logged once per set.
     """
     path = Path(path)
     if batch_size < 1:
@@ -127,7 +139,7 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
             raise DataError(f"{path}: images are {w}x{h}, not square")
         size = w
     elif (w, h) != (size, size):
-        raise ModelFileError(f"{_model_name(embed_fn)} expects {size}x{size} faces, but {path} holds {w}x{h} images")
+        _report_resize(path, w, h, size)
     expected_dim = _model_attr(embed_fn, "embedding_size")
     n = len(bins)
     emb: Optional[np.ndarray] = None
