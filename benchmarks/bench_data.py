@@ -20,21 +20,13 @@ import time
 from pathlib import Path
 
 
-def _loader_rate(dataset, batch: int, workers: int, images: int) -> float:
-    from irface.data.loader import build_train_loader, set_loader_epoch
+def _loader_rate(folder: Path, batch: int, workers: int, images: int) -> float:
+    """`irface bench data`'s measurement: the training loader, prefetched batches drained first."""
+    from irface.bench.data import bench_data
+    from irface.bench.options import DataOptions
 
-    loader = build_train_loader(dataset, batch, num_workers=workers, persistent_workers=False,
-                                prefetch_factor=4)
-    set_loader_epoch(loader, 0)
-    it = iter(loader)
-    next(it)  # start-up (worker fork, first open) is not throughput
-    steps = max(1, min(len(loader) - 1, images // batch))
-    start = time.perf_counter()
-    for _ in range(steps):
-        x, y = next(it)
-    elapsed = time.perf_counter() - start
-    del it
-    return steps * batch / elapsed
+    opts = DataOptions(str(folder), batch_size=batch, steps=max(1, images // batch), warmup=1, workers=workers)
+    return bench_data(opts)["images_per_s"]
 
 
 def _decode_rate(dataset, images: int) -> float:
@@ -108,7 +100,7 @@ def main(argv=None) -> int:
             best = lambda f, *a: max(f(*a) for _ in range(max(1, args.repeat)))  # noqa: E731
             figures = {"decode_per_s": round(best(_decode_rate, dataset, args.images))}
             for w in args.workers:
-                rate = best(_loader_rate, dataset, args.batch, w, args.images)
+                rate = best(_loader_rate, folder, args.batch, w, args.images)
                 figures[f"loader_workers_{w}_per_s"] = round(rate)
                 if w == 0:
                     figures["per_worker_per_s"] = round(rate)

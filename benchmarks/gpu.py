@@ -39,9 +39,10 @@ def _write(path: Path, report: dict) -> None:
 
 
 def parts(args: argparse.Namespace) -> list[tuple[str, object]]:
-    from irface.bench.infer import InferOptions, bench_infer
-    from irface.bench.scale import ScaleOptions, bench_scale
-    from irface.bench.train import TrainOptions, bench_train
+    from irface.bench.infer import bench_infer
+    from irface.bench.options import InferOptions, ScaleOptions, TrainOptions
+    from irface.bench.scale import bench_scale
+    from irface.bench.train import bench_train
 
     tiny = args.tiny
     kw = dict(TINY) if tiny else {}
@@ -132,10 +133,11 @@ def end_to_end(args: argparse.Namespace) -> dict:
 def loader_speed(args: argparse.Namespace) -> dict:
     """The training loader alone (decode on workers, uint8 to the GPU, normalise there)."""
     from irface.bench.data import bench_data
+    from irface.bench.options import DataOptions
 
-    return bench_data(training_data(args), batch_size=8 if args.tiny else args.batch_size,
-                      steps=2 if args.tiny else 20, warmup=1 if args.tiny else 2, workers=loader_workers(),
-                      device=args.device)
+    return bench_data(DataOptions(str(training_data(args)), batch_size=8 if args.tiny else args.batch_size,
+                                  steps=2 if args.tiny else 20, warmup=1 if args.tiny else 2, workers=loader_workers(),
+                                  device=args.device))
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,6 @@
     PYTHONPATH=src python benchmarks/int8_accuracy.py --model demo_out/run --calib demo_out/data \
         --pairs 6000 --json int8_accuracy_6000.json                     # 6,000 pairs per set, like LFW
 
-    PYTHONPATH=src python benchmarks/int8_accuracy.py --model demo_out/run --calib demo_out/data \
-        --sets demo_out/data --forms qdq qdq/eq qdq/as-before --noise-seeds 0   # what each step bought
-
 For each int8 form (`irface export --int8 --int8-form ...`, calibrated on `--calib`), the protocol's
 Accuracy-Flip of fp32 and int8 on each set, and the paired measure: both judged at fp32's threshold,
 how many pair decisions changed. Then the same comparison for fp32 embeddings plus random noise of
@@ -29,30 +26,6 @@ from pathlib import Path
 import numpy as np
 
 SETS = ("lfw", "cfp_fp", "agedb_30")
-# Variants of a form, named FORM/ABLATION in --forms: the recipe with a step added or taken back.
-ABLATIONS = {
-    "eq": {"equalize_alpha": 0.5},  # with activation equalisation (irface.export.equalize), alpha 0.5
-    # the recipe before the shortcuts and the FC stayed float
-    "as-before": {"float_shortcuts": False, "op_types": ("Conv", "Gemm", "MatMul")},
-}
-
-
-def register_ablation(name: str) -> bool:
-    """Make FORM/ABLATION known to `irface.export` (in this process only); True when it was added."""
-    import dataclasses
-
-    from irface.export.quantize import INT8_FORMS
-
-    if name in INT8_FORMS:
-        return False
-    form, _, ablation = name.partition("/")
-    if form not in INT8_FORMS or ablation not in ABLATIONS:
-        raise SystemExit(f"int8_accuracy.py: unknown form {name!r}; forms: {', '.join(INT8_FORMS)}, "
-                         f"optionally /{' or /'.join(ABLATIONS)}")
-    INT8_FORMS[name] = dataclasses.replace(INT8_FORMS[form], name=name, **ABLATIONS[ablation])
-    return True
-
-
 class NoisyEmbedder:
     """fp32 embeddings plus isotropic Gaussian noise of `relative` times each embedding's norm."""
 
@@ -96,25 +69,18 @@ def main(argv=None) -> int:
     p.add_argument("--sets", help="folder with lfw.bin, cfp_fp.bin, agedb_30.bin")
     p.add_argument("--pairs", type=int, help="synthesise sets of this many pairs instead of --sets")
     p.add_argument("--forms", nargs="+", default=["qdq", "cpu"],
-                   help="int8 forms (default qdq cpu), each optionally FORM/ABLATION: " + ", ".join(ABLATIONS))
+                   help="int8 forms (default qdq cpu)")
     p.add_argument("--noise-seeds", type=int, default=3, help="noise repeats (default 3)")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
     if bool(args.sets) == bool(args.pairs):
         p.error("give --sets or --pairs")
     logging.basicConfig(level=logging.WARNING)
-    from irface.export.quantize import INT8_FORMS
-
-    added = [form for form in args.forms if register_ablation(form)]
-    try:
-        return measure(args)
-    finally:
-        for form in added:
-            INT8_FORMS.pop(form, None)
+    return measure(args)
 
 
 def measure(args) -> int:
-    from irface.export import export_model
+    from irface.export import ExportOptions, Int8Options, export_model
     from irface.infer import load_model
     from irface.infer.accuracy import compare_accuracy
 
@@ -128,7 +94,7 @@ def measure(args) -> int:
         bins = [sets_dir / f"{n}.bin" for n in SETS]
         for form in args.forms:
             out = Path(tmp) / f"int8-{form.replace('/', '-')}.onnx"
-            report = export_model(args.model, out, int8=True, calib=args.calib, int8_form=form)
+            report = export_model(args.model, out, ExportOptions(int8=Int8Options(args.calib, form=form)))
             forms[form] = {"int8_agreement": report["int8_agreement"], "calibration": report["calibration"]}
             rows += rows_of(f"int8 {form}", compare_accuracy(reference, load_model(out), bins, reference_cache=cache))
             print(f"int8 {form}: done", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_train_single_with_flags(capsys):
 
 
 def test_train_defaults_are_the_training_config(tmp_path):
-    from irface.bench.train import TrainOptions
+    from irface.bench.options import TrainOptions
     from irface.config import TrainConfig
 
     cfg, opts = TrainConfig(), TrainOptions()
@@ -252,15 +253,14 @@ def test_calibrate_batchnorm_normalises_what_it_saw(tiny_backbone):
     assert out.mean(1).abs().max() < 0.05 and (out.var(1) - 1).abs().max() < 0.1
 
 
-def test_synthetic_faces_identities():
-    from irface.bench.inputs import synthetic_faces
-
-    images, labels = synthetic_faces(4, 2, size=32, seed=0)
-    assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
-    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    flat = images.reshape(8, -1).astype(float)
-    same = np.linalg.norm(flat[0] - flat[1])
-    other = min(np.linalg.norm(flat[0] - flat[i]) for i in range(2, 8))
-    assert same < other
-    again, _ = synthetic_faces(4, 2, size=32, seed=0)
-    assert np.array_equal(images, again)
+def test_photo_times_detection_and_photo_to_embedding(capsys):
+    realface = Path(__file__).parent / "fixtures" / "realface"
+    argv = ["bench", "photo", str(realface / "photos" / "obama" / "obama.jpg"), "--model",
+            str(realface / "models" / "mobilefacenet_128d.onnx"), "--sizes", "320x240,640x480", "--steps", "2",
+            "--warmup", "0", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["size"] for r in report["rows"]] == ["320x240", "640x480"]
+    for row in report["rows"]:
+        assert row["faces"] == 1 and 0 < row["detect_ms_min"] <= row["detect_ms"]
+        assert 0 < row["photo_to_embedding_ms_min"] <= row["photo_to_embedding_ms"]

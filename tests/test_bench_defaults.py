@@ -68,7 +68,7 @@ def test_load_model_default_matches_the_plain_network(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(model.state_dict(), path)
     embedder = load_model(path)
-    assert embedder.memory_format == torch.channels_last
+    assert embedder.channels_last
     assert _bns(embedder.model) == []
     images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     with torch.no_grad():

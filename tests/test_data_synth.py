@@ -9,6 +9,7 @@ import torch
 from irface.data import load_bin, synth
 from irface.data.recordio import RecordIODataset
 from irface.data.bin import read_bin
+from irface.data.images import decode_image
 
 
 def best_threshold_accuracy(sims: np.ndarray, issame: np.ndarray) -> float:
@@ -38,6 +39,17 @@ def test_writes_the_real_formats_deterministically(tmp_path):
     assert [ds[i][1] for i in range(6)] == [0, 0, 1, 1, 2, 2]
     images, issame = load_bin(tmp_path / "a" / "lfw.bin", image_size=32)
     assert images.shape == (40, 32, 32, 3) and issame.tolist() == [True, False] * 10
+
+
+def test_render_size_at_the_image_size_draws_sharper_faces():
+    """Shapes drawn at the image size (the demo's 56 px), not at half of it, keep their edges."""
+
+    def edges(render_size=None) -> float:
+        images = synth.train_images(0, ids=4, per_id=4, size=56, difficulty=0.0, render_size=render_size)
+        pixels = np.stack([decode_image(data, 56) for _, data in images]).astype(float)
+        return float(np.abs(np.diff(pixels, axis=2)).mean())
+
+    assert edges(render_size=56) > 1.3 * edges()
 
 
 def test_chunking_does_not_change_the_images():
@@ -103,3 +115,14 @@ def test_untrained_network_and_raw_pixels_verify_near_chance(lfw_like):
     assert best_threshold_accuracy(cosine_pairs(emb), issame) < 0.7
     # The knob works: without nuisances the identity alone shows in the raw pixels.
     assert best_threshold_accuracy(cosine_pairs(easy_images), easy_same) > 0.8
+
+
+def test_faces_are_unencoded_training_images_of_each_identity():
+    from irface.data.synth import faces
+
+    images, labels = faces(0, 3, 2, size=32)
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert images.std() > 10  # faces, not a blank
+    again, _ = faces(0, 3, 2, size=32)
+    assert np.array_equal(images, again)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from irface.cli import main
-from test_eval_run import make_bin
+from test_eval_run import make_bin, png
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mindspore" / "tiny_iresnet_e.ckpt"
 SEED_LINES = [r"\[{0}\]XNorm: \d+\.\d{{6}}", r"\[{0}\]Accuracy: \d\.\d{{5}}\+-\d\.\d{{5}}",
@@ -121,10 +121,31 @@ def test_missing_target_is_one_line_listing_the_folder(bins, model_files, capsys
     assert err.count("\n") == 1 and "agedb_30.bin: no such verification set" in err and "cfp_fp, lfw" in err
 
 
-def test_input_size_mismatch_is_one_line(tmp_path, capsys):
-    make_bin(tmp_path / "lfw.bin", n_pairs=10, size=16)
-    code, _, err = run_cli(["--ckpt", str(FIXTURE), "--data", str(tmp_path), "--targets", "lfw"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "expects 8x8 faces" in err and "16x16" in err
+def test_a_bin_of_another_size_is_resized_as_the_training_decoder_does(tmp_path, capsys, caplog):
+    """A 112-px .bin through a 56-px network gives the figures of that .bin rewritten at 56 px by decode_image."""
+    from irface.data import decode_image, read_bin, save_bin
+    from irface.models import IResNet
+
+    torch.manual_seed(0)
+    torch.save(IResNet(layers=[1, 1], widths=[4, 8], embedding_size=16, input_size=56).state_dict(),
+               tmp_path / "net56.pth")
+    big, small = tmp_path / "big", tmp_path / "small"
+    big.mkdir(), small.mkdir()
+    make_bin(big / "lfw.bin", n_pairs=12, size=112, seed=4, fmt="jpeg")
+    encoded, issame = read_bin(big / "lfw.bin")
+    save_bin(small / "lfw.bin", [png(decode_image(b, 56)) for b in encoded], issame)  # PNG: lossless
+    reports = []
+    for data in (big, small):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="irface"):
+            code, out, err = run_cli(["--ckpt", str(tmp_path / "net56.pth"), "--data", str(data), "--targets", "lfw",
+                                      "--json"], capsys)
+        assert code == 0, err
+        reports.append(json.loads(out)["targets"]["lfw"])
+        resized = [r.getMessage() for r in caplog.records if "resized" in r.getMessage()]
+        assert resized == (["lfw.bin: 112x112 images resized to 56x56"] if data == big else [])
+    for key in ("accuracy", "accuracy_std", "accuracy_flip", "xnorm", "threshold", "auc"):
+        assert reports[0][key] == reports[1][key], key
 
 
 def test_wrong_network_name_is_one_line(bins, model_files, capsys):

@@ -8,7 +8,7 @@ import torch
 
 from infer_export_util import TINY, save_checkpoint, save_state_dict, tiny_model, torch_embed, faces
 from irface.cli import main
-from irface.export import ParityError, export_model, fold_batchnorm, relative_error
+from irface.export import ExportOptions, ParityError, export_model, fold_batchnorm, relative_error
 from irface.export.check import random_input
 
 onnx = pytest.importorskip("onnx")
@@ -36,7 +36,7 @@ def test_fold_batchnorm_matches_and_removes_bns():
 def test_onnx_parity_contract_and_metadata(tmp_path, batch_size):
     model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.41)
     out = tmp_path / "m.onnx"
-    report = export_model(tmp_path / "ckpt.pt", out, "onnx", batch_size=batch_size)
+    report = export_model(tmp_path / "ckpt.pt", out, ExportOptions("onnx", batch_size=batch_size))
     assert [c["batch"] for c in report["checks"]] == ([1, 7] if batch_size is None else [3])
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
@@ -58,7 +58,7 @@ def test_onnx_parity_contract_and_metadata(tmp_path, batch_size):
 def test_onnx_fp16_keeps_float32_io(tmp_path):
     model = save_state_dict(tmp_path / "b.pth")
     out = tmp_path / "h.onnx"
-    report = export_model(tmp_path / "b.pth", out, fp16=True)
+    report = export_model(tmp_path / "b.pth", out, ExportOptions(fp16=True))
     assert report["precision"] == "fp16"
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].type == "tensor(float)"
@@ -72,7 +72,7 @@ def test_onnx_fp16_keeps_float32_io(tmp_path):
 def test_torchscript_parity_and_metadata(tmp_path):
     model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.5)
     out = tmp_path / "m.ts"
-    export_model(tmp_path / "ckpt.pt", out, "torchscript")
+    export_model(tmp_path / "ckpt.pt", out, ExportOptions("torchscript"))
     extra = {"irface.json": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
     assert json.loads(extra["irface.json"])["threshold"] == "0.5"
@@ -100,7 +100,7 @@ def test_safetensors_roundtrip_with_metadata_and_fp16(tmp_path):
 
     model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.3)
     out = tmp_path / "m.safetensors"
-    export_model(tmp_path / "ckpt.pt", out, fp16=True)
+    export_model(tmp_path / "ckpt.pt", out, ExportOptions(fp16=True))
     with safe_open(str(out), framework="pt") as f:
         assert f.metadata()["threshold"] == "0.3"
         assert f.get_tensor("conv1.weight").dtype == torch.float16

@@ -9,7 +9,7 @@ from infer_export_util import faces, save_state_dict, torch_embed, write_images
 from repo_scripts import load_repo_script
 from irface.cli import main
 from irface.data import save_bin
-from irface.export import ParityError, export_model
+from irface.export import ExportOptions, Int8Options, ParityError, export_model
 from irface.export.check import cosine_similarity
 
 onnx = pytest.importorskip("onnx")
@@ -20,7 +20,7 @@ def test_int8_from_a_bin_is_qdq_per_channel_and_close_to_fp32(tmp_path):
     model = save_state_dict(tmp_path / "b.pth")
     save_bin(tmp_path / "calib.bin", faces(40, seed=1), [True] * 20)
     out = tmp_path / "q.onnx"
-    report = export_model(tmp_path / "b.pth", out, int8=True, calib=tmp_path / "calib.bin", calib_count=32)
+    report = export_model(tmp_path / "b.pth", out, ExportOptions(int8=Int8Options(tmp_path / "calib.bin", count=32)))
     assert report["precision"] == "int8" and report["calibration"]["images"] == 32
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
@@ -53,8 +53,9 @@ def test_int8_refused_when_it_disagrees(tmp_path):
     save_state_dict(tmp_path / "b.pth")
     save_bin(tmp_path / "calib.bin", faces(8), [True] * 4)
     with pytest.raises(ParityError, match="agree poorly"):
-        export_model(tmp_path / "b.pth", tmp_path / "q.onnx", int8=True, calib=tmp_path / "calib.bin",
-                     int8_min_cosine=1.01)  # an impossible bar: the refusal path
+        # an impossible bar: the refusal path
+        export_model(tmp_path / "b.pth", tmp_path / "q.onnx", ExportOptions(int8=Int8Options(tmp_path / "calib.bin",
+                                                                                           min_cosine=1.01)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.pth", "calib.bin"]
 
 
@@ -80,7 +81,7 @@ def test_accuracy_report_runs_the_protocol_on_both_models_and_pairs_their_decisi
 
     save_state_dict(tmp_path / "b.pth")
     save_bin(tmp_path / "c.bin", faces(40, seed=4), [True, False] * 10)
-    export_model(tmp_path / "b.pth", tmp_path / "q.onnx", int8=True, calib=tmp_path / "c.bin")
+    export_model(tmp_path / "b.pth", tmp_path / "q.onnx", ExportOptions(int8=Int8Options(tmp_path / "c.bin")))
     reference = load_model(tmp_path / "b.pth")
     (entry,) = compare_accuracy(reference, load_model(tmp_path / "q.onnx"), [tmp_path / "c.bin"], 8)
     assert entry["reference"]["pairs"] == entry["exported"]["pairs"] == 20
@@ -155,7 +156,7 @@ def test_int8_forms_quantise_only_the_blocks_3x3_convs(tmp_path, form, quantised
     save_state_dict(tmp_path / "b.pth")
     save_bin(tmp_path / "calib.bin", faces(24, seed=1), [True] * 12)
     out = tmp_path / f"{form}.onnx"
-    report = export_model(tmp_path / "b.pth", out, int8=True, calib=tmp_path / "calib.bin", int8_form=form)
+    report = export_model(tmp_path / "b.pth", out, ExportOptions(int8=Int8Options(tmp_path / "calib.bin", form=form)))
     assert report["int8_form"]["name"] == form and report["calibration"]["method"] == "percentile"
     graph = onnx.load(str(out)).graph
     weights = {i.name: i for i in graph.initializer}
@@ -183,7 +184,7 @@ def test_unknown_int8_form_is_refused_before_anything_is_written(tmp_path):
     save_state_dict(tmp_path / "b.pth")
     save_bin(tmp_path / "calib.bin", faces(8), [True] * 4)
     with pytest.raises(ConfigError, match="unknown int8 form 'gpu'"):
-        export_model(tmp_path / "b.pth", tmp_path / "q.onnx", int8=True, calib=tmp_path / "calib.bin", int8_form="gpu")
+        export_model(tmp_path / "b.pth", tmp_path / "q.onnx", ExportOptions(int8=Int8Options(tmp_path / "calib.bin", form="gpu")))
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -211,15 +212,12 @@ def test_int8_accuracy_benchmark_runs_and_reports_every_row(tmp_path, capsys):
     _write_model_and_sets(tmp_path, bench.SETS)
     out = tmp_path / "acc.json"
     assert bench.main(["--model", str(tmp_path / "b.pth"), "--calib", str(tmp_path / "lfw.bin"), "--sets",
-                       str(tmp_path), "--forms", "qdq", "cpu/as-before", "qdq/eq", "--noise-seeds", "1", "--json", str(out)]) == 0
+                       str(tmp_path), "--forms", "qdq", "cpu", "--noise-seeds", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [(r["model"], r["set"]) for r in report["rows"]] == (
-        [("int8 qdq", s) for s in bench.SETS] + [("int8 cpu/as-before", s) for s in bench.SETS]
-        + [("int8 qdq/eq", s) for s in bench.SETS] + [("fp32 + noise (seed 0)", s) for s in bench.SETS])
+        [("int8 qdq", s) for s in bench.SETS] + [("int8 cpu", s) for s in bench.SETS]
+        + [("fp32 + noise (seed 0)", s) for s in bench.SETS])
     assert 0 < report["noise_relative"] < 1 and "| int8 qdq | lfw | 20 |" in capsys.readouterr().out
-    from irface.export.quantize import INT8_FORMS
-
-    assert "cpu/as-before" not in INT8_FORMS and "qdq/eq" not in INT8_FORMS  # only for the run's length
 
 
 def test_protocol_resolution_benchmark_reports_each_noise_level(tmp_path, capsys):
@@ -242,7 +240,7 @@ def test_int8_honours_no_fold_bn(tmp_path):
     counts = {}
     for fold in (True, False):
         out = tmp_path / f"q-{fold}.onnx"
-        report = export_model(tmp_path / "b.pth", out, int8=True, calib=tmp_path / "calib.bin", fold_bn=fold)
+        report = export_model(tmp_path / "b.pth", out, ExportOptions(fold_bn=fold, int8=Int8Options(tmp_path / "calib.bin")))
         assert report["bn_folded"] is fold
         counts[fold] = [n.op_type for n in onnx.load(str(out)).graph.node].count("BatchNormalization")
     assert counts[False] > counts[True]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from infer_export_util import faces, save_state_dict, torch_embed
-from irface.export import export_model, relative_error
+from irface.export import ExportOptions, export_model, relative_error
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -49,7 +49,7 @@ class ArcFaceLikeConsumer:
 def test_arcface_style_consumer_gets_pytorch_embeddings(tmp_path, fixed_batch):
     model = save_state_dict(tmp_path / "b.pth")
     out = tmp_path / "w600k_like.onnx"
-    export_model(tmp_path / "b.pth", out, batch_size=fixed_batch)
+    export_model(tmp_path / "b.pth", out, ExportOptions(batch_size=fixed_batch))
     consumer = ArcFaceLikeConsumer(str(out))
     assert (consumer.input_mean, consumer.input_std) == (127.5, 127.5)
     assert consumer.input_size == (16, 16)

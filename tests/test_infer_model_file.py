@@ -6,7 +6,7 @@ import torch
 
 from infer_export_util import faces, save_checkpoint, save_state_dict, torch_embed
 from irface.errors import ModelFileError
-from irface.export import export_model, relative_error
+from irface.export import ExportOptions, export_model, relative_error
 from irface.infer import load_model
 
 pytest.importorskip("onnxruntime")
@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 ])
 def test_every_format_embeds_like_pytorch(tmp_path, name, kwargs, tol):
     model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.35)
-    export_model(tmp_path / "ckpt.pt", tmp_path / name, **kwargs)
+    export_model(tmp_path / "ckpt.pt", tmp_path / name, ExportOptions(**kwargs))
     embedder = load_model(tmp_path / name)
     assert (embedder.input_size, embedder.embedding_size) == (16, 16)
     images = faces(7)  # 7 also exercises the padded tail of a fixed batch of 4

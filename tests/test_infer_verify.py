@@ -75,7 +75,7 @@ def test_landmarks_align_photos_before_comparing(tmp_path, capsys):
                  "--landmarks-b", text, "--json"]) == 0
     aligned = json.loads(capsys.readouterr().out)["similarity"]
     assert main(["verify", str(tmp_path / "b.pth"), str(tmp_path / "face.png"), str(tmp_path / "photo.png"),
-                 "--json"]) == 0
+                 "--aligned", "--json"]) == 0
     resized = json.loads(capsys.readouterr().out)["similarity"]
     assert aligned > 0.99 and aligned > resized
 

@@ -35,12 +35,14 @@ class TrainConfig:
     # --- model ---
     network: str = "iresnet100"  #: backbone name from `irface.models.list_backbones()`
     embedding_size: int = 512  #: size of the face embedding (the "E" block's output)
-    dropout: float = 0.0  #: dropout before the embedding FC
+    dropout: float = 0.0  #: dropout before the embedding FC (ViT: its drop_rate; mbf has no dropout)
     image_size: int = 112  #: seed key: side of the square aligned face
     grad_checkpointing: bool = False  #: recompute activations in backward to save memory
-    network_layers: list[int] = field(default_factory=list)  #: blocks per stage, replacing the network's depths ([] = the network's own)
-    network_widths: list[int] = field(default_factory=list)  #: channels per stage ([] = 64, 128, 256, 512)
+    network_layers: list[int] = field(default_factory=list)  #: blocks per stage, replacing the network's depths ([] = the network's own; mbf: 4 counts, ViT: [depth])
+    network_widths: list[int] = field(default_factory=list)  #: channels per stage ([] = 64, 128, 256, 512; ViT: [width]; not mbf)
     stem_width: int = 0  #: channels of the stem conv (0 = the first stage's width)
+    drop_path_rate: Optional[float] = None  #: ViT: stochastic depth of the last block (None = the network's own: 0.1, vit_l 0.05)
+    mask_ratio: Optional[float] = None  #: ViT: fraction of patch tokens masked in training (None = the network's own: 0.1, vit_l 0.05)
 
     # --- head (loss) ---
     head: str = "softmax"  #: softmax (what the seed trains), arcface, cosface, combined, adaface, magface, subcenter or curricularface
@@ -142,6 +144,10 @@ class TrainConfig:
             raise bad("network_widths", f"needs one width per stage of network_layers {self.network_layers}, got {self.network_widths}")
         if self.stem_width < 0:
             raise bad("stem_width", f"must not be negative, got {self.stem_width}")
+        for key in ("drop_path_rate", "mask_ratio"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise bad(key, f"must be in [0, 1), got {value}")
         if self.best_target and self.best_target not in [Path(t).stem for t in self.val_targets]:
             raise bad("best_target", f"{self.best_target!r} is not one of val_targets {self.val_targets}")
         if self.head == "softmax" and self.sample_rate < 1.0:
@@ -175,6 +181,9 @@ class TrainConfig:
             kwargs["widths"] = list(self.network_widths)
         if self.stem_width:
             kwargs["stem_width"] = self.stem_width
+        for key in ("drop_path_rate", "mask_ratio"):  # only the ViTs take them; others refuse them by name
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
         return kwargs
 
     def head_params(self) -> dict[str, Any]:

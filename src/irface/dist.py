@@ -30,10 +30,6 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 def init_distributed(device: torch.device, timeout_s: float = 1800) -> None:
     """Join the process group torchrun describes; does nothing in a single process.
 

@@ -6,13 +6,14 @@ can do. Nothing here is asserted by tests: benchmarks report, tests check behavi
 """
 
 from irface.bench.flops import count_flops, head_flops, train_flops
-from irface.bench.infer import InferOptions, bench_infer
+from irface.bench.infer import bench_infer
+from irface.bench.options import InferOptions
 from irface.bench.timing import (
-    Timing, device_info, interleaved_times_ms, make_timing, matmul_peak_gflops, median_step_ms, peak_memory_mb,
+    Timing, device_info, interleaved_times_ms, make_timing, matmul_peak_gflops, peak_memory_mb,
     with_ratios,
 )
 
 __all__ = [
     "InferOptions", "Timing", "bench_infer", "count_flops", "device_info", "head_flops", "interleaved_times_ms",
-    "make_timing", "matmul_peak_gflops", "median_step_ms", "peak_memory_mb", "train_flops", "with_ratios",
+    "make_timing", "matmul_peak_gflops", "peak_memory_mb", "train_flops", "with_ratios",
 ]

@@ -2,8 +2,7 @@
 
 Uses the loader `irface train` builds (`irface.data.loader.build_train_loader`) on the dataset it
 opens (`irface.data.datasets.open_train_dataset`), with the config's worker count, so the figure is
-what feeds a training step. The RecordIO reader (`irface.data.recordio`) is imported lazily: an
-install without it gets one line saying so.
+what feeds a training step.
 """
 
 from __future__ import annotations
@@ -11,34 +10,29 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from irface.bench.options import DataOptions
 from irface.bench.timing import device_info, peak_memory_mb, reset_peak_memory
-from irface.errors import ConfigError, DataError, UserError
+from irface.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 PREFETCH = 2  # batches each worker prepares ahead (the training config's prefetch_factor default)
 
 
-def bench_data(data: str | Path, batch_size: int = 128, steps: int = 20, warmup: int = 2, workers: int = 4,
-               device: str = "cpu") -> dict[str, Any]:
-    """Median time per training batch from `data` (a RecordIO folder); returns the report."""
+def bench_data(opts: DataOptions) -> dict[str, Any]:
+    """Median time per training batch from `opts.data` (a RecordIO folder); returns the report."""
+    data, batch_size, steps, warmup, workers = opts.data, opts.batch_size, opts.steps, opts.warmup, opts.workers
     if batch_size < 1 or steps < 1 or warmup < 0 or workers < 0:
         raise ConfigError("--batch-size and --steps must be positive, --warmup and --workers not negative")
-    try:
-        import irface.data.recordio  # noqa: F401 (presence check: the reader is being written in parallel)
-    except ImportError:
-        raise UserError("bench data needs irface.data.recordio (the RecordIO reader), which this install does not "
-                        "have yet") from None
     from irface.data.datasets import open_train_dataset
     from irface.data.loader import build_train_loader, set_loader_epoch
     from irface.device import resolve_device
 
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     dataset = open_train_dataset(data)
     batches = len(dataset) // batch_size
     if batches < 1:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,11 +23,12 @@ import torch
 from torch import nn
 
 from irface.bench.flops import count_flops
-from irface.bench.inputs import calibrate_batchnorm, synthetic_faces
+from irface.bench.inputs import calibrate_batchnorm
+from irface.bench.options import RUNTIMES, InferOptions
 from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
-from irface.bench.timing import cpu_has_fast_bf16, sig
-from irface.data.transforms import normalize, to_nchw_tensor
-from irface.device import DTYPES
+from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
+from irface.data.transforms import embed_images, normalize, to_nchw_tensor
+from irface.device import DTYPES, autocast
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,29 +36,6 @@ log = logging.getLogger(__name__)
 # Faces that set the BN statistics and calibrate int8, and held-out faces for the agreement check.
 CALIB_FACES = 32
 AGREEMENT_FACES = 32
-RUNTIMES = ("torch", "ort", "ort-int8", "ort-int8-cpu")
-
-
-@dataclass
-class InferOptions:
-    """What `irface bench infer` measures. Defaults: what `irface embed` / `eval` run (load_model, batch 64)."""
-
-    network: str = "iresnet100"
-    model: Optional[str] = None
-    batch_size: int = 64
-    steps: int = 10
-    warmup: int = 2
-    precision: str = "fp32"
-    channels_last: bool = True
-    compile: bool = False
-    fold_bn: bool = True
-    runtime: str = "torch"  # torch, ort (onnxruntime fp32), ort-int8 (as exported) or ort-int8-cpu
-    device: str = "cpu"
-    compare: bool = False
-    variants: Optional[list[str]] = None  # with compare: a subset of the paths, by name
-    calib: Optional[str] = None  # folder of faces or .bin for int8 calibration and agreement
-    interleave: Optional[bool] = None  # default: side by side on CPU, one after another on CUDA
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def normalised(images: np.ndarray) -> torch.Tensor:
@@ -78,8 +55,10 @@ def faces_for(opts: InferOptions, size: int) -> tuple[np.ndarray, np.ndarray]:
             raise ConfigError(f"{opts.calib}: only {len(faces)} images; need at least 4")
         half = len(faces) // 2
         return faces[:half], faces[half:]
-    calib, _ = synthetic_faces(CALIB_FACES // 2, 2, size, seed=1)
-    held_out, _ = synthetic_faces(AGREEMENT_FACES // 2, 2, size, seed=2)
+    from irface.data.synth import faces
+
+    calib, _ = faces(1, CALIB_FACES // 2, 2, size)
+    held_out, _ = faces(2, AGREEMENT_FACES // 2, 2, size)
     return calib, held_out
 
 
@@ -131,28 +110,30 @@ def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, 
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        input_dtype = torch.float32
+        input_dtype, run_dtype = torch.float32, dtype  # run_dtype: autocast's (None with cast weights)
         if cast_weights and dtype is not None:
             model = model.to(dtype)
-            input_dtype = dtype
+            input_dtype, run_dtype = dtype, None
         notes: dict[str, Any] = {"bn_folded": fold, "channels_last": channels_last, "precision": precision}
         if compile:
             model = _compiled(model, device)
             notes["compiled"] = True
-        autocast = dtype is not None and not cast_weights
+
+        def net(inp: torch.Tensor) -> torch.Tensor:
+            return model(inp.to(input_dtype))  # a no-op unless the weights were cast
+
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(batch, 3, size, size, generator=gen).mul_(2).sub_(1)
         x = x.to(device=device, dtype=input_dtype).contiguous(memory_format=memory_format)
 
-        def forward(inp: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                return model(inp)
+        def step() -> torch.Tensor:
+            with torch.inference_mode(), autocast(run_dtype, device):
+                return net(x)
 
         def embed(images: np.ndarray) -> np.ndarray:
-            inp = normalised(images).to(device=device, dtype=input_dtype).contiguous(memory_format=memory_format)
-            return forward(inp).float().cpu().numpy()
+            return embed_images(net, images, device, run_dtype, channels_last)
 
-        return Prepared(step=lambda: forward(x), embed=embed, notes=notes)
+        return Prepared(step=step, embed=embed, notes=notes)
 
     return Variant(name, build, flop, precision, description)
 
@@ -355,7 +336,6 @@ def agreement(prepared: dict[str, Prepared], baseline: str, faces: np.ndarray) -
 
 def bench_infer(opts: InferOptions) -> dict[str, Any]:
     """Run the inference benchmark; returns the report (JSON-ready)."""
-    from irface.bench.timing import device_info
     from irface.device import precision_dtype, resolve_device
 
     precision_dtype(opts.precision, "--precision")
@@ -364,10 +344,18 @@ def bench_infer(opts: InferOptions) -> dict[str, Any]:
     if opts.batch_size < 1 or opts.steps < 1 or opts.warmup < 0:
         raise ConfigError("--batch-size and --steps must be positive, --warmup not negative")
     device = resolve_device(opts.device)
+    # cuDNN runs fp32 convolutions on TF32 tensor cores by default; let the fp32 matmul peak do the same,
+    # or "fraction of peak" would compare TF32 convolutions with a plain-fp32 matmul rate. Put back after.
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
     if device.type == "cuda":
-        # cuDNN runs fp32 convolutions on TF32 tensor cores by default; let the fp32 matmul peak do the
-        # same, or "fraction of peak" would compare TF32 convolutions with a plain-fp32 matmul rate.
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        return _bench_infer(opts, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
+
+
+def _bench_infer(opts: InferOptions, device: torch.device) -> dict[str, Any]:
     base, source = base_network(opts)
     flop = count_flops(base, base.input_size)
     calib_faces, held_out = faces_for(opts, base.input_size)

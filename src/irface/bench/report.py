@@ -98,8 +98,22 @@ def _scale_report(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _photo_report(r: dict[str, Any]) -> list[str]:
+    lines = [f"irface bench photo: {r['photo']} resized to each size, model {r['model']} ({r['embedding_size']}-d), "
+             f"detection at {r['det_size']} px, median (min) of {r['steps']} interleaved rounds",
+             f"machine: {_machine(r['machine'])}",
+             f"{'photo':>10} {'faces':>5} {'detect ms (min) cpu':>24} {'photo->embedding ms (min) cpu':>30}"]
+    for row in r["rows"]:
+        lines.append(f"{row['size']:>10} {row['faces']:>5} {row['detect_ms']:>8.1f} ({row['detect_ms_min']:>5.1f}) "
+                     f"{row['detect_cpu_ms']:>7.1f} {row['photo_to_embedding_ms']:>14.1f} "
+                     f"({row['photo_to_embedding_ms_min']:>5.1f}) {row['photo_to_embedding_cpu_ms']:>7.1f}")
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     kind = report.get("benchmark")
+    if kind == "photo":
+        return "\n".join(_photo_report(report))
     if kind == "data":
         return "\n".join(_data_report(report))
     if kind == "eval":

@@ -22,12 +22,12 @@ import gc
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from irface.bench.options import ScaleOptions
 from irface.bench.timing import device_info, synchronize
 from irface.errors import ConfigError
 
@@ -35,25 +35,6 @@ log = logging.getLogger(__name__)
 
 BYTES = 4  # fp32
 IRESNET100_GFLOP = 24.18  # forward, per 112x112 image (irface.bench.count_flops)
-
-
-@dataclass
-class ScaleOptions:
-    classes: list[int] = field(default_factory=lambda: [100_000, 1_000_000, 10_000_000])
-    ranks: list[int] = field(default_factory=lambda: [1, 8])
-    sample_rates: list[float] = field(default_factory=lambda: [1.0, 0.1])
-    embedding_size: int = 64
-    batch_size: int = 64
-    steps: int = 3
-    warmup: int = 1
-    device: str = "cpu"
-    max_memory_gb: float = 6.0
-    head: str = "arcface"
-    paper_embedding_size: int = 512
-    paper_batch_size: int = 128
-    paper_gpus: int = 8
-    gpu_memory_gb: float = 80.0
-    backbone_memory_gb: float = 20.0  # iresnet100 training at 128 images, bf16 (assumed; gpu.sh measures it)
 
 
 def used_classes(classes: int, ranks: int, sample_rate: float) -> tuple[int, int]:

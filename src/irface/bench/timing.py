@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import torch
 
+from irface.device import DTYPES
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[], object]
@@ -89,11 +91,6 @@ def step_times_ms(step: Step, device: torch.device, steps: int, warmup: int) -> 
     for _ in range(steps):
         _timed(step, device, times)
     return times
-
-
-def median_step_ms(step: Step, device: torch.device, steps: int, warmup: int) -> float:
-    """Median wall time of `step` in ms, after `warmup` untimed calls."""
-    return statistics.median(step_times_ms(step, device, steps, warmup))
 
 
 def interleaved_times_ms(steps_by_name: dict[str, Step], device: torch.device, rounds: int) -> dict[str, list[float]]:
@@ -199,12 +196,6 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
 # --- the peak -----------------------------------------------------------------------------------
 
 # Size and duration of the peak measurement (tests shrink them: they check the plumbing, not the figure).
@@ -287,9 +278,6 @@ def sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
-PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
     """(one matmul call, its FLOPs) for `kind` (fp32, bf16, fp16, int8), to time beside the configurations."""
     if kind == "int8":
@@ -301,8 +289,8 @@ def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
         sess, feeds = sess_feeds
         return (lambda: sess.run(None, feeds)), 2.0 * (PEAK_N // 2) ** 3
     n = peak_size(device)
-    a = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
-    b = torch.randn(n, n, device=device).to(PEAK_DTYPES[kind])
+    a = torch.randn(n, n, device=device).to(DTYPES[kind] or torch.float32)
+    b = torch.randn(n, n, device=device).to(DTYPES[kind] or torch.float32)
     return (lambda: a @ b), 2.0 * n ** 3
 
 
@@ -313,7 +301,7 @@ def measure_peaks(device: torch.device, kinds: set[str]) -> dict[str, Optional[f
         if kind == "int8":
             peaks[kind] = ort_int8_peak_gops(threads=torch.get_num_threads()) if device.type == "cpu" else None
         else:
-            peaks[kind] = matmul_peak_gflops(device, PEAK_DTYPES[kind])
+            peaks[kind] = matmul_peak_gflops(device, DTYPES[kind] or torch.float32)
     return {k: sig(v) if v else None for k, v in peaks.items()}
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from irface.bench.flops import count_flops, head_flops, train_flops
+from irface.bench.options import TrainOptions
 from irface.bench.runner import Prepared, Variant, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.config import TrainConfig
@@ -30,32 +30,6 @@ from irface.engine.step import train_step
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-_CFG = TrainConfig()
-
-
-@dataclass
-class TrainOptions:
-    """What `irface bench train` measures; every default is `irface train`'s."""
-
-    network: str = _CFG.network
-    batch_size: int = _CFG.batch_size
-    steps: int = 10
-    warmup: int = 2
-    precision: str = _CFG.precision
-    channels_last: bool = _CFG.channels_last
-    compile: bool = _CFG.compile
-    fused_sgd: bool = False
-    device: str = _CFG.device
-    head: str = _CFG.head
-    num_classes: int = _CFG.num_classes
-    embedding_size: int = _CFG.embedding_size
-    sample_rate: float = _CFG.sample_rate
-    compare: bool = False
-    variants: Optional[list[str]] = None
-    interleave: Optional[bool] = None
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-
 
 def _config(opts: TrainOptions, precision: str, channels_last: bool, compile: bool) -> TrainConfig:
     kw = opts.backbone_kwargs

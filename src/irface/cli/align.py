@@ -1,20 +1,28 @@
-"""`irface align`: align a face to the 112x112 template from 5 landmarks."""
+"""`irface align`: cut aligned 112x112 face crops out of a photo (detected, or from 5 given landmarks)."""
 
 from __future__ import annotations
 
 import argparse
 
+from irface.cli._faces import add_detector_arguments, detector_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "align", help="Align a face to the 112x112 ArcFace template from 5 landmarks",
-        description="Cut the aligned face crop the models expect out of a photo: the similarity transform "
+        "align", help="Cut aligned 112x112 face crops out of a photo (detected, or from 5 landmarks)",
+        description="Cut the aligned face crops the models expect out of a photo: the similarity transform "
                     "(least squares) from 5 landmarks (left eye, right eye, nose tip, left and right mouth "
-                    "corners, in pixels) onto the standard 112x112 ArcFace template. See docs/inference.md.")
+                    "corners, in pixels) onto the standard 112x112 ArcFace template. Without --landmarks the "
+                    "faces are detected: every face is written to the --output folder (or only the largest with "
+                    "--largest). See docs/inference.md.")
     p.add_argument("image", metavar="IMAGE", help="the photo")
-    p.add_argument("--landmarks", required=True, metavar="x1,y1,...,x5,y5", help="the 5 landmarks from a detector")
-    p.add_argument("--output", "-o", required=True, metavar="FILE", help="crop to write (.png, .jpg, ...)")
+    p.add_argument("--landmarks", metavar="x1,y1,...,x5,y5",
+                   help="the 5 landmarks of one face (no detection); --output is then the crop file")
+    p.add_argument("--output", "-o", required=True, metavar="PATH",
+                   help="with --landmarks: the crop file (.png, .jpg, ...); else the folder for the crops")
+    p.add_argument("--largest", action="store_true", help="write only the largest face")
     p.add_argument("--size", type=int, default=112, help="crop side; the template is scaled by size/112 (default 112)")
+    add_detector_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -22,12 +30,18 @@ def run(args: argparse.Namespace) -> int:
     from irface.errors import ConfigError
     from irface.infer.align import align_face, parse_landmarks
     from irface.infer.images import open_rgb, save_image
+    from irface.infer.photo import align_photo
 
     if args.size <= 0:
         raise ConfigError(f"--size must be positive, got {args.size}")
-    points = parse_landmarks(args.landmarks)
-    crop = align_face(open_rgb(args.image), points, args.size)
-    save_image(args.output, crop)
-    print(f"wrote {args.output} ({args.size}x{args.size})")
+    if args.landmarks is not None:
+        points = parse_landmarks(args.landmarks)
+        crop = align_face(open_rgb(args.image), points, args.size)
+        save_image(args.output, crop)
+        print(f"wrote {args.output} ({args.size}x{args.size})")
+        return 0
+    written = align_photo(args.image, args.output, largest=args.largest, size=args.size,
+                          detector=detector_from_args(args))
+    for path, face in written:
+        print(f"wrote {path} (score {face.score:.3f}, box [{', '.join(f'{v:.0f}' for v in face.box)}])")
     return 0
-

@@ -81,13 +81,12 @@ def _summary(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from irface.export import ParityError, export_model
+    from irface.export import ExportOptions, Int8Options, ParityError, export_model
 
+    int8 = Int8Options(args.calib, args.calib_count, args.calib_method, args.int8_form) if args.int8 else None
+    opts = ExportOptions(args.format, args.network, args.opset, args.batch_size, args.fp16, args.fold_bn, int8)
     try:
-        report = export_model(
-            args.ckpt, args.output, args.format, network=args.network, opset=args.opset, batch_size=args.batch_size,
-            fp16=args.fp16, int8=args.int8, calib=args.calib, calib_count=args.calib_count,
-            calib_method=args.calib_method, fold_bn=args.fold_bn, int8_form=args.int8_form)
+        report = export_model(args.ckpt, args.output, opts)
     except ParityError as e:
         print(f"irface export: check failed: {e}", file=sys.stderr)
         return 1

@@ -364,13 +364,14 @@ def _subset(nz: dict, idx) -> dict:
     return {k: v[idx] for k, v in nz.items()}
 
 
-def render_encoded(traits: np.ndarray, nz: dict, size: int, chunk: int = 16) -> list[bytes]:
+def render_encoded(traits: np.ndarray, nz: dict, size: int, chunk: int = 16,
+                   render_size: Optional[int] = None) -> list[bytes]:
     """Render and JPEG-encode, `chunk` images at a time (bounded memory)."""
     out = []
     for start in range(0, traits.shape[0], chunk):
         sl = slice(start, start + chunk)
         sub = _subset(nz, sl)
-        pixels = render(traits[sl], sub, size)
+        pixels = render(traits[sl], sub, size, render_size)
         out += [encode(p, quality=int(q)) for p, q in zip(pixels, sub["quality"])]
     return out
 
@@ -379,20 +380,30 @@ def _concat(parts: list[dict]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def _train_batch(seed: int, group: list[int], per_id: int, difficulty: float) -> tuple[np.ndarray, dict, np.ndarray]:
+    traits = np.repeat(identity_traits(seed, group), per_id, axis=0)
+    nz = _concat([draw_nuisance(np.random.default_rng([seed, _STREAM_TRAIN, i]), per_id, "train", difficulty)
+                  for i in group])
+    return traits, nz, np.repeat(group, per_id)
+
+
 def train_images(seed: int, ids: int, per_id: int, size: int = 112, difficulty: float = 1.0,
-                 chunk_ids: int = 16) -> Iterator[tuple[int, bytes]]:
+                 chunk_ids: int = 16, render_size: Optional[int] = None) -> Iterator[tuple[int, bytes]]:
     """(label, JPEG bytes) for `per_id` images of each of `ids` identities, grouped by identity."""
     for first in range(0, ids, chunk_ids):
-        group = list(range(first, min(ids, first + chunk_ids)))
-        traits = np.repeat(identity_traits(seed, group), per_id, axis=0)
-        nz = _concat([draw_nuisance(np.random.default_rng([seed, _STREAM_TRAIN, i]), per_id, "train", difficulty)
-                      for i in group])
-        labels = np.repeat(group, per_id)
-        yield from zip(labels.tolist(), render_encoded(traits, nz, size))
+        traits, nz, labels = _train_batch(seed, list(range(first, min(ids, first + chunk_ids))), per_id, difficulty)
+        yield from zip(labels.tolist(), render_encoded(traits, nz, size, render_size=render_size))
+
+
+def faces(seed: int, ids: int, per_id: int, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (ids * per_id, size, size, 3) RGB faces (the training images' poses and light, not encoded) and
+    their identity labels: inputs for benchmarks and calibration when no real faces are at hand."""
+    traits, nz, labels = _train_batch(seed, list(range(ids)), per_id, 1.0)
+    return render(traits, nz, size), labels
 
 
 def verification_set(seed: int, name: str, identities: np.ndarray, pairs: int, size: int = 112,
-                     difficulty: float = 1.0) -> tuple[list[bytes], list[bool]]:
+                     difficulty: float = 1.0, render_size: Optional[int] = None) -> tuple[list[bytes], list[bool]]:
     """2 x `pairs` JPEG images and `pairs` same-identity flags for one of `BIN_SETS`."""
     first, second = BIN_SETS[name]
     stream = list(BIN_SETS).index(name)
@@ -410,7 +421,7 @@ def verification_set(seed: int, name: str, identities: np.ndarray, pairs: int, s
     nz = {k: np.empty((2 * pairs,) + na[k].shape[1:], na[k].dtype) for k in na}
     for k in nz:
         nz[k][0::2], nz[k][1::2] = na[k], nb[k]
-    images = render_encoded(traits, nz, size)
+    images = render_encoded(traits, nz, size, render_size=render_size)
     return images, [bool(s) for s in plan[:, 2]]
 
 
@@ -427,9 +438,13 @@ class SynthSummary:
 def write_synthetic(out_dir: str | Path, ids: int = 300, per_id: int = 20, holdout_ids: int = 100,
                     pairs: int = 600, seed: int = 0, image_size: int = 112, difficulty: float = 1.0,
                     layout: str = "header", sets: Optional[list[str]] = None,
-                    progress: Optional[bool] = None) -> SynthSummary:
+                    progress: Optional[bool] = None, render_size: Optional[int] = None) -> SynthSummary:
     """Write train.rec/train.idx/property (identities 0..ids-1) and lfw/cfp_fp/agedb_30 .bin sets
-    (pairs of held-out identities ids..ids+holdout_ids-1) into `out_dir`."""
+    (pairs of held-out identities ids..ids+holdout_ids-1) into `out_dir`.
+
+    `render_size` is the side the shapes are drawn at (default half of `image_size`, see `render`); at
+    `image_size` itself a small image keeps sharp edges and small traits (irises, moles, skin texture),
+    for about twice the rendering time."""
     from irface.data.progress import progress_bar
     from irface.data.recordio import write_recordio_dataset
     from irface.data.bin import save_bin
@@ -440,14 +455,15 @@ def write_synthetic(out_dir: str | Path, ids: int = 300, per_id: int = 20, holdo
         raise ValueError("verification pairs need at least 2 held-out identities")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    items = progress_bar(train_images(seed, ids, per_id, image_size, difficulty), desc="train images",
+    items = progress_bar(train_images(seed, ids, per_id, image_size, difficulty, render_size=render_size),
+                         desc="train images",
                          total=ids * per_id, unit="img", enabled=progress)
     n = write_recordio_dataset(out, items, num_classes=ids, image_size=(image_size, image_size), layout=layout)
     held = np.arange(ids, ids + holdout_ids)
     written = []
     if pairs > 0:
         for name in sets or list(BIN_SETS):
-            images, issame = verification_set(seed, name, held, pairs, image_size, difficulty)
+            images, issame = verification_set(seed, name, held, pairs, image_size, difficulty, render_size)
             save_bin(out / f"{name}.bin", images, issame)
             written.append(name)
     log.info("synthetic data in %s: %d images of %d identities, %d pairs in each of %s",

@@ -15,9 +15,17 @@ MEAN = 127.5  # (x / 255 - 0.5) / 0.5 == (x - 127.5) / 127.5
 STD = 127.5
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) or float in [0, 255] -> float32 in [-1, 1]. Runs on whatever device `images` is on."""
-    return (images.float() - MEAN) / STD
+Channels = float | tuple[float, float, float]
+
+
+def normalize(images: torch.Tensor, mean: Channels = MEAN, std: Channels = STD) -> torch.Tensor:
+    """uint8 (N, 3, H, W) or float in [0, 255] -> float32 (x - mean) / std, irface's own [-1, 1] by default;
+    `mean` / `std` per channel (pixel units) for foreign models. Runs on whatever device `images` is on."""
+    if not isinstance(mean, (int, float)):
+        mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    if not isinstance(std, (int, float)):
+        std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float() - mean) / std
 
 
 def to_nchw_tensor(images: np.ndarray) -> torch.Tensor:
@@ -26,10 +34,14 @@ def to_nchw_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def embed_images(model: torch.nn.Module, images: np.ndarray, device: torch.device,
-                 dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> np.ndarray:
-    """The one forward of uint8 (N, H, W, 3) RGB images: normalise on `device`, NHWC if `channels_last`,
-    autocast to `dtype` (None: fp32), inference mode; float32 (N, E) embeddings back on the CPU."""
-    x = normalize(to_nchw_tensor(images).to(device, non_blocking=True))
+                 dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                 mean: Channels = MEAN, std: Channels = STD, bgr: bool = False) -> np.ndarray:
+    """The one forward of uint8 (N, H, W, 3) RGB images: normalise on `device` (irface's own by default;
+    `mean`, `std`, `bgr` for a foreign model), NHWC if `channels_last`, autocast to `dtype` (None: fp32),
+    inference mode; float32 (N, E) embeddings back on the CPU."""
+    if bgr:
+        images = images[..., ::-1]
+    x = normalize(to_nchw_tensor(images).to(device, non_blocking=True), mean, std)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(dtype, device):

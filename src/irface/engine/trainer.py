@@ -160,10 +160,10 @@ class Trainer:
         self.loader.generator = torch.Generator().manual_seed(cfg.seed)
         # Ctrl-C reaches the workers too; they must keep serving while the main process saves.
         self.loader.worker_init_fn = _ignore_sigint
-        self.micro_per_epoch = self.loader.sampler.batches_per_epoch
-        self.steps_per_epoch = self.micro_per_epoch // cfg.grad_accum
+        micro_per_epoch = self.loader.sampler.batches_per_epoch
+        self.steps_per_epoch = micro_per_epoch // cfg.grad_accum
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"config key 'grad_accum': {self.micro_per_epoch} batches per epoch cannot make one "
+            raise ConfigError(f"config key 'grad_accum': {micro_per_epoch} batches per epoch cannot make one "
                               f"step of {cfg.grad_accum} accumulated batches")
 
     # --- signals --------------------------------------------------------------------------------

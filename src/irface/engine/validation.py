@@ -2,8 +2,7 @@
 
 `irface.eval.run_verification(embed_fn, data_dir, targets, batch_size)` runs the community protocol
 (10 folds, flip) on `.bin` sets; here we only give it an embedding function over the current backbone
-and turn its results into log lines and plain numbers for checkpoints. Imported lazily so that the
-engine works (and its tests run) without the evaluation package.
+and turn its results into log lines and plain numbers for checkpoints.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ log = logging.getLogger(__name__)
 
 def open_targets(val_targets: list[str], data_path: str, image_size: int) -> dict[str, Path]:
     """The `.bin` sets to verify on (name -> path), looked up beside the training data; missing ones are
-    skipped with one warning. Every set is read once here: a hostile pickle, a malformed set or images of
-    the wrong size stop the run with one line before any training, not at the end of the first epoch."""
+    skipped with one warning. Every set is read once here: a hostile pickle, a malformed set or an image
+    that cannot be decoded stops the run with one line before any training, not at the end of the first
+    epoch. Images of another size than `image_size` are resized when verifying, as `irface eval` does."""
     from irface.data.bin import find_targets, read_bin
-    from irface.data.images import open_image
+    from irface.data.images import decode_image
 
     base = Path(data_path) if data_path else Path(".")
     targets, missing = find_targets(val_targets, base.parent if base.is_file() else base)
@@ -37,10 +37,7 @@ def open_targets(val_targets: list[str], data_path: str, image_size: int) -> dic
         bins, _ = read_bin(path)  # allow-list unpickling: a .bin cannot run code
         if not bins:
             raise DataError(f"{path}: the verification set holds no pairs")
-        with open_image(bins[0], f"{path} image 0") as img:
-            if img.size != (image_size, image_size):
-                raise DataError(f"{path}: images are {img.width}x{img.height}, but the network takes "
-                                f"{image_size}x{image_size} (image_size); verification would refuse them")
+        decode_image(bins[0], image_size, f"{path} image 0")
     return targets
 
 

@@ -107,24 +107,24 @@ def _run_embed(embed_fn: EmbedFn, images: np.ndarray, path: Path, expected_dim: 
     return out.astype(np.float32, copy=False)
 
 
-def _batch_starts(n: int, batch_size: int, shard: bool) -> tuple[list[int], int, int]:
-    from irface import dist
+_RESIZES_REPORTED: set[tuple[str, int, int, int]] = set()
 
-    starts = list(range(0, n, batch_size))
-    if shard and dist.is_initialized() and dist.get_world_size() > 1:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        return starts[rank::world], rank, world
-    return starts, 0, 1
+
+def _report_resize(path: Path, width: int, height: int, size: int) -> None:
+    """Say once per set and size (not at every verification of a training run) that images are resized."""
+    key = (str(path.resolve()), width, height, size)
+    if key not in _RESIZES_REPORTED:
+        _RESIZES_REPORTED.add(key)
+        log.info("%s: %dx%d images resized to %dx%d", path.name, width, height, size, size)
 
 
 def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
-              image_size: Optional[int] = None, shard: bool = False,
-              min_pairs: int = 1) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+              image_size: Optional[int] = None, min_pairs: int = 1) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
     """Raw float32 embeddings of a `.bin`'s images (and of their mirror images) and the pair labels.
 
-    `image_size` defaults to the model's (`embed_fn.input_size` or its Embedder's); the set's images
-    must have that size. With `shard=True` under torch.distributed every rank embeds every
-    world-th batch and the pieces are gathered, so all ranks must call it.
+    `image_size` defaults to the model's (`embed_fn.input_size` or its Embedder's); images of another
+    size are resized to it on decode as the training decoder does (short side, bilinear, centre crop),
+    as the reference's `load_bin` does, and that is logged once per set.
     """
     path = Path(path)
     if batch_size < 1:
@@ -139,13 +139,12 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
             raise DataError(f"{path}: images are {w}x{h}, not square")
         size = w
     elif (w, h) != (size, size):
-        raise ModelFileError(f"{_model_name(embed_fn)} expects {size}x{size} faces, but {path} holds {w}x{h} images")
+        _report_resize(path, w, h, size)
     expected_dim = _model_attr(embed_fn, "embedding_size")
     n = len(bins)
-    starts, rank, world = _batch_starts(n, batch_size, shard)
     emb: Optional[np.ndarray] = None
     emb_flip: Optional[np.ndarray] = None
-    for start in starts:
+    for start in range(0, n, batch_size):
         images = decode_images(bins[start:start + batch_size], size, str(path))
         out = _run_embed(embed_fn, images, path, expected_dim)
         if emb is None:
@@ -157,39 +156,18 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
             # Horizontal mirror: the width axis of NHWC (the reference flips axis 2 of CHW).
             emb_flip[start:start + len(images)] = _run_embed(embed_fn, np.ascontiguousarray(images[:, :, ::-1]), path,
                                                                   expected_dim)
-    if world > 1:
-        emb, emb_flip = _gather_shards(emb, emb_flip, starts, batch_size, n, flip)
     if not np.isfinite(emb).all() or (emb_flip is not None and not np.isfinite(emb_flip).all()):
         log.warning("%s: some embeddings are NaN or infinite; the figures are meaningless", path)
     return emb, emb_flip, issame
 
 
-def _gather_shards(emb, emb_flip, starts, batch_size, n, flip):
-    """Every rank's batches to every rank (ranks whose share was empty send nothing)."""
-    from irface import dist
-
-    mine = []
-    if emb is not None:
-        mine = [(s, emb[s:s + batch_size], emb_flip[s:s + batch_size] if flip else None) for s in starts]
-    pieces = [p for part in dist.all_gather_object(mine) for p in part]
-    dim = pieces[0][1].shape[1]
-    full = np.zeros((n, dim), dtype=np.float32)
-    full_flip = np.zeros((n, dim), dtype=np.float32) if flip else None
-    for start, e, ef in pieces:
-        full[start:start + len(e)] = e
-        if flip:
-            full_flip[start:start + len(e)] = ef
-    return full, full_flip
-
-
 def evaluate_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
-                 *, image_size: Optional[int] = None, shard: bool = False,
-                 name: Optional[str] = None) -> TargetResult:
+                 *, image_size: Optional[int] = None, name: Optional[str] = None) -> TargetResult:
     """Embed one `.bin` set through `embed_fn` and compute every figure of the seed's protocol and ours."""
     path = Path(path)
     name = name or path.stem
     t0 = time.perf_counter()
-    emb, emb_flip, issame = embed_bin(embed_fn, path, batch_size, flip, image_size, shard, min_pairs=N_FOLDS)
+    emb, emb_flip, issame = embed_bin(embed_fn, path, batch_size, flip, image_size, min_pairs=N_FOLDS)
     seconds = time.perf_counter() - t0
     result = evaluate_embeddings(name, emb, issame, emb_flip, seconds)
     log.info("%s: %d pairs, %d images%s embedded in %.1f s", name, len(issame), 2 * len(issame),
@@ -199,11 +177,11 @@ def evaluate_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_
 
 def run_verification(embed_fn: EmbedFn, data_dir: str | Path, targets: Sequence[str],
                      batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True, *,
-                     image_size: Optional[int] = None, shard: bool = False) -> dict[str, TargetResult]:
+                     image_size: Optional[int] = None) -> dict[str, TargetResult]:
     """Evaluate each target (`lfw`, `cfp_fp`, ... looked up as `<data_dir>/<name>.bin`), in order.
 
     Every target is checked to exist before any work starts; a missing one raises `DataError`
-    listing the `.bin` files present. With `shard=True` every rank must call this (see `embed_bin`).
+    listing the `.bin` files present.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -214,7 +192,7 @@ def run_verification(embed_fn: EmbedFn, data_dir: str | Path, targets: Sequence[
         raise DataError(f"{missing[0]}: no such verification set; .bin files in {data_dir}: {listing}")
     if not paths:
         raise DataError(f"{data_dir}: no targets given")
-    return {name: evaluate_bin(embed_fn, path, batch_size, flip, image_size=image_size, shard=shard, name=name)
+    return {name: evaluate_bin(embed_fn, path, batch_size, flip, image_size=image_size, name=name)
             for name, path in paths.items()}
 
 

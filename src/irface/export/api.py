@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,7 +29,7 @@ from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
     DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
 )
-from irface.export.quantize import INT8_FORMS, normalised_batch, write_int8_onnx
+from irface.export.quantize import INT8_FORMS, INT8_METHOD, normalised_batch, write_int8_onnx
 from irface.models.loading import load_backbone
 from irface.utils import atomic_path, check_writable
 
@@ -40,6 +41,32 @@ _FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"
                      ".pth": "pth", ".safetensors": "safetensors"}
 # Mean cosine similarity int8 vs fp32 embeddings of the calibration faces below which int8 is refused.
 INT8_MIN_COSINE = 0.95
+
+
+@dataclass
+class Int8Options:
+    """`--int8`: the faces to calibrate on (RecordIO folder, image folder or `.bin`), how many, the
+    calibration method (None: the form's), the form, and the least mean cosine to fp32 accepted."""
+
+    calib: Optional[str | Path] = None
+    count: int = DEFAULT_CALIB_COUNT
+    method: Optional[str] = None
+    form: str = "qdq"
+    min_cosine: float = INT8_MIN_COSINE
+
+
+@dataclass
+class ExportOptions:
+    """How `export_model` writes: `fmt` (None: from the suffix), `network` (to check the file against),
+    ONNX `opset`, `batch_size` (None: dynamic), `fp16` weights, `fold_bn`, and `int8` (ONNX only)."""
+
+    fmt: Optional[str] = None
+    network: Optional[str] = None
+    opset: int = DEFAULT_OPSET
+    batch_size: Optional[int] = None
+    fp16: bool = False
+    fold_bn: bool = True
+    int8: Optional[Int8Options] = None
 MIN_OPSET = 11
 
 
@@ -95,15 +122,14 @@ def _export_onnx(net: torch.nn.Module, reference: torch.nn.Module, tmp: Path, la
     return check_parity(_onnx_runner(sess), reference, reference.input_size, tolerance, batches, label)
 
 
-def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str],
-                 opset: int, batch_size: Optional[int], batches: Sequence[int], calib_images: np.ndarray,
-                 calib_method: Optional[str], min_cosine: float, form: str,
-                 fold_bn: bool) -> tuple[list[dict], dict[str, Any]]:
+def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[str, str], opts: ExportOptions,
+                 batches: Sequence[int], calib_images: np.ndarray) -> tuple[list[dict], dict[str, Any]]:
     import onnx
 
+    q, batch_size = opts.int8, opts.batch_size
     try:
-        write_int8_onnx(reference, tmp, calib_images, form, batch_size=batch_size, opset=opset, method=calib_method,
-                        fold_bn=fold_bn)
+        write_int8_onnx(reference, tmp, calib_images, q.form, batch_size=batch_size, opset=opts.opset, method=q.method,
+                        fold_bn=opts.fold_bn)
     except UserError:
         raise
     except Exception as e:
@@ -136,11 +162,11 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
         got, ref = [run(chunk)], [reference_embeddings(reference, chunk)]
     cos = cosine_similarity(np.concatenate(got), np.concatenate(ref))
     agreement = {"faces": int(len(cos)), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
-                 "min_mean_cosine_required": min_cosine}
+                 "min_mean_cosine_required": q.min_cosine}
     log.info("%s: int8 vs fp32 cosine similarity on %d faces: mean %.4f, min %.4f", label, len(cos), cos.mean(), cos.min())
-    if not cos.mean() >= min_cosine:
+    if not cos.mean() >= q.min_cosine:
         raise ParityError(f"{label}: int8 embeddings agree poorly with fp32 (mean cosine {cos.mean():.4f} < "
-                          f"{min_cosine}); output removed")
+                          f"{q.min_cosine}); output removed")
     return records, agreement
 
 
@@ -189,28 +215,26 @@ def _check_weights_file(tmp: Path, reference: torch.nn.Module, label: str, toler
     return check_parity(run, reference, reference.input_size, tolerance, batches, label)
 
 
-def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] = None, *,
-                 network: Optional[str] = None, opset: int = DEFAULT_OPSET, batch_size: Optional[int] = None,
-                 fp16: bool = False, int8: bool = False, calib: Optional[str | Path] = None,
-                 calib_count: int = DEFAULT_CALIB_COUNT, calib_method: Optional[str] = None, fold_bn: bool = True,
-                 int8_min_cosine: float = INT8_MIN_COSINE, int8_form: str = "qdq") -> dict[str, Any]:
-    """Export the backbone in `model_path` to `output`, check it, and return a report (JSON-ready dict).
+def export_model(model_path: str | Path, output: str | Path, opts: Optional[ExportOptions] = None) -> dict[str, Any]:
+    """Export the backbone in `model_path` to `output` as `opts` says, check it, and return a report (JSON-ready).
 
-    `fmt`: onnx, torchscript, pth or safetensors (default: from the suffix). `batch_size`: None for a
-    dynamic batch (ONNX), else a fixed one. `fp16` halves the weights (input and output stay float32);
-    `int8` (ONNX only) quantises with onnxruntime, calibrated on `calib` (image folder or `.bin`).
-    Raises `ParityError` (nothing written) when the exported model disagrees with PyTorch.
+    Formats: onnx, torchscript, pth or safetensors. `fp16` halves the weights (input and output stay
+    float32); `int8` (ONNX only) quantises with onnxruntime, calibrated on faces. Raises `ParityError`
+    (nothing written) when the exported model disagrees with PyTorch.
     """
+    opts = opts or ExportOptions()
     output = Path(output)
-    fmt = format_for(output, fmt)
+    fmt = format_for(output, opts.fmt)
+    network, opset, batch_size, fp16, fold_bn, q = opts.network, opts.opset, opts.batch_size, opts.fp16, opts.fold_bn, opts.int8
+    int8 = q is not None
     if fp16 and int8:
         raise ConfigError("--fp16 and --int8 exclude each other")
     if int8 and fmt != "onnx":
         raise ConfigError(f"--int8 needs --format onnx (onnxruntime quantisation), not {fmt}")
-    if int8 and calib is None:
+    if int8 and q.calib is None:
         raise ConfigError("--int8 needs --calib (a RecordIO training folder, a folder of aligned faces or a .bin)")
-    if int8 and int8_form not in INT8_FORMS:
-        raise ConfigError(f"unknown int8 form '{int8_form}'; known: {', '.join(INT8_FORMS)}")
+    if int8 and q.form not in INT8_FORMS:
+        raise ConfigError(f"unknown int8 form '{q.form}'; known: {', '.join(INT8_FORMS)}")
     if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
     if fmt == "onnx" and opset < MIN_OPSET:
@@ -224,7 +248,7 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     meta = export_metadata(info, model.input_size, model.embedding_size, precision,
                            batch_size if fmt == "onnx" else None)
-    calib_images = load_calibration_images(calib, calib_count, model.input_size) if int8 else None
+    calib_images = load_calibration_images(q.calib, q.count, model.input_size) if int8 else None
     tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     batches = (batch_size,) if batch_size and fmt == "onnx" else CHECK_BATCHES
     label = str(output)
@@ -239,15 +263,14 @@ def export_model(model_path: str | Path, output: str | Path, fmt: Optional[str] 
         "batch": "dynamic" if batch_size is None or fmt != "onnx" else batch_size,
         "bn_folded": bool(fold_bn and fmt in ("onnx", "torchscript")),
     }
-    log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or "iresnet", output, fmt, precision)
+    log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or info.get("family"), output, fmt, precision)
     with atomic_path(output, f".partial{output.suffix}") as tmp:
         if fmt == "onnx" and int8:
-            checks, agreement = _export_int8(model, tmp, label, meta, opset, batch_size, batches,
-                                             calib_images, calib_method, int8_min_cosine, int8_form, fold_bn)
+            checks, agreement = _export_int8(model, tmp, label, meta, opts, batches, calib_images)
             report["int8_agreement"] = agreement
-            report["int8_form"] = {"name": int8_form, "description": INT8_FORMS[int8_form].description}
-            report["calibration"] = {"source": str(calib), "images": int(len(calib_images)),
-                                     "method": calib_method or INT8_FORMS[int8_form].method}
+            report["int8_form"] = {"name": q.form, "description": INT8_FORMS[q.form].description}
+            report["calibration"] = {"source": str(q.calib), "images": int(len(calib_images)),
+                                     "method": q.method or INT8_METHOD}
         elif fmt == "onnx":
             checks = _export_onnx(net, model, tmp, label, meta, opset, batch_size, tolerance, batches)
         elif fmt == "torchscript":

@@ -7,12 +7,15 @@ threshold back from each.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from irface import __version__
 from irface.data.transforms import MEAN, STD
+from irface.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ def export_metadata(info: Mapping[str, Any], input_size: int, embedding_size: in
     """The string key/value pairs written into every exported file that can hold them."""
     meta = {
         "producer": f"irface {__version__}",
-        "network": str(info.get("network") or "iresnet"),
+        "network": str(info.get("network") or info.get("family") or "iresnet"),  # family: a resized member
         "input_name": "data",
         "input_layout": "NCHW",
         "input_color": "RGB",
@@ -59,3 +62,27 @@ def export_metadata(info: Mapping[str, Any], input_size: int, embedding_size: in
         meta[THRESHOLD_KEY] = repr(threshold)
         meta["threshold_metric"] = "cosine"
     return meta
+
+
+CALIBRATION_SUFFIX = ".irface.json"
+
+
+def calibration_path(model: str | Path) -> Path:
+    """Where `irface calibrate` keeps what it learnt about a model: `<model file or folder>.irface.json` beside it."""
+    model = Path(model)
+    return model.with_name(model.name + CALIBRATION_SUFFIX)
+
+
+def read_calibration(model: str | Path) -> dict[str, Any]:
+    """The calibration file of `model` ({} when there is none); ModelFileError when it is unreadable."""
+    path = calibration_path(model)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: unreadable calibration file ({type(e).__name__}); "
+                             "delete it or rerun irface calibrate") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: a calibration file holds a JSON object; delete it or rerun irface calibrate")
+    return data

@@ -7,10 +7,17 @@ ONNX Runtime (any provider), TensorRT and OpenVINO read. `cpu` is ONNX Runtime's
 
 Both quantise only the blocks' 3x3 convolutions. The stem convolution stays float: its input, the
 normalised image (p - 127.5) / 127.5, falls between the steps of any 8-bit grid, and quantising it
-alone doubled the int8 error on the demo model (1 - cosine 7.1e-4 -> 3.6e-4 without it), for 0.2% of
-IResNet-100's FLOPs. So do the 1x1 shortcut convs and the FC (Int8Form.op_types). What is left of the
+alone doubled the int8 error on the demo model, for 0.2% of IResNet-100's FLOPs. So do the 1x1
+shortcut convs and the FC (`INT8_OP_TYPES`). What is left of the
 error is mostly the requantisation of each conv's output, which int8 kernels need
 (benchmarks/README.md, "int8 accuracy").
+
+Those rules are the IResNet's; the other families quantise what carries their work (`quantised_ops`):
+MobileFaceNet every conv but the stem (its 1x1 convs are most of its FLOPs, not shortcuts); a ViT its
+matrix products (MatMul, Gemm: the linear layers and attention's q k^T and attention x v). A ViT's
+LayerNorm, Softmax, GELU-free ReLU6 clip and residual adds stay float between them: onnxruntime has no
+int8 kernels for LayerNormalization and Softmax, so each block dequantises around them; its patch
+embedding conv is the stem and stays float as well.
 """
 
 from __future__ import annotations
@@ -39,13 +46,6 @@ def normalised_batch(images: np.ndarray) -> np.ndarray:
     return normalize(to_nchw_tensor(images)).numpy()
 
 
-def _torch_batches(images: np.ndarray, batch: int = 64):
-    import torch
-
-    for start in range(0, len(images), batch):
-        yield torch.from_numpy(normalised_batch(images[start:start + batch]))
-
-
 def _reader(images: np.ndarray, input_name: str, batch: int):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -68,41 +68,33 @@ def _reader(images: np.ndarray, input_name: str, batch: int):
     return FaceReader()
 
 
+# Both forms calibrate with percentiles and quantise only Conv ops: the residual Adds and PReLUs were
+# further from fp32 and no faster quantised; the 1x1 shortcut convs and the FC (kept float by
+# `shortcut_conv_names` and this list) read the raw residual stream, channels of very different ranges
+# under one activation scale, and carried most of the int8 error for ~1% of the FLOPs. The blocks'
+# leading BatchNorms stay unfolded for the same reason: folded, they leave the conv's input the raw
+# residual stream. Activation equalisation (SmoothQuant) lowered the error by cosine but changed more
+# decisions for the worse than the better. Figures: benchmarks/README.md, "int8 accuracy".
+INT8_METHOD = "percentile"
+INT8_OP_TYPES = ("Conv",)
+
+
 @dataclass(frozen=True)
 class Int8Form:
     """How an fp32 backbone becomes int8: graph preparation, then onnxruntime's quantiser's settings."""
 
     name: str
-    fold_leading_bn: bool  # fold every BN (the blocks' leading ones too: shifted residual stream)
     prelu_as_max: bool  # rewrite PRelu as Mul + Max (irface.export.graph)
     quant_format: str  # qdq or qoperator
     activations: str  # int8 or uint8
-    method: str  # calibration: minmax, entropy or percentile
     description: str
-    # Only the 3x3 convolutions: the residual Adds, PReLUs, flatten, the 1x1 shortcut convs and the FC
-    # stay float. Adds and PReLUs: on IResNet-100 quantising them was both further from fp32 (mean cosine
-    # on random weights 0.963 vs 0.977) and no faster. Shortcuts and FC: they read the raw residual stream
-    # (channels of very different ranges, one activation scale) and were over half of the demo model's
-    # int8 error (1 - cosine 3.9e-4 -> 1.7e-4 in float, both demo models) for ~1% of IResNet-100's FLOPs
-    # (no slower: CPU form 823 vs 850 ms, QDQ 1117 vs 1122 ms per 16 faces on 2 cores).
-    op_types: tuple[str, ...] = ("Conv",)
-    float_shortcuts: bool = True  # keep the 1x1 shortcut convs in float
-    # irface.export.equalize before quantising (None: not). Off in both forms: alpha 0.5 lowered the
-    # error by cosine (1 - cosine 1.6-1.8e-4 -> 1.3-1.6e-4 on three demo models) but the decisions it
-    # changed went wrong more often: at fp32's threshold, 27 more wrong than right over 3 x 18,000 pairs,
-    # against 2 more right without it (benchmarks/README.md, "int8 accuracy": `FORM/eq`).
-    equalize_alpha: Optional[float] = None
 
 
 INT8_FORMS = {
-    "qdq": Int8Form("qdq", False, False, "qdq", "int8", "percentile",
+    "qdq": Int8Form("qdq", False, "qdq", "int8",
                     "QDQ, per-channel int8 weights, int8 activations, 3x3 convs quantised, stem conv, "
                     "shortcuts and FC in float (portable)"),
-    # The blocks' leading BNs stay (float, before each block's first conv): folded into that conv they
-    # leave its input the raw residual stream, whose channels span very different ranges, and one
-    # per-tensor activation scale then loses the small ones. Kept, the demo model's int8 changed 3 of
-    # 1,800 verification decisions instead of 9, for some speed (IResNet-100: 2.98x eager, 3.6-3.8x folded).
-    "cpu": Int8Form("cpu", False, True, "qoperator", "uint8", "percentile",
+    "cpu": Int8Form("cpu", True, "qoperator", "uint8",
                     "QOperator, per-channel int8 weights, uint8 activations, 3x3 convs quantised, PReLU as "
                     "Max, stem conv, shortcuts and FC in float (ONNX Runtime CPU)"),
 }
@@ -127,6 +119,17 @@ def shortcut_conv_names(model_path: str | Path) -> list[str]:
             and shapes.get(n.input[1], [])[2:] == [1, 1]]
 
 
+def quantised_ops(model) -> tuple[tuple[str, ...], bool]:
+    """(op types to quantise, whether 1x1 convs stay float) for the model's family (see the module doc)."""
+    from irface.models import MobileFaceNet, VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        return ("MatMul", "Gemm"), False
+    if isinstance(model, MobileFaceNet):
+        return ("Conv",), False
+    return INT8_OP_TYPES, True
+
+
 def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: str = "qdq", *,
                     batch_size: Optional[int] = None, opset: Optional[int] = None,
                     method: Optional[str] = None, workdir: Optional[str | Path] = None,
@@ -144,19 +147,16 @@ def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: s
     spec = INT8_FORMS[form]
     with tempfile.TemporaryDirectory(prefix="irface-int8-", dir=workdir) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        net = fold_batchnorm(model, leading=spec.fold_leading_bn) if fold_bn else model
-        if spec.equalize_alpha is not None:
-            from irface.export.equalize import equalize_activations
-
-            net = equalize_activations(net, _torch_batches(calib_images), spec.equalize_alpha)
+        net = fold_batchnorm(model, leading=False) if fold_bn else model
         export_onnx(net, fp32, model.input_size, opset=opset or DEFAULT_OPSET, batch_size=batch_size)
         if spec.prelu_as_max:
             rewritten = Path(tmp) / "fp32-max.onnx"
             prelu_as_max(fp32, rewritten)
             fp32 = rewritten
-        keep_float = stem_conv_names(fp32) + (shortcut_conv_names(fp32) if spec.float_shortcuts else [])
-        quantize_int8(fp32, output, calib_images, batch_size, method or spec.method, quant_format=spec.quant_format,
-                      activations=spec.activations, keep_float=keep_float, op_types=spec.op_types)
+        op_types, float_1x1 = quantised_ops(model)
+        keep_float = stem_conv_names(fp32) + (shortcut_conv_names(fp32) if float_1x1 else [])
+        quantize_int8(fp32, output, calib_images, batch_size, method or INT8_METHOD, quant_format=spec.quant_format,
+                      activations=spec.activations, keep_float=keep_float, op_types=op_types)
     return spec
 
 

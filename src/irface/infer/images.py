@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from irface.data.images import IMAGE_SUFFIXES, decode_image, list_image_files, open_image
+from irface.data.images import IMAGE_SUFFIXES, _decode_jpeg_fast, _to_rgb, decode_image, list_image_files, open_image
 from irface.errors import DataError
 
 
@@ -32,25 +32,55 @@ def read_face(path: str | Path, size: int = 112) -> np.ndarray:
     return decode_image(read_file(path), size, str(path))
 
 
+# EXIF orientation (tag 0x0112) -> the numpy view that shows the photo upright, as Pillow's exif_transpose.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+}
+
+
 def open_rgb(path: str | Path) -> np.ndarray:
-    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does)."""
+    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does).
+
+    Any mode is converted as `decode_image` converts it (grey, palette, CMYK, alpha dropped, 16-bit);
+    JPEGs are decoded by simplejpeg when it is installed (the `fast` extra), Pillow otherwise.
+    """
     path = Path(path)
-    img = open_image(read_file(path), str(path))
+    data = read_file(path)
+    # The header only: the size is checked before any pixel is decoded.
+    return decode_rgb(open_image(data, str(path)), data, str(path))
+
+
+def decode_rgb(img: Image.Image, data: bytes, source: str) -> np.ndarray:
+    """An image opened by `open_image` from `data` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            orientation = img.getexif().get(0x0112, 1)
+            arr = _decode_jpeg_fast(data, source)
+            if arr is None:
+                img.load()
+                arr = _to_rgb(img)
+    except DataError:
+        raise
     except Exception as e:
-        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
-    return np.asarray(img, dtype=np.uint8)
+        raise DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})") from None
+    upright = _UPRIGHT.get(orientation)
+    return np.ascontiguousarray(upright(arr)) if upright else arr
 
 
 @dataclass
 class FaceSource:
-    """One face to embed: a name for the output's file list and a function that returns the crop."""
+    """One input to embed: a name for the output's file list and a function that returns its image.
+
+    `photo` is the image file when the source is one (it may then need detection, see
+    `irface.infer.photo`); RecordIO records are aligned crops and have none.
+    """
 
     name: str
     load: Callable[[], np.ndarray]
+    photo: Optional[Path] = None
 
 
 def _is_recordio(path: Path) -> bool:
@@ -95,9 +125,9 @@ def collect_faces(inputs: Sequence[str | Path], size: int = 112) -> list[FaceSou
             files = list_image_files(path)
             if not files:
                 raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            sources += [FaceSource(str(p), (lambda p=p: read_face(p, size))) for p in files]
+            sources += [FaceSource(str(p), (lambda p=p: read_face(p, size)), p) for p in files]
         else:
-            sources.append(FaceSource(str(path), (lambda p=path: read_face(p, size))))
+            sources.append(FaceSource(str(path), (lambda p=path: read_face(p, size)), path))
     return sources
 
 

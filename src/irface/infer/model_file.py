@@ -12,19 +12,24 @@ or None.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from irface.data.transforms import embed_images, normalize, to_nchw_tensor
+from irface.data.transforms import MEAN, STD, embed_images
 from irface.device import precision_dtype, resolve_device
 from irface.errors import ModelFileError, first_line
 from irface.export.fold import fold_batchnorm
-from irface.export.metadata import THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, threshold_from
+from irface.export.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
+                                    threshold_from)
 from irface.models.loading import is_torchscript_archive, load_backbone
+
+log = logging.getLogger(__name__)
 
 
 class Embedder:
@@ -33,6 +38,8 @@ class Embedder:
     input_size: int = 112
     embedding_size: int = 512
     threshold: Optional[float] = None
+    threshold_source: Optional[str] = None  # "calibration" (irface calibrate) or "model" (stored inside)
+    norm: "InputNorm"
     info: dict[str, Any]
 
     def embed(self, images: np.ndarray) -> np.ndarray:
@@ -48,8 +55,9 @@ class Embedder:
 class TorchEmbedder(Embedder):
     def __init__(self, model: torch.nn.Module, info: dict[str, Any], device: torch.device,
                  input_size: int, embedding_size: int, dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, norm: Optional[InputNorm] = None):
         self.model = model.eval().to(device)
+        self.norm = norm or InputNorm()
         # NHWC activations and weights: the layout oneDNN and cuDNN run convolutions fastest in
         # (benchmarks/README.md has the figures).
         self.channels_last = channels_last
@@ -63,11 +71,90 @@ class TorchEmbedder(Embedder):
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         self.check_input(images)
-        return embed_images(self.model, images, self.device, self.dtype, self.channels_last)
+        return embed_images(self.model, images, self.device, self.dtype, self.channels_last,
+                            self.norm.mean, self.norm.std, self.norm.bgr)
+
+
+@dataclass
+class InputNorm:
+    """How uint8 RGB pixels become a model's input: x' = (x - mean) / std per channel, in pixel units
+    (as insightface's model zoo writes them), in RGB or BGR order; `source` says where it came from."""
+
+    mean: tuple[float, float, float] = (MEAN, MEAN, MEAN)
+    std: tuple[float, float, float] = (STD, STD, STD)
+    bgr: bool = False
+    source: str = "irface"
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W)."""
+        x = np.asarray(images, dtype=np.float32)
+        if self.bgr:
+            x = x[..., ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def is_standard(self) -> bool:
+        """irface's own normalisation (RGB, (x - 127.5) / 127.5)."""
+        return not self.bgr and self.mean == (MEAN,) * 3 and self.std == (STD,) * 3
+
+    def describe(self) -> str:
+        def fmt(v):
+            return f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v)
+        return f"{'BGR' if self.bgr else 'RGB'}, (x - {fmt(self.mean)}) / {fmt(self.std)}"
+
+    def to_metadata(self) -> dict[str, str]:
+        return {"input_color": "BGR" if self.bgr else "RGB",
+                "input_mean": ",".join(repr(float(v)) for v in self.mean),
+                "input_std": ",".join(repr(float(v)) for v in self.std)}
+
+
+def parse_channels(value: Any, name: str, source: str) -> Optional[tuple[float, float, float]]:
+    """One number or three (comma-separated or a list) -> a 3-tuple; None when absent."""
+    if value is None or value == "":
+        return None
+    parts = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").strip("[]()").split(",")
+    try:
+        values = [float(v) for v in parts if v != ""]
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{source}: {name} must be one number or three (R,G,B), got {value!r}") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(np.isfinite(values)) or (name.endswith("std") and min(values) <= 0):
+        raise ModelFileError(f"{source}: {name} must be one number or three (R,G,B)"
+                             f"{', all above 0' if name.endswith('std') else ''}, got {value!r}")
+    return tuple(values)  # type: ignore[return-value]
+
+
+def norm_from_metadata(meta: dict[str, Any], source: str) -> Optional[InputNorm]:
+    """The normalisation written in a model's metadata (irface's export, or a calibration file), if any."""
+    mean = parse_channels(meta.get("input_mean"), "input_mean", source)
+    std = parse_channels(meta.get("input_std"), "input_std", source)
+    if mean is None or std is None:
+        return None
+    return InputNorm(mean, std, str(meta.get("input_color", "RGB")).upper() == "BGR", "metadata")
+
+
+def guess_onnx_norm(path: Path) -> tuple[InputNorm, str]:
+    """insightface's model-zoo rule: a graph starting with Sub and Mul nodes normalises inside
+    (mean 0, std 1), any other wants (x - 127.5) / 127.5; RGB either way. Returns the norm and why."""
+    try:
+        import onnx
+    except ImportError:
+        return InputNorm(source="guess"), "onnx is not installed to read the graph, so the common (x - 127.5) / 127.5"
+    try:
+        nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
+    except Exception:
+        return InputNorm(source="guess"), "graph unreadable, so the common (x - 127.5) / 127.5"
+    # By node name, exactly as insightface's ArcFaceONNX decides (mxnet exports name them so).
+    has_sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    has_mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
+    if has_sub and has_mul:
+        return InputNorm((0.0,) * 3, (1.0,) * 3, False, "guess"), "the graph starts with Sub and Mul (normalises inside)"
+    return InputNorm(source="guess"), "no Sub/Mul at the graph's start"
 
 
 class OnnxEmbedder(Embedder):
-    def __init__(self, path: Path, device: torch.device):
+    def __init__(self, path: Path, device: torch.device, norm: Optional[InputNorm] = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -95,13 +182,19 @@ class OnnxEmbedder(Embedder):
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threshold = threshold_from(meta.get(THRESHOLD_KEY), str(path))
         self.info = {"kind": "onnx", "path": str(path), "metadata": meta}
+        self.norm = norm or norm_from_metadata(meta, str(path))
+        if self.norm is None:
+            self.norm, why = guess_onnx_norm(path)
+            log.info("%s: no input normalisation stored with the model; assumed %s (%s). "
+                     "Give --input-mean/--input-std/--bgr if the model wants otherwise.", path, self.norm.describe(), why)
+        self.info["input"] = self.norm.describe()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         self.check_input(images)
-        x = normalize(to_nchw_tensor(images)).numpy()
+        x = self.norm.apply(images)
         if self.fixed_batch and x.shape[0] != self.fixed_batch:
             # A fixed-batch export: run it batch by batch, padding the tail.
             outs = []
@@ -140,28 +233,59 @@ def _safetensors_meta(path: Path) -> dict[str, str]:
         return {}
 
 
+def _requested_norm(input_mean, input_std, bgr, calibration: dict, path: Path) -> Optional[InputNorm]:
+    """The normalisation asked for on the command line, else the one a calibration file recorded."""
+    if input_mean is not None or input_std is not None or bgr:
+        mean = parse_channels(input_mean, "--input-mean", str(path)) or (MEAN,) * 3
+        std = parse_channels(input_std, "--input-std", str(path)) or (STD,) * 3
+        return InputNorm(mean, std, bool(bgr), "argument")
+    norm = norm_from_metadata(calibration, str(calibration_path(path)))
+    if norm is not None:
+        norm.source = "calibration"
+    return norm
+
+
 def load_model(path: str | Path, network: Optional[str] = None, device: str | torch.device = "cpu",
-               precision: str = "fp32", fold_bn: bool = True, channels_last: bool = True) -> Embedder:
+               precision: str = "fp32", fold_bn: bool = True, channels_last: bool = True,
+               input_mean: Any = None, input_std: Any = None, bgr: bool = False) -> Embedder:
     """Open `path` (any supported model file) as an Embedder on `device`.
 
     `fold_bn` folds every eval-mode BatchNorm of PyTorch backbones into the convs (the blocks' leading
     ones through a shifted residual stream; same embeddings to ~1e-6 relative); `channels_last` runs
     them in NHWC. Both are faster on CPU (`irface bench infer --compare`).
+
+    `input_mean` / `input_std` (one number or three, pixel units) and `bgr` set the input
+    normalisation x' = (x - mean) / std; without them: what `irface calibrate` recorded beside the
+    model, else the model's metadata (irface's exports), else a guess from an ONNX graph (logged).
+    A threshold recorded by `irface calibrate` beside the model wins over the one stored inside it.
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    dtype = precision_dtype(precision)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file or folder")
+    calibration = read_calibration(path)
+    norm = _requested_norm(input_mean, input_std, bgr, calibration, path)
+    embedder = _open(path, network, device, precision, fold_bn, channels_last, norm)
+    calibrated = threshold_from(calibration.get(THRESHOLD_KEY), str(calibration_path(path)))
+    if calibrated is not None:
+        embedder.threshold, embedder.threshold_source = calibrated, "calibration"
+    elif embedder.threshold is not None:
+        embedder.threshold_source = "model"
+    return embedder
+
+
+def _open(path: Path, network: Optional[str], device: torch.device, precision: str, fold_bn: bool,
+          channels_last: bool, norm: Optional[InputNorm]) -> Embedder:
     if path.suffix.lower() == ".onnx":
-        return OnnxEmbedder(path, device)
+        return OnnxEmbedder(path, device, norm)
+    dtype = precision_dtype(precision)
     if path.is_file() and is_torchscript_archive(path):
         model, meta = _torchscript_meta(path, device)
         size = int(meta.get("input_size", 112))
         with torch.inference_mode():
             emb = model.eval()(torch.zeros(1, 3, size, size, device=device)).shape[1]
         embedder = TorchEmbedder(model, {"kind": "torchscript", "path": str(path), "metadata": meta}, device,
-                                 size, emb, dtype)
+                                 size, emb, dtype, norm=norm or norm_from_metadata(meta, str(path)))
         embedder.threshold = threshold_from(meta.get(THRESHOLD_KEY), str(path))
         return embedder
     model, info = load_backbone(path, network)
@@ -171,6 +295,6 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
         stored = info["metadata"].get(THRESHOLD_KEY)
     if fold_bn:
         model = fold_batchnorm(model, leading=True)
-    embedder = TorchEmbedder(model, info, device, model.input_size, model.embedding_size, dtype, channels_last)
+    embedder = TorchEmbedder(model, info, device, model.input_size, model.embedding_size, dtype, channels_last, norm)
     embedder.threshold = threshold_from(stored, str(path))
     return embedder

@@ -1,0 +1,208 @@
+"""Every documented shell command runs: the README's and docs/' ```bash blocks, and configs/*.yaml headers.
+
+Where commands come from:
+- a fenced block opened with ```bash in README.md or docs/*.md: every line that is not blank and not a
+  `#` comment is a command (a line ending in `\\` continues on the next one);
+- the leading `#` comment lines of configs/*.yaml: a line whose text starts with a program (`irface`,
+  `bash`, `python`, `python3`, `torchrun`, `make`) followed by a space is a command.
+
+How they run: the commands of one file run in order, through bash, in one fresh copy of the checkout
+(so `tests/fixtures/...`, `configs/...` and `scripts/...` resolve, and nothing lands in the repository),
+with this environment's `irface` and `python` first on PATH. A later command may use what an earlier one
+of the same file wrote (`irface data synth DATA ...` then `irface train ... data_path=DATA`).
+
+To document a command that cannot run here in seconds (real data, a GPU, a trained IResNet-100), add
+an entry to SKIP: a substring of the command and the reason. To make a runnable command quick, add its
+substring to TINY with the extra arguments appended to it (`key=value` overrides for `irface train`).
+EXPECT holds text a command's output must contain (what shows it did its job, not just exit 0).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = ("irface", "bash", "python", "python3", "torchrun", "make")
+TIMEOUT_S = 180
+
+# Documented commands that are not run here, by a substring of the command: the reason.
+SKIP: dict[str, str] = {
+    "make demo": "the whole demo (minutes); tests/test_demo.py runs a shortened one",
+    "make test": "the test suite itself",
+    "pytest -m faults": "the test suite itself",
+    "/data/": "needs a real dataset (the MS1MV2 / faces_emore archive and its .bin sets)",
+    "runs/r100": "needs a trained IResNet-100 run",
+    "runs/lresnet100e_ir": "needs a trained IResNet-100 run",
+    "r100.onnx": "needs an exported IResNet-100",
+    "backbone.pth": "needs a trained IResNet-100 state dict",
+    "lresnet100e_ir-25_5686.ckpt": "needs the seed's MindSpore checkpoint (not shipped)",
+    "irface bench": "timing runs (tens of seconds to minutes); tests/test_bench*.py run them at tiny sizes",
+    "photo.jpg": "a placeholder photo name",
+}
+
+# Extra arguments appended to a command (first matching substring) so that it runs in seconds.
+TINY: dict[str, str] = {
+    "irface data synth DATA": "--pairs 100",  # 100 pairs still make the 10 folds of verification
+    # One epoch of the demo recipe (it verifies at its end) instead of eight.
+    "irface train --config configs/demo.yaml": "epoch_size=1 num_workers=0",
+    "scripts/run_distribute_train.sh DATA 2 --config configs/demo.yaml": "max_steps=2 val_targets=[] num_workers=0",
+}
+
+# Text that must appear in a command's output (stdout + stderr).
+EXPECT: dict[str, list[str]] = {
+    # Trains and verifies during training on the 112-px .bin sets of `irface data synth`.
+    "irface train --config configs/demo.yaml data_path=DATA num_classes=30": [
+        "lfw.bin: 112x112 images resized to 56x56", "[lfw]Accuracy-Flip: ", "[cfp_fp]Accuracy-Flip: ",
+        "[agedb_30]Accuracy-Flip: "],
+}
+
+
+@dataclass
+class Command:
+    source: str  # the file, relative to the repository
+    where: str  # "```bash block 2 (line 40)" or "header line 4"
+    text: str
+
+    def without_comment(self) -> str:
+        """The command before a trailing `# ...` comment (a `#` that starts a word outside quotes)."""
+        quote = None
+        for i, ch in enumerate(self.text):
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "'\"":
+                quote = ch
+            elif ch == "#" and (i == 0 or self.text[i - 1].isspace()):
+                return self.text[:i].rstrip()
+        return self.text
+
+    def first_match(self, table: dict):
+        return next(((key, value) for key, value in table.items() if key in self.text), None)
+
+
+def bash_block_commands(path: Path) -> list[Command]:
+    """Commands of the ```bash blocks of a Markdown file."""
+    source = str(path.relative_to(ROOT))
+    commands: list[Command] = []
+    block, block_no, pending = None, 0, ""
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if block is None:
+            if re.fullmatch(r"```\s*bash\s*", stripped):
+                block_no += 1
+                block = f"```bash block {block_no} (line {line_no})"
+            continue
+        if stripped.startswith("```"):
+            block = None
+            continue
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        commands.append(Command(source, block, pending + stripped))
+        pending = ""
+    return commands
+
+
+def config_header_commands(path: Path) -> list[Command]:
+    """Commands in the leading comment lines of a YAML config."""
+    source = str(path.relative_to(ROOT))
+    commands: list[Command] = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if text.split(" ", 1)[0] in PROGRAMS and " " in text:
+            commands.append(Command(source, f"header line {line_no}", text))
+    return commands
+
+
+def documented_commands() -> dict[str, list[Command]]:
+    """Every file with commands -> its commands, in order."""
+    found: dict[str, list[Command]] = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        found[str(path.relative_to(ROOT))] = bash_block_commands(path)
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        found[str(path.relative_to(ROOT))] = config_header_commands(path)
+    return {source: commands for source, commands in found.items() if commands}
+
+
+COMMANDS = documented_commands()
+_IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", "runs",
+                                  "demo_out", "build", "dist")
+
+
+def _checkout_copy(dest: Path) -> Path:
+    shutil.copytree(ROOT, dest, ignore=_IGNORED, symlinks=True)
+    return dest
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # This environment's irface, python and torchrun first; scripts/ fall back to python3 on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:]) or "    (nothing)"
+
+
+def _describe(cmd: Command, extra: str) -> str:
+    added = f"\n  with the test's additions: {extra}" if extra else ""
+    return f"{cmd.source}, {cmd.where}:\n  {cmd.text}{added}"
+
+
+@pytest.mark.parametrize("source", sorted(COMMANDS))
+def test_documented_commands_run(source, tmp_path):
+    repo = _checkout_copy(tmp_path / "checkout")
+    env = _environment()
+    for cmd in COMMANDS[source]:
+        if cmd.first_match(SKIP):
+            continue
+        tiny = cmd.first_match(TINY)
+        extra = tiny[1] if tiny else ""
+        try:
+            done = subprocess.run(["bash", "-c", f"{cmd.without_comment()} {extra}".strip()], cwd=repo, env=env,
+                                  capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+            pytest.fail(f"{_describe(cmd, extra)}\ndid not finish in {TIMEOUT_S} s; last lines of stderr:\n"
+                        f"{_tail(out)}", pytrace=False)
+        if done.returncode != 0:
+            pytest.fail(f"{_describe(cmd, extra)}\nexited with status {done.returncode}; last lines of stderr:\n"
+                        f"{_tail(done.stderr)}\n  stdout:\n{_tail(done.stdout, 5)}", pytrace=False)
+        expected = cmd.first_match(EXPECT)
+        output = done.stdout + done.stderr
+        missing = [text for text in (expected[1] if expected else []) if text not in output]
+        if missing:
+            pytest.fail(f"{_describe(cmd, extra)}\nran, but its output lacks {missing}; last lines:\n{_tail(output)}",
+                        pytrace=False)
+
+
+def test_every_table_entry_matches_a_documented_command():
+    """A stale SKIP / TINY / EXPECT entry (its command changed or went) is reported, not silently kept."""
+    every = [cmd.text for commands in COMMANDS.values() for cmd in commands]
+    for name, table in (("SKIP", SKIP), ("TINY", TINY), ("EXPECT", EXPECT)):
+        stale = [key for key in table if not any(key in text for text in every)]
+        assert not stale, f"{name} entries that match no documented command: {stale}"
+
+
+def test_collection_finds_the_known_commands():
+    """The collector reads both kinds of source (a guard against a parser that finds nothing)."""
+    texts = {cmd.text for commands in COMMANDS.values() for cmd in commands}
+    assert "make demo    # creates .venv, installs irface (CPU torch), runs the end-to-end demo" in texts
+    assert "irface data synth DATA --ids 30 --per-id 8" in {c.text for c in COMMANDS["configs/demo.yaml"]}
+    assert Command("f", "w", "irface train a=1   # one process").without_comment() == "irface train a=1"
+    assert Command("f", "w", "irface eval | jq '.a # b' # c").without_comment() == "irface eval | jq '.a # b'"
+    continued = [t for t in texts if t.startswith("torchrun ")]
+    assert continued and all("data_path=" in t for t in continued)  # the `\` continuation was joined
