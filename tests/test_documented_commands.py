@@ -61,6 +61,11 @@ EXPECT: dict[str, list[str]] = {
     # The reference's TAR@FAR table and the 1:N lines of the synthetic IJB-C set.
     "irface eval --ckpt tests/fixtures/mindspore/tiny_iresnet_e.ckpt --ijb": [
         "| N1D1F1-IJBC  |", "0.0001", "1:N reference script", "1:N NIST   G1"],
+    # Held-out style check on real faces: the enrolled photo is found, the group photo's face is nobody enrolled.
+    "irface gallery search faces.gallery tests/fixtures/realface/photos/obama/obama1.jpg": [
+        "obama1.jpg: obama", "t1.jpg: unknown"],
+    "irface gallery search faces.gallery tests/fixtures/realface/photos/obama/obama.jpg --json": [
+        '"identity": "Barack Obama"'],
     # Trains and verifies during training on the 112-px .bin sets of `irface data synth`.
     "irface train --config configs/demo.yaml data_path=DATA num_classes=30": [
         "lfw.bin: 112x112 images resized to 56x56", "[lfw]Accuracy-Flip: ", "[cfp_fp]Accuracy-Flip: ",
