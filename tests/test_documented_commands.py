@@ -38,6 +38,7 @@ TIMEOUT_S = 180
 # Documented commands that are not run here, by a substring of the command: the reason.
 SKIP: dict[str, str] = {
     "make demo": "the whole demo (minutes); tests/test_demo.py runs a shortened one",
+    "benchmarks/demo_busy.sh": "the whole demo from a fresh clone, install included (minutes)",
     "make test": "the test suite itself",
     "pytest -m faults": "the test suite itself",
     "/data/": "needs a real dataset (the MS1MV2 / faces_emore archive and its .bin sets)",
