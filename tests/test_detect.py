@@ -150,3 +150,11 @@ def test_a_bad_photo_among_good_ones_is_skipped(tmp_path, capsys):
     report = _detect_json(capsys, PHOTOS[0], bad)
     assert [p["path"] for p in report["photos"]] == [str(PHOTOS[0])]
     assert report["skipped"][0]["name"] == str(bad) and "cannot decode" in report["skipped"][0]["reason"]
+
+
+def test_a_corrupt_photo_alone_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["detect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("irface detect: error: ") and "broken.png" in err[0]

@@ -60,10 +60,19 @@ TINY: dict[str, str] = {
 
 # Text that must appear in a command's output (stdout + stderr).
 EXPECT: dict[str, list[str]] = {
+    # The reference's TAR@FAR table and the 1:N lines of the synthetic IJB-C set.
+    "irface eval --ckpt tests/fixtures/mindspore/tiny_iresnet_e.ckpt --ijb": [
+        "| N1D1F1-IJBC  |", "0.0001", "1:N reference script", "1:N NIST   G1"],
     # Trains and verifies during training on the 112-px .bin sets of `irface data synth`.
     "irface train --config configs/demo.yaml data_path=DATA num_classes=30": [
         "lfw.bin: 112x112 images resized to 56x56", "[lfw]Accuracy-Flip: ", "[cfp_fp]Accuracy-Flip: ",
         "[agedb_30]Accuracy-Flip: "],
+    # Real photos to a decision (README and docs/inference.md): six faces found, the calibrated threshold
+    # decides every pair of the fixtures right and verify then uses it.
+    "irface detect tests/fixtures/realface/group/t1.jpg": ["6 face(s)"],
+    "irface calibrate photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos": ["accuracy 1.0000"],
+    "irface verify photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos/obama/obama.jpg "
+    "tests/fixtures/realface/photos/biden/biden.jpg": ["different people", "from the calibration"],
 }
 
 

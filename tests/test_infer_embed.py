@@ -126,3 +126,50 @@ def test_progress_bar_goes_to_stderr(tmp_path, model_file, capsys):
     captured = capsys.readouterr()
     assert "embed" in captured.err and "2/2" in captured.err
     assert captured.out.startswith("wrote 2 embeddings")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".parquet"])
+def test_quality_writes_each_faces_feature_norm_beside_its_embedding(tmp_path, model_file, capsys, suffix):
+    from irface.infer import read_norms
+
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    path, model = model_file
+    imgs = faces(5, seed=3)
+    write_images(tmp_path / "in", imgs, [f"{i}.png" for i in range(5)])
+    out = tmp_path / f"emb{suffix}"
+    assert main(["embed", str(path), str(tmp_path / "in"), "--output", str(out), "--no-progress", "--quality",
+                 "--batch-size", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    raw = torch_embed(model, imgs)  # the model's own output, before any normalisation
+    norms = read_norms(out)
+    assert norms.dtype == np.float32 and norms.shape == (5,)
+    np.testing.assert_allclose(norms, np.linalg.norm(raw, axis=1), rtol=1e-5)
+    assert summary["norm"]["max"] == pytest.approx(float(norms.max()))
+    emb, _ = read_embeddings(out)
+    np.testing.assert_allclose(emb, _normed(raw), atol=1e-5)  # the embeddings are what they are without it
+    if suffix == ".npy":
+        assert summary["files"] == [str(out), str(tmp_path / "emb.norm.npy"), str(tmp_path / "emb.txt")]
+
+
+def test_quality_from_an_onnx_export_and_none_without_the_flag(tmp_path, model_file):
+    from irface.errors import DataError
+    from irface.export import export_model
+    from irface.infer import read_norms
+
+    path, model = model_file
+    export_model(path, tmp_path / "m.onnx")
+    imgs = faces(3, seed=4)
+    write_images(tmp_path / "in", imgs, ["a.png", "b.png", "c.png"])
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(tmp_path / "m.onnx"), str(tmp_path / "in"), "-o", str(out), "--no-progress",
+                 "--quality"]) == 0
+    np.testing.assert_allclose(read_norms(out), np.linalg.norm(torch_embed(model, imgs), axis=1), rtol=1e-4)
+    # Run again without --quality: the earlier norms would describe other rows, so they go.
+    assert main(["embed", str(path), str(tmp_path / "in"), "-o", str(out), "--no-progress"]) == 0
+    assert not (tmp_path / "emb.norm.npy").exists()
+    with pytest.raises(DataError, match="no feature norms.*--quality"):
+        read_norms(out)
+    assert main(["embed", str(path), str(tmp_path / "in"), "-o", str(tmp_path / "e.npz"), "--no-progress"]) == 0
+    with pytest.raises(DataError, match="no feature norms"):
+        read_norms(tmp_path / "e.npz")

@@ -53,7 +53,8 @@ def test_irface_exports_carry_their_settings(tmp_path, caplog):
     export_model(tmp_path / "ckpt.pt", tmp_path / "m.onnx")
     with caplog.at_level(logging.INFO):
         embedder = load_model(tmp_path / "m.onnx")
-    assert embedder.norm.source == "metadata" and embedder.norm.is_standard()
+    assert embedder.norm.source == "metadata"
+    assert (embedder.norm.mean, embedder.norm.std, embedder.norm.bgr) == ((127.5,) * 3, (127.5,) * 3, False)
     assert not any("assumed" in r.getMessage() for r in caplog.records)
 
 

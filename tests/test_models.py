@@ -9,7 +9,8 @@ from irface.models import (
 
 
 def test_registry_lists_the_family():
-    assert list_backbones() == ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"]
+    assert list_backbones() == ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200",
+                                "mbf", "mbf_large", "vit_b", "vit_l", "vit_s", "vit_t"]
 
 
 def test_unknown_backbone_names_the_known_ones():

@@ -106,3 +106,22 @@ def test_a_model_that_is_not_a_face_model_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "segmenter.onnx: not a face embedding model" in err[0], err
     assert not (tmp_path / "e.npz").exists()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_reads_as_pillow_shows_it(tmp_path, orientation):
+    from PIL import ImageOps
+
+    from irface.infer.images import open_rgb
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for suffix in (".png", ".jpg"):
+        path = tmp_path / f"o{orientation}{suffix}"
+        Image.fromarray(pixels).save(path, exif=exif, **({"quality": 95} if suffix == ".jpg" else {}))
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+        got = open_rgb(path)
+        assert got.shape == expected.shape and got.flags.c_contiguous
+        # simplejpeg and Pillow may round a few JPEG pixels differently by a level.
+        assert np.abs(got.astype(int) - expected).max() <= (0 if suffix == ".png" else 2)

@@ -22,7 +22,7 @@ import yaml
 from irface.errors import ConfigError, first_line
 from irface.utils import atomic_write
 
-HEADS = ("softmax", "arcface", "cosface", "combined")
+HEADS = ("softmax", "arcface", "cosface", "combined", "adaface", "magface", "subcenter", "curricularface")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULERS = ("multistep", "poly", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
@@ -35,19 +35,22 @@ class TrainConfig:
     # --- model ---
     network: str = "iresnet100"  #: backbone name from `irface.models.list_backbones()`
     embedding_size: int = 512  #: size of the face embedding (the "E" block's output)
-    dropout: float = 0.0  #: dropout before the embedding FC
+    dropout: float = 0.0  #: dropout before the embedding FC (ViT: its drop_rate; mbf has no dropout)
     image_size: int = 112  #: seed key: side of the square aligned face
     grad_checkpointing: bool = False  #: recompute activations in backward to save memory
-    network_layers: list[int] = field(default_factory=list)  #: blocks per stage, replacing the network's depths ([] = the network's own)
-    network_widths: list[int] = field(default_factory=list)  #: channels per stage ([] = 64, 128, 256, 512)
+    network_layers: list[int] = field(default_factory=list)  #: blocks per stage, replacing the network's depths ([] = the network's own; mbf: 4 counts, ViT: [depth])
+    network_widths: list[int] = field(default_factory=list)  #: channels per stage ([] = 64, 128, 256, 512; ViT: [width]; not mbf)
     stem_width: int = 0  #: channels of the stem conv (0 = the first stage's width)
+    drop_path_rate: Optional[float] = None  #: ViT: stochastic depth of the last block (None = the network's own: 0.1, vit_l 0.05)
+    mask_ratio: Optional[float] = None  #: ViT: fraction of patch tokens masked in training (None = the network's own: 0.1, vit_l 0.05)
 
     # --- head (loss) ---
-    head: str = "softmax"  #: softmax (what the seed trains), arcface, cosface or combined
+    head: str = "softmax"  #: softmax (what the seed trains), arcface, cosface, combined, adaface, magface, subcenter or curricularface
     num_classes: int = 85742  #: seed key: identities in the training set
     scale: float = 64.0  #: s of the margin heads
-    margin: Optional[float] = None  #: m: arcface 0.5, cosface 0.4 when unset
+    margin: Optional[float] = None  #: m: the head's own default when unset (arcface 0.5, cosface 0.4, adaface 0.4, subcenter 0.5, curricularface 0.5); magface has none
     margins: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.0])  #: m1, m2, m3 of `combined`
+    head_options: dict[str, Any] = field(default_factory=dict)  #: the head's other parameters by name, e.g. {k: 3, base: arcface} (subcenter), {h: 0.333, t_alpha: 0.01} (adaface), {l_a: 10, u_a: 110, l_m: 0.45, u_m: 0.8, lambda_g: 35} (magface), {t_alpha: 0.01} (curricularface); see docs/training.md
     sample_rate: float = 1.0  #: Partial FC: fraction of class centres used per step (1.0 = all)
 
     # --- data ---
@@ -141,10 +144,21 @@ class TrainConfig:
             raise bad("network_widths", f"needs one width per stage of network_layers {self.network_layers}, got {self.network_widths}")
         if self.stem_width < 0:
             raise bad("stem_width", f"must not be negative, got {self.stem_width}")
+        for key in ("drop_path_rate", "mask_ratio"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise bad(key, f"must be in [0, 1), got {value}")
         if self.best_target and self.best_target not in [Path(t).stem for t in self.val_targets]:
             raise bad("best_target", f"{self.best_target!r} is not one of val_targets {self.val_targets}")
         if self.head == "softmax" and self.sample_rate < 1.0:
-            raise bad("sample_rate", "Partial FC sampling needs a margin head (arcface, cosface or combined), not softmax")
+            raise bad("sample_rate", "Partial FC sampling needs a margin head, not softmax")
+        for key in ("s", "m"):
+            if key in self.head_options:
+                raise bad("head_options", f"set {key} with the key {'scale' if key == 's' else 'margin'}, not here")
+        if any(not isinstance(v, (int, float, str, bool)) for v in self.head_options.values()):
+            raise bad("head_options", f"values must be numbers, strings or booleans, got {self.head_options}")
+        if self.head == "magface" and self.margin is not None:
+            raise bad("margin", "magface's margin follows the feature norm from l_m to u_m: set those in head_options")
 
     # Derived values: computed, never stored.
     def total_batch(self, world_size: int) -> int:
@@ -167,19 +181,22 @@ class TrainConfig:
             kwargs["widths"] = list(self.network_widths)
         if self.stem_width:
             kwargs["stem_width"] = self.stem_width
+        for key in ("drop_path_rate", "mask_ratio"):  # only the ViTs take them; others refuse them by name
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
         return kwargs
 
     def head_params(self) -> dict[str, Any]:
         """Keyword arguments for `irface.heads.create_head` for the configured head."""
         if self.head == "softmax":
-            return {}
+            return dict(self.head_options)
         if self.head == "combined":
             m1, m2, m3 = self.margins
-            return {"s": self.scale, "m1": m1, "m2": m2, "m3": m3}
+            return {"s": self.scale, "m1": m1, "m2": m2, "m3": m3, **self.head_options}
         params: dict[str, Any] = {"s": self.scale}
         if self.margin is not None:
             params["m"] = self.margin
-        return params
+        return {**params, **self.head_options}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,6 +222,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if value is None:
             return None
         return _coerce(key, value, args[0])
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config key '{key}': expected a mapping of name: value, got {value!r}")
+        return dict(value)
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if isinstance(value, tuple):

@@ -32,6 +32,10 @@ class OutputError(UserError):
         self.reason = reason
 
 
+class GalleryError(UserError):
+    """A gallery file that is damaged, from another model, or asked to do what it cannot (a bad identity name)."""
+
+
 def first_line(e: BaseException) -> str:
     """`Type: first line of the message` (or just `Type`): a foreign exception inside our one-line errors."""
     text = str(e).strip()

@@ -59,13 +59,29 @@ def test_corrupt_jpeg_in_a_rec_is_skipped_and_counted_or_refused(tmp_path, capsy
     assert not checkpoints(tmp_path / "b")
 
 
-def test_embed_refuses_an_undecodable_record_instead_of_embedding_its_neighbour(tmp_path, capsys):
-    """Before the fix, record 11's row held record 12's embedding under record 11's name (exit 0)."""
+def test_embed_skips_an_undecodable_record_instead_of_embedding_its_neighbour(tmp_path, capsys):
+    """Before the fix, record 11's row held record 12's embedding under record 11's name (exit 0).
+    Now the record is reported and skipped, every other row keeps its own name; --strict refuses it."""
+    from irface.data.images import decode_image
+    from irface.infer import load_model, read_embeddings
+
     model = tiny_model_file(tmp_path / "m.pth")
     data = _rec_with(tmp_path / "rec", replace={10: CORRUPT_JPEG})
-    code, _, err = run_cli(["embed", model, data, "-o", tmp_path / "e.npy", "--device", "cpu", "--no-progress"], capsys)
+    code, out, _ = run_cli(["embed", model, data, "-o", tmp_path / "e.npz", "--device", "cpu", "--no-progress",
+                            "--json"], capsys)
+    assert code == 0
+    (skipped,) = json.loads(out)["skipped"]
+    assert "train.rec: record 11: cannot decode image" in skipped["reason"]
+    emb, names = read_embeddings(tmp_path / "e.npz")
+    assert not any(n.endswith("#10") for n in names) and any(n.endswith("#11") for n in names)
+    faces, _ = tiny_images()
+    own = load_model(model).embed(np.array(decode_image(png(faces[11]), faces.shape[1]))[None])[0]
+    row = emb[[n.endswith("#11") for n in names].index(True)]
+    assert float(row @ (own / np.linalg.norm(own))) > 0.999  # record 12 (index 11) keeps its own embedding
+    code, _, err = run_cli(["embed", model, data, "-o", tmp_path / "s.npy", "--device", "cpu", "--no-progress",
+                            "--strict"], capsys)
     assert_one_line(code, err, "train.rec: record 11: cannot decode image")
-    assert not (tmp_path / "e.npy").exists()
+    assert not (tmp_path / "s.npy").exists()
 
 
 def _cut(path, keep: float) -> None:
@@ -173,7 +189,9 @@ def test_grey_rgba_cmyk_palette_16bit_and_other_sizes_are_converted(tmp_path, ca
     assert code == 0, err
     # ... and so do embedding and packing.
     model = tiny_model_file(tmp_path / "m.pth")
-    code, _, err = run_cli(["embed", model, data, "-o", tmp_path / "e.npz", "--device", "cpu", "--no-progress"], capsys)
+    # bigger.png is a crop of another size: auto mode would look for a face in it, --aligned resizes it.
+    code, _, err = run_cli(["embed", model, data, "-o", tmp_path / "e.npz", "--device", "cpu", "--no-progress",
+                            "--aligned"], capsys)
     assert code == 0, err
     emb = np.load(tmp_path / "e.npz")
     assert len(emb["names"]) == len(ds) and np.isfinite(emb["embeddings"]).all()

@@ -9,8 +9,10 @@ from torch import nn
 def count_flops(model: nn.Module, input_size: int) -> float:
     """Forward FLOPs per image: 2 x the multiply-accumulates of every conv and linear layer.
 
-    IResNet-100 at 112x112: 24.18 GFLOP. Elementwise layers (BN, PReLU, adds) are left out, as
-    every published figure for this network leaves them out.
+    IResNet-100 at 112x112: 24.18 GFLOP. Elementwise layers (BN, PReLU, adds, softmax, norms) are left
+    out, as every published figure for these networks leaves them out. Products that are not layers
+    (a transformer's q k^T and attention x v) are counted by the module that computes them
+    (`extra_flops(input)`, per image).
     """
     total = 0
 
@@ -22,12 +24,18 @@ def count_flops(model: nn.Module, input_size: int) -> float:
         nonlocal total
         total += 2 * out[0].numel() * m.in_features
 
+    def extra_hook(m: nn.Module, inp, out):
+        nonlocal total
+        total += m.extra_flops(inp[0])
+
     hooks = []
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
+        elif callable(getattr(m, "extra_flops", None)):
+            hooks.append(m.register_forward_hook(extra_hook))
     was_training = model.training
     model.eval()
     try:

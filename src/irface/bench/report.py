@@ -102,10 +102,11 @@ def _photo_report(r: dict[str, Any]) -> list[str]:
     lines = [f"irface bench photo: {r['photo']} resized to each size, model {r['model']} ({r['embedding_size']}-d), "
              f"detection at {r['det_size']} px, median (min) of {r['steps']} interleaved rounds",
              f"machine: {_machine(r['machine'])}",
-             f"{'photo':>10} {'faces':>5} {'detect ms':>16} {'photo->embedding ms':>20}"]
+             f"{'photo':>10} {'faces':>5} {'detect ms (min) cpu':>24} {'photo->embedding ms (min) cpu':>30}"]
     for row in r["rows"]:
         lines.append(f"{row['size']:>10} {row['faces']:>5} {row['detect_ms']:>8.1f} ({row['detect_ms_min']:>5.1f}) "
-                     f"{row['photo_to_embedding_ms']:>12.1f} ({row['photo_to_embedding_ms_min']:>5.1f})")
+                     f"{row['detect_cpu_ms']:>7.1f} {row['photo_to_embedding_ms']:>14.1f} "
+                     f"({row['photo_to_embedding_ms_min']:>5.1f}) {row['photo_to_embedding_cpu_ms']:>7.1f}")
     return lines
 
 

@@ -15,7 +15,8 @@ from irface import __version__
 from irface.errors import UserError
 
 # Order shown in `irface --help`.
-SUBCOMMANDS = ("train", "eval", "export", "detect", "align", "embed", "verify", "calibrate", "data", "convert", "bench", "demo")
+SUBCOMMANDS = ("train", "eval", "export", "detect", "align", "embed", "verify", "calibrate", "gallery", "data", "convert",
+               "bench", "serve", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

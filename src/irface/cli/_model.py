@@ -1,4 +1,4 @@
-"""Options shared by the commands that open a model: how a foreign model wants its input."""
+"""Options shared by the commands that open a model: device, network, how a foreign model wants its input."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import argparse
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--device, --network and a foreign model's input normalisation (--input-mean, --input-std, --bgr)."""
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--network", help="backbone name for a bare state dict (checked if given)")
     g = p.add_argument_group("input normalisation (for foreign models; irface's own files carry theirs)")
     g.add_argument("--input-mean", metavar="M", help="x' = (x - M) / S on 0..255 pixels: one number or R,G,B "
                                                      "(insightface: 127.5; ImageNet: 123.675,116.28,103.53)")

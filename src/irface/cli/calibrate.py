@@ -23,8 +23,6 @@ def register(sub) -> None:
     p.add_argument("--far", type=float, help="target false accept rate (e.g. 0.001); default: best accuracy")
     p.add_argument("--dry-run", action="store_true", help="report the threshold without storing it")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--network", help="backbone name for a bare state dict (checked if given)")
     add_model_arguments(p)
     add_face_arguments(p, all_faces=False)
     add_json_argument(p)

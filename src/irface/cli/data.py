@@ -80,6 +80,20 @@ def register(sub) -> None:
     synth.add_argument("--layout", choices=("header", "plain"), default="header", help="RecordIO layout (default header)")
     synth.set_defaults(func=run_synth)
 
+    ijb = cmds.add_parser("synth-ijb", help="synthetic IJB-B/IJB-C set (loose photos + meta), for irface eval --ijb",
+                          description="Write a small IJB-format set into OUT_DIR/<TARGET>/: loose, unaligned photos "
+                          "of synthetic identities in loose_crop/ with their true 5 landmarks and a faceness score, "
+                          "templates of several media, 1:1 template pairs and the 1:N gallery/probe files, in the "
+                          "insightface archive's formats (docs/eval.md). Deterministic given --seed.")
+    ijb.add_argument("out_dir", metavar="OUT_DIR")
+    ijb.add_argument("--target", choices=("IJBC", "IJBB"), default="IJBC", help="file names of this set (default IJBC)")
+    ijb.add_argument("--subjects", type=_positive, default=16, help="identities (default 16)")
+    ijb.add_argument("--probe-templates", type=_positive, default=2,
+                     help="probe templates per subject, besides its gallery template (default 2)")
+    ijb.add_argument("--seed", type=int, default=0, help="everything follows from it (default 0)")
+    ijb.add_argument("--difficulty", type=float, default=0.5, help="nuisance strength of the faces (default 0.5)")
+    ijb.set_defaults(func=run_synth_ijb)
+
     pairs = cmds.add_parser("make-pairs", help="image folder -> balanced verification .bin",
                             description="Build a .bin of N balanced pairs (half same identity) from IMAGE_FOLDER "
                             "(held-out identities), in 10 identity-disjoint folds like LFW.")
@@ -144,6 +158,21 @@ def run_synth(args: argparse.Namespace) -> int:
     bins = ", ".join(f"{b}.bin" for b in s.bins)
     print(f"wrote {s.train_images} images of {s.train_ids} identities to {s.out_dir}"
           + (f"; {bins} with {s.pairs} pairs each from {s.holdout_ids} held-out identities" if bins else ""))
+    return 0
+
+
+def run_synth_ijb(args: argparse.Namespace) -> int:
+    from irface.data.synth_ijb import write_synth_ijb
+    from irface.errors import DataError
+
+    if not 0.0 <= args.difficulty <= 3.0:
+        raise DataError(f"--difficulty must be between 0 and 3, got {args.difficulty}")
+    if args.subjects < 2:
+        raise DataError(f"--subjects must be at least 2, got {args.subjects}")
+    s = write_synth_ijb(args.out_dir, target=args.target, subjects=args.subjects,
+                        probe_templates=args.probe_templates, seed=args.seed, difficulty=args.difficulty)
+    print(f"wrote {s.root}: {s.images} photos, {s.templates} templates of {s.subjects} subjects, "
+          f"{s.pairs} pairs ({s.genuine} genuine), 1:N galleries and probes")
     return 0
 
 

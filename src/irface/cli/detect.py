@@ -23,10 +23,15 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from irface.detect import load_detector
+    from irface.errors import DataError
     from irface.infer.photo import detect_files
 
     detector = load_detector(**detector_options(args))
     report = detect_files(args.photos, detector)
+    if not report["photos"]:
+        raise DataError(report["skipped"][0]["reason"] if len(report["skipped"]) == 1 else
+                        f"no photo could be read: all {len(report['skipped'])} skipped "
+                        f"(first: {report['skipped'][0]['reason']})")
     lines = []
     for photo in report["photos"]:
         lines.append(f"{photo['path']} ({photo['width']}x{photo['height']}): {len(photo['faces'])} face(s)")
@@ -38,4 +43,4 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"skipped {s['reason']}")
     single = len(report["photos"]) == 1 and not report["skipped"]
     emit(report["photos"][0] if single else report, args.json, "\n".join(lines))
-    return 0 if report["photos"] else 2
+    return 0

@@ -22,11 +22,13 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, image folders, or a folder with train.rec")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="emb.npy, emb.npz or emb.parquet")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision for PyTorch models on CUDA (default fp32)")
-    p.add_argument("--network", help="backbone name for a bare state dict (checked if given)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+    p.add_argument("--quality", action="store_true",
+                   help="also write each face's feature norm (the model output's length before L2 normalisation): "
+                        "emb.norm.npy beside emb.npy, array 'norm' in .npz, column 'norm' in .parquet. A quality "
+                        "score only for MagFace- or AdaFace-trained models")
     add_model_arguments(p)
     add_face_arguments(p)
     add_json_argument(p)
@@ -40,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
     embedder = model_from_args(args, precision=args.precision)
     summary = embed_to_file(embedder, args.inputs, args.output, args.batch_size, args.progress,
                             mode=args.face_mode, all_faces=args.all_faces, strict=args.strict,
-                            detector=detector_from_args(args))
+                            detector=detector_from_args(args), quality=args.quality)
     summary["model"] = args.model
     text = (f"wrote {summary['count']} embeddings ({summary['embedding_size']}-d, L2-normalised) "
             f"to {', '.join(summary['files'])}")
+    if "norm" in summary:
+        n = summary["norm"]
+        text += f"\nfeature norms {n['min']:.4g} to {n['max']:.4g} (median {n['median']:.4g})"
     if summary["skipped"]:
         text += f"\nskipped {len(summary['skipped'])}: " + "; ".join(s["reason"] for s in summary["skipped"])
     emit(summary, args.json, text)

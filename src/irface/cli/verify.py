@@ -23,8 +23,6 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help="cosine similarity above which the faces are the same person")
     p.add_argument("--landmarks-a", metavar="x1,y1,...,x5,y5", help="align A from these 5 landmarks (no detection)")
     p.add_argument("--landmarks-b", metavar="x1,y1,...,x5,y5", help="align B from these 5 landmarks (no detection)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--network", help="backbone name for a bare state dict (checked if given)")
     add_model_arguments(p)
     add_face_arguments(p, all_faces=False)
     add_json_argument(p)

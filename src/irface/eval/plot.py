@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
 from irface.errors import UserError
 from irface.eval.result import TargetResult
 from irface.utils import atomic_write
@@ -20,6 +22,16 @@ def require_matplotlib() -> None:
 
 def plot_roc(results: Mapping[str, TargetResult], path: str | Path) -> None:
     """TAR against FAR (log scale) for every target, written atomically to `path` as PNG."""
+    curves = {}
+    for name, r in results.items():
+        auc = "n/a" if r.auc is None else f"{r.auc:.4f}"
+        curves[f"{name} (AUC {auc}, {r.pairs} pairs)"] = (r.roc_fpr, r.roc_tpr)
+    flip = all(r.flip for r in results.values())
+    plot_curves(curves, path, "ROC (flip embeddings)" if flip else "ROC")
+
+
+def plot_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> None:
+    """ROC curves {label: (fpr, tpr)}, TAR against FAR on a log axis, written atomically to `path` as PNG."""
     require_matplotlib()
     import matplotlib
 
@@ -29,21 +41,19 @@ def plot_roc(results: Mapping[str, TargetResult], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     try:
         floor, lowest = 1.0, 1.0
-        for name, r in results.items():
-            fpr, tpr = r.roc_fpr, r.roc_tpr
+        for label, (fpr, tpr) in curves.items():
             keep = fpr > 0  # a log axis cannot show FAR = 0
             if keep.any():
                 floor = min(floor, float(fpr[keep].min()))
                 lowest = min(lowest, float(tpr[keep].min()))
-            auc = "n/a" if r.auc is None else f"{r.auc:.4f}"
-            ax.plot(fpr[keep], tpr[keep], label=f"{name} (AUC {auc}, {r.pairs} pairs)")
+            ax.plot(fpr[keep], tpr[keep], label=label)
         ax.set_xscale("log")
         ax.set_xlim(max(floor, 1e-6), 1.0)
         # Good models sit near TAR 1: zoom to the curves, in steps of 0.05.
         ax.set_ylim(max(0.0, (int(lowest * 20) - 1) / 20), 1.002)
         ax.set_xlabel("false accept rate")
         ax.set_ylabel("true accept rate")
-        ax.set_title("ROC (flip embeddings)" if all(r.flip for r in results.values()) else "ROC")
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right")
         with atomic_write(path, "wb") as f:
@@ -52,4 +62,4 @@ def plot_roc(results: Mapping[str, TargetResult], path: str | Path) -> None:
         plt.close(fig)
 
 
-__all__ = ["require_matplotlib", "plot_roc"]
+__all__ = ["require_matplotlib", "plot_roc", "plot_curves"]

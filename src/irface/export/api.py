@@ -263,7 +263,7 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
         "batch": "dynamic" if batch_size is None or fmt != "onnx" else batch_size,
         "bn_folded": bool(fold_bn and fmt in ("onnx", "torchscript")),
     }
-    log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or "iresnet", output, fmt, precision)
+    log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or info.get("family"), output, fmt, precision)
     with atomic_path(output, f".partial{output.suffix}") as tmp:
         if fmt == "onnx" and int8:
             checks, agreement = _export_int8(model, tmp, label, meta, opts, batches, calib_images)

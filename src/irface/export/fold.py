@@ -12,7 +12,11 @@ shortcut conv absorbs its image of the shift), one subtraction after the stem se
 and the last block hands on the unshifted stream. A block whose BN has a near-zero scale (a huge
 shift would cost precision) keeps its bn1 and an unshifted stream.
 
-The folded copy keeps the module tree (folded BNs become `nn.Identity`), so `IResNet.forward` runs
+MobileFaceNet and ViT have every BN right after a conv or linear layer in one `nn.Sequential`
+(arcface_torch's ConvBlock / LinearBlock, the GDC block, the ViT's `feature` head): each such pair
+folds exactly (`fold_sequential_pairs`); they have no leading BN, so `leading` changes nothing there.
+
+The folded copy keeps the module tree (folded BNs become `nn.Identity`), so the model's `forward` runs
 unchanged; the original model is not touched. Its state dict is NOT the common layout: export `.pth`
 and safetensors from the unfolded model.
 """
@@ -49,6 +53,36 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         fused.weight.copy_(w.to(dtype))
         fused.bias.copy_((bias * a + b).to(dtype))
     return fused.to(conv.weight.device)
+
+
+def fold_linear_bn(fc: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    """A Linear with bias equal to `bn(fc(x))` in eval mode."""
+    a, b = _bn_scale_shift(bn)
+    fused = nn.Linear(fc.in_features, fc.out_features, bias=True)
+    dtype = fc.weight.dtype
+    bias = fc.bias.double() if fc.bias is not None else torch.zeros_like(a)
+    with torch.no_grad():
+        fused.weight.copy_((fc.weight.double() * a.view(-1, 1)).to(dtype))
+        fused.bias.copy_((bias * a + b).to(dtype))
+    return fused.to(fc.weight.device)
+
+
+def fold_sequential_pairs(model: nn.Module) -> int:
+    """Fold, in place, every BN that directly follows a Conv2d / Linear in an `nn.Sequential`; returns how many."""
+    folded = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(seq)
+        for i in range(len(children) - 1):
+            layer, bn = children[i], children[i + 1]
+            if isinstance(layer, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
+                seq[i], seq[i + 1] = fold_conv_bn(layer, bn), nn.Identity()
+            elif isinstance(layer, nn.Linear) and type(bn) is nn.BatchNorm1d:
+                seq[i], seq[i + 1] = fold_linear_bn(layer, bn), nn.Identity()
+            else:
+                continue
+            children = list(seq)
+            folded += 1
+    return folded
 
 
 def fold_output_block(bn_in: nn.BatchNorm2d, fc: nn.Linear, bn_out: nn.BatchNorm1d) -> nn.Linear:
@@ -121,13 +155,18 @@ def _fold_leading(original: IResNet, model: IResNet) -> None:
         model.prelu = nn.Sequential(model.prelu, ChannelShift(carried[0].to(model.conv1.weight.dtype)))
 
 
-def fold_batchnorm(model: IResNet, leading: bool = False) -> IResNet:
+def fold_batchnorm(model: nn.Module, leading: bool = False) -> nn.Module:
     """An eval-mode copy of `model` with every foldable BatchNorm folded away (see the module doc).
 
-    `leading=True` folds the blocks' leading BNs too (the shifted residual stream).
+    `leading=True` folds an IResNet's leading BNs too (the shifted residual stream).
     """
     original = model
     model = copy.deepcopy(model).eval()
+    if not isinstance(model, IResNet):
+        fold_sequential_pairs(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
     model.conv1 = fold_conv_bn(model.conv1, model.bn1)
     model.bn1 = nn.Identity()
     for stage in model.stages:

@@ -43,7 +43,7 @@ def export_metadata(info: Mapping[str, Any], input_size: int, embedding_size: in
     """The string key/value pairs written into every exported file that can hold them."""
     meta = {
         "producer": f"irface {__version__}",
-        "network": str(info.get("network") or "iresnet"),
+        "network": str(info.get("network") or info.get("family") or "iresnet"),  # family: a resized member
         "input_name": "data",
         "input_layout": "NCHW",
         "input_color": "RGB",

@@ -11,6 +11,13 @@ alone doubled the int8 error on the demo model, for 0.2% of IResNet-100's FLOPs.
 shortcut convs and the FC (`INT8_OP_TYPES`). What is left of the
 error is mostly the requantisation of each conv's output, which int8 kernels need
 (benchmarks/README.md, "int8 accuracy").
+
+Those rules are the IResNet's; the other families quantise what carries their work (`quantised_ops`):
+MobileFaceNet every conv but the stem (its 1x1 convs are most of its FLOPs, not shortcuts); a ViT its
+matrix products (MatMul, Gemm: the linear layers and attention's q k^T and attention x v). A ViT's
+LayerNorm, Softmax, GELU-free ReLU6 clip and residual adds stay float between them: onnxruntime has no
+int8 kernels for LayerNormalization and Softmax, so each block dequantises around them; its patch
+embedding conv is the stem and stays float as well.
 """
 
 from __future__ import annotations
@@ -112,6 +119,17 @@ def shortcut_conv_names(model_path: str | Path) -> list[str]:
             and shapes.get(n.input[1], [])[2:] == [1, 1]]
 
 
+def quantised_ops(model) -> tuple[tuple[str, ...], bool]:
+    """(op types to quantise, whether 1x1 convs stay float) for the model's family (see the module doc)."""
+    from irface.models import MobileFaceNet, VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        return ("MatMul", "Gemm"), False
+    if isinstance(model, MobileFaceNet):
+        return ("Conv",), False
+    return INT8_OP_TYPES, True
+
+
 def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: str = "qdq", *,
                     batch_size: Optional[int] = None, opset: Optional[int] = None,
                     method: Optional[str] = None, workdir: Optional[str | Path] = None,
@@ -135,9 +153,10 @@ def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: s
             rewritten = Path(tmp) / "fp32-max.onnx"
             prelu_as_max(fp32, rewritten)
             fp32 = rewritten
-        keep_float = stem_conv_names(fp32) + shortcut_conv_names(fp32)
+        op_types, float_1x1 = quantised_ops(model)
+        keep_float = stem_conv_names(fp32) + (shortcut_conv_names(fp32) if float_1x1 else [])
         quantize_int8(fp32, output, calib_images, batch_size, method or INT8_METHOD, quant_format=spec.quant_format,
-                      activations=spec.activations, keep_float=keep_float, op_types=INT8_OP_TYPES)
+                      activations=spec.activations, keep_float=keep_float, op_types=op_types)
     return spec
 
 

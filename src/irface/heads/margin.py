@@ -2,17 +2,26 @@
 
 Every margin head computes cos(theta) = <x/|x|, w/|w|> for all class centres, replaces the target
 class's logit by a margin function of it, multiplies by the scale s and applies cross-entropy.
-`target_logit(cos)` is the only part that differs between heads, so Partial FC (which computes the
-cosines shard by shard) reuses it unchanged.
+What differs between heads lives in three methods that Partial FC (which computes the cosines shard
+by shard) calls unchanged: `cosine_to(x, weight)` (the class cosines; sub-center heads take a maximum),
+`margin_logits(cos, rows, cols, norms, distributed)` (the margin; `target_logit(cos)` for the
+heads whose margin depends on the target's cosine only) and `regularizer(norms)` (a term added to
+the loss, MagFace's). `norms` are the embeddings' L2 norms before normalisation.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def feature_norms(embeddings: torch.Tensor) -> torch.Tensor:
+    """Each embedding's L2 norm before normalisation, in at least float32 (AdaFace's and MagFace's input)."""
+    return embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)).norm(dim=1)
 
 
 class SoftmaxHead(nn.Module):
@@ -32,6 +41,9 @@ class SoftmaxHead(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
 
+    def hparams(self) -> dict[str, Any]:
+        return {}
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(embeddings, self.weight, self.bias)
 
@@ -49,28 +61,57 @@ class MarginHead(nn.Module):
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.s = float(s)
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
+        self.weight = nn.Parameter(torch.empty(self.centre_shape(num_classes)))
         nn.init.normal_(self.weight, std=0.01)
+
+    def hparams(self) -> dict[str, Any]:
+        """The keyword arguments of `create_head` that rebuild this head's margin."""
+        return {"s": self.s, "m": self.m}
+
+    def centre_shape(self, num_classes: int) -> tuple[int, ...]:
+        """Shape of the centres of `num_classes` classes (sub-center heads add a k axis)."""
+        return (num_classes, self.embedding_size)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         """The target class's cosine with the margin applied (before scaling)."""
         raise NotImplementedError
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """cos(theta) between each embedding and the classes of `weight` (rows of centres)."""
         # At least float32 even under autocast: the margin functions are sensitive near |cos| = 1.
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
-        cos = F.linear(F.normalize(embeddings.to(dtype)), F.normalize(self.weight.to(dtype)))
+        cos = F.linear(F.normalize(embeddings.to(dtype)), F.normalize(weight.to(dtype)))
         return cos.clamp(-1.0, 1.0)
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.cosine_to(embeddings, self.weight)
+
+    def margin_logits(self, cos: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, norms: torch.Tensor,
+                      distributed: bool = False) -> torch.Tensor:
+        """`cos` (batch x classes held here) with the margin applied, before the scale.
+
+        Sample `rows[i]`'s target class is column `cols[i]`; samples not in `rows` have their target on
+        another rank (Partial FC). `norms`: every sample's embedding norm before normalisation.
+        `distributed`: the batch is the global one, split by columns across ranks; heads whose margin
+        uses batch statistics of the target cosines all-reduce them so every rank agrees.
+        """
+        return cos.index_put((rows, cols), self.target_logit(cos[rows, cols]))
+
+    def regularizer(self, norms: torch.Tensor) -> Optional[torch.Tensor]:
+        """A term added to the mean cross-entropy (None: nothing)."""
+        return None
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
         cos = self.cosine(embeddings)
         index = torch.arange(cos.shape[0], device=cos.device)
-        target = self.target_logit(cos[index, labels])
-        cos = cos.index_put((index, labels), target)
-        return cos * self.s
+        norms = feature_norms(embeddings) if norms is None else norms
+        return self.margin_logits(cos, index, labels, norms) * self.s
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.logits(embeddings, labels), labels)
+        norms = feature_norms(embeddings)
+        loss = F.cross_entropy(self.logits(embeddings, labels, norms), labels)
+        reg = self.regularizer(norms)
+        return loss if reg is None else loss + reg
 
 
 class ArcFaceHead(MarginHead):
@@ -122,6 +163,9 @@ class CombinedMarginHead(MarginHead):
             raise ValueError(f"combined head: m1 must be positive, got {m1}")
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
         self.mm = math.sin(m2) * m2
+
+    def hparams(self) -> dict[str, Any]:
+        return {"s": self.s, "m1": self.m1, "m2": self.m2, "m3": self.m3}
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         if self.m1 == 1.0:

@@ -10,12 +10,19 @@ With `sample_rate < 1` each rank keeps, per step, the centres of every class pre
 batch plus a random subset of the others (Partial FC, An et al., 2022); only those rows are updated,
 weight decay and momentum included (`restrict_update`).
 
-The margin maths is not repeated here: the logits of the target class come from the plain head's own
-`target_logit`. In one process with `sample_rate=1` the computation is the plain head's, op for op.
+The margin maths is not repeated here: the class cosines, the margin and any regulariser come from
+the plain head's own `cosine_to`, `margin_logits` and `regularizer` (a copy of the plain head without
+centres, a submodule, so its buffers, AdaFace's and CurricularFace's batch statistics, move with the
+module and are saved in `full_state_dict`). In one process with `sample_rate=1` the computation is the
+plain head's, op for op. In several processes a regulariser (MagFace's) is computed on every rank
+from the gathered batch; its gradient is divided by the world size, since the gather's backward sums
+the ranks' gradients.
 
-Where it applies: `arcface`, `cosface` and `combined` shard and sample. `softmax` (Linear with bias)
-shards (its bias is split with the rows) but does not sample: dropping negatives of an unnormalised
-classifier changes what it learns, so the config refuses `sample_rate < 1` with it.
+Where it applies: every margin head (`arcface`, `cosface`, `combined`, `adaface`, `magface`,
+`subcenter`, `curricularface`) shards and samples; sub-center heads shard and sample by class (all k
+centres of a class together). `softmax` (Linear with bias) shards (its bias is split with the rows)
+but does not sample: dropping negatives of an unnormalised classifier changes what it learns, so the
+config refuses `sample_rate < 1` with it.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irface import dist
-from irface.heads.margin import CombinedMarginHead
+from irface.heads.margin import feature_norms
 
 # Centres are initialised in chunks of this many classes, each from its own seeded generator, so the
 # initial head is the same whatever the number of ranks and no rank ever builds the whole matrix.
@@ -40,7 +47,7 @@ def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     return num_classes * rank // world_size, num_classes * (rank + 1) // world_size
 
 
-def head_kind_and_params(head: nn.Module) -> tuple[str, dict[str, float]]:
+def head_kind_and_params(head: nn.Module) -> tuple[str, dict[str, Any]]:
     """The `create_head` kind and keyword arguments that rebuild `head`'s margin."""
     from irface.heads import HEAD_KINDS  # the package imports this module
 
@@ -48,11 +55,7 @@ def head_kind_and_params(head: nn.Module) -> tuple[str, dict[str, float]]:
     kind = kinds.get(type(head))
     if kind is None:
         raise TypeError(f"Partial FC does not know head type {type(head).__name__}")
-    if kind == "softmax":
-        return kind, {}
-    if isinstance(head, CombinedMarginHead):
-        return kind, {"s": head.s, "m1": head.m1, "m2": head.m2, "m3": head.m3}
-    return kind, {"s": head.s, "m": head.m}
+    return kind, head.hparams()
 
 
 class _DistributedCrossEntropy(torch.autograd.Function):
@@ -99,15 +102,15 @@ class PartialFC(nn.Module):
     """A margin or softmax head whose class centres are sharded across ranks (see the module docstring).
 
     Args:
-        kind: `softmax`, `arcface`, `cosface` or `combined` (as `create_head`).
+        kind: any `create_head` kind.
         embedding_size, num_classes: as the plain head.
-        head_params: the head's own parameters (s, m; s, m1, m2, m3).
+        head_params: the head's own parameters (s, m; s, m1, m2, m3; ...).
         sample_rate: fraction of each rank's centres used per training step (1.0 = all).
         rank, world_size: default to the running process group (0 and 1 in one process).
         seed: seeds the (world-size independent) initialisation and the sampling.
 
     `forward(embeddings, labels)` takes this rank's embeddings and labels and returns the mean loss
-    over the global batch. `weight` holds this rank's centres, `num_classes x` rows in [start, end).
+    over the global batch. `weight` holds this rank's centres, the rows of classes [start, end).
     """
 
     def __init__(self, kind: str, embedding_size: int, num_classes: int, head_params: Optional[dict[str, Any]] = None,
@@ -128,11 +131,14 @@ class PartialFC(nn.Module):
         self.seed = seed
         from irface.heads import create_head  # the package imports this module
 
-        # The margin function only: a one-class head kept outside the module tree (no parameters).
+        # The margin function only: a one-class head stripped of its centres. A submodule, so that its
+        # buffers (batch statistics) follow .to(), .train() and the state.
         margin = create_head(kind, embedding_size, 1, **self.head_params)
         if margin.margin_free and self.sample_rate < 1.0:
-            raise ValueError("Partial FC sampling needs a margin head (arcface, cosface or combined), not softmax")
-        object.__setattr__(self, "_margin", margin)
+            raise ValueError("Partial FC sampling needs a margin head, not softmax")
+        for name, _ in list(margin.named_parameters(recurse=False)):
+            delattr(margin, name)
+        self._margin = margin
         self.start, self.end = class_range(num_classes, self.rank, self.world_size)
         self.weight = nn.Parameter(self._init_rows(0))
         self.bias = nn.Parameter(self._init_rows(1)) if margin.margin_free else None
@@ -170,7 +176,7 @@ class PartialFC(nn.Module):
         for chunk in range(first, last + 1):
             lo, hi = chunk * INIT_CHUNK, min((chunk + 1) * INIT_CHUNK, self.num_classes)
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + chunk * 2 + which) & 0x7FFF_FFFF_FFFF)
-            shape = (hi - lo, self.embedding_size) if which == 0 else (hi - lo,)
+            shape = self._centre_shape(hi - lo) if which == 0 else (hi - lo,)
             if self._margin.margin_free:
                 # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
                 bound = 1.0 / self.embedding_size ** 0.5
@@ -180,36 +186,40 @@ class PartialFC(nn.Module):
             parts.append(rows[max(self.start, lo) - lo:min(self.end, hi) - lo])
         return torch.cat(parts)
 
-    def _shared_state(self) -> dict[str, torch.Tensor]:
-        """State that is not split by class (a stateful margin's buffers): the same on every rank."""
-        own = {k: v for k, v in self.state_dict().items() if k not in ("weight", "bias")}
-        own.update({f"margin.{k}": v for k, v in self._margin.named_buffers()})
-        return own
+    def _centre_shape(self, num_classes: int) -> tuple[int, ...]:
+        if self._margin.margin_free:
+            return (num_classes, self.embedding_size)
+        return tuple(self._margin.centre_shape(num_classes))
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Take this rank's rows from a whole head's state (`weight`, and `bias` for softmax) and the state
-        every rank shares (a stateful margin's buffers)."""
-        shared = self._shared_state()
-        expected = {"weight"} | ({"bias"} if self.bias is not None else set()) | set(shared)
+        """Take this rank's rows from a whole head's state (`weight`, `bias` for softmax, and the
+        head's buffers, e.g. AdaFace's `batch_mean` / `batch_std`): the plain head's `state_dict()`."""
+        buffers = dict(self._margin.named_buffers())
+        expected = {"weight"} | ({"bias"} if self.bias is not None else set()) | set(buffers)
         if set(state) != expected:
             raise ValueError(f"head state has keys {sorted(state)}, expected {sorted(expected)}")
-        if tuple(state["weight"].shape) != (self.num_classes, self.embedding_size):
+        if tuple(state["weight"].shape) != self._centre_shape(self.num_classes):
             raise ValueError(f"head weight has shape {tuple(state['weight'].shape)}, expected "
-                             f"({self.num_classes}, {self.embedding_size})")
+                             f"{self._centre_shape(self.num_classes)}")
+        for name, buf in buffers.items():
+            if state[name].shape != buf.shape:
+                raise ValueError(f"head {name} has shape {tuple(state[name].shape)}, expected {tuple(buf.shape)}")
         with torch.no_grad():
             self.weight.copy_(state["weight"][self.start:self.end])
             if self.bias is not None:
                 self.bias.copy_(state["bias"][self.start:self.end])
-            for key, tensor in shared.items():
-                tensor.copy_(state[key])
+            for name, buf in buffers.items():
+                buf.copy_(state[name])
 
     def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
-        """The whole head gathered on rank 0 (None on other ranks), with the shared state (buffers).
-        A collective: every rank calls it."""
+        """The whole head gathered on rank 0 (None on other ranks). A collective: every rank calls it.
+
+        Buffers (batch statistics) are equal on every rank (see `irface.heads.adaptive`): rank 0's are saved.
+        """
         out = {"weight": dist.gather_rows(self.weight.detach(), self.shard_sizes)}
         if self.bias is not None:
             out["bias"] = dist.gather_rows(self.bias.detach(), self.shard_sizes)
-        out.update({k: v.detach().clone() for k, v in self._shared_state().items()})
+        out.update({name: buf.detach().clone() for name, buf in self._margin.named_buffers()})
         return out if self.rank == 0 or not dist.is_initialized() else None
 
     def sampler_state(self) -> Optional[torch.Tensor]:
@@ -241,21 +251,18 @@ class PartialFC(nn.Module):
         return index, local
 
     def logits(self, embeddings: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-               local: torch.Tensor) -> torch.Tensor:
+               local: torch.Tensor, norms: Optional[torch.Tensor] = None, distributed: bool = False) -> torch.Tensor:
         """This rank's logits for a (gathered) batch; `local` = column of each target here, or -1."""
         if self._margin.margin_free:
             return F.linear(embeddings, weight, bias).float()
-        # As MarginHead.cosine: at least float32, the margin functions are sensitive near |cos| = 1.
-        dtype = torch.promote_types(embeddings.dtype, torch.float32)
-        cos = F.linear(F.normalize(embeddings.to(dtype)), F.normalize(weight.to(dtype))).clamp(-1.0, 1.0)
+        cos = self._margin.cosine_to(embeddings, weight)
         rows = (local >= 0).nonzero().squeeze(1)
-        cols = local[rows]
-        target = self._margin.target_logit(cos[rows, cols])
-        cos = cos.index_put((rows, cols), target)
-        return cos * self._margin.s
+        norms = feature_norms(embeddings) if norms is None else norms
+        return self._margin.margin_logits(cos, rows, local[rows], norms, distributed) * self._margin.s
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = dist.is_initialized() and dist.get_world_size() > 1
+        if gathered:
             embeddings = dist.all_gather_with_grad(embeddings)
             labels = dist.all_gather(labels)
         in_range = (labels >= self.start) & (labels < self.end)
@@ -266,10 +273,21 @@ class PartialFC(nn.Module):
             weight = weight[index]
         elif self.training:
             self._touched.fill_(True)
-        logits = self.logits(embeddings, weight, bias, local)
+        norms = feature_norms(embeddings)
+        logits = self.logits(embeddings, weight, bias, local, norms, distributed=self.world_size > 1)
         if self.world_size == 1:
-            return F.cross_entropy(logits, local)  # the plain head's path, exactly
-        return distributed_cross_entropy(logits, local)
+            loss = F.cross_entropy(logits, local)  # the plain head's path, exactly
+        else:
+            loss = distributed_cross_entropy(logits, local)
+        reg = None if self._margin.margin_free else self._margin.regularizer(norms)
+        if reg is None:
+            return loss
+        if gathered:
+            # Every rank adds the same term of the gathered batch and the gather's backward sums their
+            # gradients: keep the value, scale the gradient back to one copy.
+            share = reg / self.world_size
+            reg = share + (reg - share).detach()
+        return loss + reg
 
     # --- optimisation ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -4,15 +4,22 @@ Output formats, chosen by the output's suffix:
 - `.npy`: float32 (N, E) array, plus the sidecar `<name>.txt` with one source name per line, same order;
 - `.npz`: arrays `embeddings` (N, E) float32 and `names` (N,) str in one file;
 - `.parquet`: columns `name` (string) and `embedding` (list of float32); needs pyarrow.
+
+With `quality` (`irface embed --quality`), each face's feature norm, the length of the model's output
+before L2 normalisation, goes beside its embedding: the sidecar `<name>.norm.npy` (float32 (N,)), the
+array `norm` in `.npz`, the column `norm` (float32) in `.parquet`. Only a MagFace- or AdaFace-trained
+model makes that norm a face-quality score (their losses tie it to recognisability); for other models
+it means nothing in particular.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -120,34 +127,50 @@ def names_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".txt")
 
 
-def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> list[Path]:
-    """Write embeddings and names atomically (format by suffix, see the module doc); returns the files written."""
+def norms_path(path: str | Path) -> Path:
+    """The sidecar feature norms of a `.npy` output (`emb.npy` -> `emb.norm.npy`)."""
+    return Path(path).with_suffix(".norm.npy")
+
+
+def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[str],
+                     norms: Optional[np.ndarray] = None) -> list[Path]:
+    """Write embeddings and names, and the feature `norms` if given, atomically (format by suffix, see
+    the module doc); returns the files written."""
     path = check_output(path)
-    if len(names) != len(embeddings):
-        raise ValueError(f"{len(names)} names for {len(embeddings)} embeddings")
+    if len(names) != len(embeddings) or (norms is not None and len(norms) != len(embeddings)):
+        raise ValueError(f"{len(names)} names and {'no' if norms is None else len(norms)} norms for "
+                         f"{len(embeddings)} embeddings")
+    norms = None if norms is None else np.asarray(norms, dtype=np.float32)
     bad = [n for n in names if "\n" in n or "\r" in n]
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if bad:
             raise DataError(f"{bad[0]!r}: a file name with a line break cannot go in {names_path(path)}; use .npz")
-        # Both are written before either is renamed: a full disk leaves neither, never a new list beside
-        # an old array (the array is renamed first, the list right after it).
-        with atomic_write(names_path(path), "w") as fn:
-            fn.writelines(f"{n}\n" for n in names)
+        # All are written before any is renamed: a full disk leaves none, never a new list beside an old
+        # array (the array is renamed first, then the norms, the list last).
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(atomic_write(names_path(path), "w")).writelines(f"{n}\n" for n in names)
+            if norms is not None:
+                np.save(stack.enter_context(atomic_write(norms_path(path), "wb")), norms)
             with atomic_write(path, "wb") as fa:
                 np.save(fa, embeddings.astype(np.float32))
-        return [path, names_path(path)]
+        if norms is None:
+            norms_path(path).unlink(missing_ok=True)  # an earlier run's norms would not belong to these rows
+            return [path, names_path(path)]
+        return [path, norms_path(path), names_path(path)]
+    extra = {} if norms is None else {"norm": norms}
     if suffix == ".npz":
         with atomic_write(path, "wb") as f:
-            np.savez(f, embeddings=embeddings.astype(np.float32), names=np.asarray(list(names), dtype=str))
+            np.savez(f, embeddings=embeddings.astype(np.float32), names=np.asarray(list(names), dtype=str), **extra)
         return [path]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"name": pa.array(list(names), pa.string()),
-                      "embedding": pa.array(list(embeddings.astype(np.float32)), pa.list_(pa.float32()))})
+    columns = {"name": pa.array(list(names), pa.string()),
+               "embedding": pa.array(list(embeddings.astype(np.float32)), pa.list_(pa.float32()))}
+    columns.update({k: pa.array(v, pa.float32()) for k, v in extra.items()})
     with atomic_write(path, "wb") as f:
-        pq.write_table(table, f)
+        pq.write_table(pa.table(columns), f)
     return [path]
 
 
@@ -166,11 +189,33 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
     return np.asarray(table.column("embedding").to_pylist(), dtype=np.float32), table.column("name").to_pylist()
 
 
+def read_norms(path: str | Path) -> np.ndarray:
+    """The feature norms `write_embeddings` wrote beside the embeddings in `path` (float32 (N,))."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    missing = DataError(f"{path}: no feature norms beside these embeddings (write them with irface embed --quality)")
+    if suffix == ".npy":
+        if not norms_path(path).is_file():
+            raise missing
+        return np.load(norms_path(path))
+    if suffix == ".npz":
+        with np.load(path) as z:
+            if "norm" not in z.files:
+                raise missing
+            return z["norm"]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if "norm" not in table.column_names:
+        raise missing
+    return np.asarray(table.column("norm").to_pylist(), dtype=np.float32)
+
+
 def embed_to_file(embedder: Embedder, inputs: Sequence[str | Path], output: str | Path, batch_size: int = 64,
                   progress: bool = True, *, mode: str = "auto", all_faces: bool = False, strict: bool = False,
-                  detector=None) -> dict:
-    """Embed every face under `inputs` and write them to `output`; returns a summary dict
-    (count, embedding_size, files, skipped)."""
+                  detector=None, quality: bool = False) -> dict:
+    """Embed every face under `inputs` and write them to `output` (with each face's feature norm when
+    `quality`); returns a summary dict (count, embedding_size, files, skipped; norm: min, median, max)."""
     output = check_output(output)
     sources = collect_faces(inputs, embedder.input_size)
     result = embed_sources(embedder, sources, batch_size, progress, mode=mode, all_faces=all_faces,
@@ -178,7 +223,11 @@ def embed_to_file(embedder: Embedder, inputs: Sequence[str | Path], output: str 
     if not result.names:
         raise DataError(f"no face embedded: all {len(sources)} inputs were skipped "
                         f"(first: {result.skipped[0]['reason']})")
-    files = write_embeddings(output, result.embeddings, result.names)
+    files = write_embeddings(output, result.embeddings, result.names, result.norms if quality else None)
     log.info("wrote %d embeddings of size %d to %s", len(result.names), result.embeddings.shape[1], output)
-    return {"count": len(result.names), "embedding_size": int(result.embeddings.shape[1]),
-            "files": [str(f) for f in files], "skipped": result.skipped}
+    summary = {"count": len(result.names), "embedding_size": int(result.embeddings.shape[1]),
+               "files": [str(f) for f in files], "skipped": result.skipped}
+    if quality:
+        summary["norm"] = {"min": float(result.norms.min()), "median": float(np.median(result.norms)),
+                           "max": float(result.norms.max())}
+    return summary

@@ -93,6 +93,10 @@ class InputNorm:
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
+    def is_standard(self) -> bool:
+        """irface's own normalisation (RGB, (x - 127.5) / 127.5)."""
+        return not self.bgr and self.mean == (MEAN,) * 3 and self.std == (STD,) * 3
+
     def describe(self) -> str:
         def fmt(v):
             return f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v)
@@ -141,9 +145,9 @@ def guess_onnx_norm(path: Path) -> tuple[InputNorm, str]:
         nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
     except Exception:
         return InputNorm(source="guess"), "graph unreadable, so the common (x - 127.5) / 127.5"
-    names = [(n.name or n.op_type) for n in nodes]
-    has_sub = any(n.startswith(("Sub", "_minus")) or t.op_type == "Sub" for n, t in zip(names, nodes))
-    has_mul = any(n.startswith(("Mul", "_mul")) or t.op_type == "Mul" for n, t in zip(names, nodes))
+    # By node name, exactly as insightface's ArcFaceONNX decides (mxnet exports name them so).
+    has_sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    has_mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
     if has_sub and has_mul:
         return InputNorm((0.0,) * 3, (1.0,) * 3, False, "guess"), "the graph starts with Sub and Mul (normalises inside)"
     return InputNorm(source="guess"), "no Sub/Mul at the graph's start"

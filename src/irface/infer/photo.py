@@ -36,6 +36,11 @@ class PhotoFace:
     score: Optional[float] = None
     landmarks: Optional[np.ndarray] = None
 
+    def __post_init__(self) -> None:
+        # Crops decoded by Pillow are read-only views; torch.from_numpy warns on those.
+        if not (self.crop.flags.writeable and self.crop.flags.c_contiguous):
+            self.crop = np.array(self.crop, dtype=np.uint8, order="C")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.box is not None:
@@ -82,7 +87,7 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
             from irface.data.images import _resize_center
 
             crop = _resize_center(image_rgb, size)
-        return [PhotoFace(name, np.ascontiguousarray(crop))]
+        return [PhotoFace(name, crop)]
     detector = detector if detector is not None else default_detector()
     faces = detector.detect(image_rgb)
     if not faces:

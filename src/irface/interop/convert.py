@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 
 from irface.errors import UserError
-from irface.models.variants import check_network
+from irface.models.variants import check_network, network_for_layers
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ def convert_mindspore(source: str | Path, output: str | Path, network: Optional[
     source = Path(source)
     state, info = read_mindspore_backbone(source)
     info["path"] = str(source)
-    check_network(network, info["arch"]["layers"], str(source))
+    layers = info["arch"]["layers"]
+    check_network(network, network_for_layers(layers), str(source), f"an IResNet with depths {layers}")
     out = write_converted(state, info, output)
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     params = sum(v.numel() for k, v in state.items() if not k.endswith(buffers))

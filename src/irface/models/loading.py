@@ -2,8 +2,9 @@
 
 - an irface training checkpoint (`.pt`, a dict with `format: irface-checkpoint` and `backbone`),
   or a run folder (its newest complete checkpoint);
-- a bare state dict in the common PyTorch IResNet layout (`backbone.pth`), possibly under a
-  `state_dict` / `model` key, possibly with a `module.` prefix from DDP;
+- a bare state dict in the common PyTorch IResNet layout or arcface_torch's MobileFaceNet / ViT
+  layout (`backbone.pth`), possibly under a `state_dict` / `model` key, possibly with a `module.`
+  prefix from DDP;
 - a safetensors file;
 - a MindSpore `.ckpt` of the seed (converted in memory by `irface.interop.mindspore`).
 
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from irface.errors import ModelFileError, first_line
 from irface.models.iresnet import IResNet
-from irface.models.variants import arch_from_state_dict, check_network, network_for_layers
+from irface.models.variants import check_network, identify_state_dict
 
 CHECKPOINT_FORMAT = "irface-checkpoint"
 CHECKPOINT_GLOB = "checkpoint-*.pt"
@@ -165,20 +167,20 @@ def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     return _strip_prefix(obj), {"kind": "state-dict", "path": str(path)}
 
 
-def load_backbone(path: str | Path, network: Optional[str] = None) -> tuple[IResNet, dict[str, Any]]:
-    """Build the IResNet stored in `path` and load its weights (strict); check `network` if given."""
+def load_backbone(path: str | Path, network: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the backbone stored in `path` (IResNet, MobileFaceNet or ViT, read off the keys) and load its
+    weights (strict); check `network` if given. `info` gets `network` (registered name or None), `family`
+    (the class name) and `arch` (its constructor arguments)."""
     state, info = read_backbone_state(path)
     try:
-        arch = arch_from_state_dict(state)
+        cls, arch, name = identify_state_dict(state)
     except KeyError as e:
         raise ModelFileError(f"{info['path']}: {e.args[0]}") from None
-    name = network_for_layers(arch["layers"])
-    check_network(network, arch["layers"], info["path"])
-    model = IResNet(**arch)
+    check_network(network, name, info["path"], f"{'an' if cls is IResNet else 'a'} {cls.__name__} {arch}")
+    model = cls(**arch)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelFileError(f"{info['path']}: weights do not fit {name or 'the IResNet'}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
-    model.features.weight.requires_grad_(False)
-    info.update(network=name, arch=arch)
+        raise ModelFileError(f"{info['path']}: weights do not fit {name or cls.__name__}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    info.update(network=name, family=cls.__name__, arch=arch)
     return model, info

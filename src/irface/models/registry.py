@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -17,8 +18,13 @@ def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _natural(name: str) -> tuple:
+    """`iresnet18` before `iresnet100`: digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def list_backbones() -> list[str]:
-    return sorted(_REGISTRY, key=lambda n: (len(n), n))
+    return sorted(_REGISTRY, key=_natural)
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
@@ -28,3 +34,10 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise KeyError(f"unknown backbone '{name}'; known: {', '.join(list_backbones())}") from None
     return fn(**kwargs)
+
+
+def refuse_options(network: str, options: Mapping[str, Any]) -> None:
+    """One clear error for options a backbone does not have (rather than a TypeError deep inside)."""
+    if options:
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"{network} does not take {given}")

@@ -1,13 +1,18 @@
-"""The IResNet family (depth specs only) and rebuilding a backbone from a bare state dict."""
+"""The IResNet family (depth specs only), and telling any registered family's state dict apart."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, Mapping, Optional
 
+from torch import nn
+
 from irface.models.iresnet import IResNet
 from irface.errors import ModelFileError
-from irface.models.registry import list_backbones, register_backbone
+from irface.models.mobilefacenet import MobileFaceNet, is_mobilefacenet_state, mobilefacenet_arch, mobilefacenet_name
+from irface.models.registry import list_backbones, refuse_options, register_backbone
+from irface.models.vit import VisionTransformer, is_vit_state, vit_arch, vit_name
 
 DEPTHS: dict[str, list[int]] = {
     "iresnet18": [2, 2, 2, 2],
@@ -19,6 +24,8 @@ DEPTHS: dict[str, list[int]] = {
 
 
 def _iresnet(name: str, **kwargs: Any) -> IResNet:
+    accepted = inspect.signature(IResNet).parameters
+    refuse_options(name, {k: v for k, v in kwargs.items() if k not in accepted})
     kwargs.setdefault("layers", DEPTHS[name])
     return IResNet(**kwargs)
 
@@ -56,15 +63,15 @@ def network_for_layers(layers: list[int]) -> Optional[str]:
     return None
 
 
-def check_network(network: Optional[str], layers: list[int], source: str) -> None:
-    """A `network` asked for (None: any) must be a registered backbone, and the one whose depths are `layers`."""
+def check_network(network: Optional[str], found: Optional[str], source: str, held: str = "") -> None:
+    """A `network` asked for (None: any) must be a registered backbone, and the one found in `source`:
+    `found` is its registered name (None when it has none; `held` then says what it is)."""
     if network is None:
         return
     if network not in list_backbones():
         raise ModelFileError(f"unknown network '{network}'; known: {', '.join(list_backbones())}")
-    if DEPTHS.get(network) != list(layers):
-        held = network_for_layers(layers) or f"an IResNet with depths {list(layers)}"
-        raise ModelFileError(f"{source}: holds {held}, not {network}")
+    if network != found:
+        raise ModelFileError(f"{source}: holds {found or held or 'an unnamed backbone'}, not {network}")
 
 
 _BLOCK_KEY = re.compile(r"^layer(\d+)\.(\d+)\.conv1\.weight$")
@@ -99,9 +106,25 @@ def arch_from_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def backbone_from_state_dict(state: Mapping[str, Any], strict: bool = True) -> IResNet:
-    """Build the IResNet whose shape matches `state` and load it."""
-    model = IResNet(**arch_from_state_dict(state))
+def identify_state_dict(state: Mapping[str, Any]) -> tuple[type[nn.Module], dict[str, Any], Optional[str]]:
+    """(class, constructor arguments, registered name or None) of the backbone whose weights `state` holds.
+
+    MobileFaceNet and ViT are told by their arcface_torch key names, anything else is read as an
+    IResNet. Raises KeyError (with the reason) when the keys fit none.
+    """
+    if is_mobilefacenet_state(state):
+        arch = mobilefacenet_arch(state)
+        return MobileFaceNet, arch, mobilefacenet_name(arch)
+    if is_vit_state(state):
+        arch = vit_arch(state)
+        return VisionTransformer, arch, vit_name(arch)
+    arch = arch_from_state_dict(state)
+    return IResNet, arch, network_for_layers(arch["layers"])
+
+
+def backbone_from_state_dict(state: Mapping[str, Any], strict: bool = True) -> nn.Module:
+    """Build the backbone whose shape matches `state` and load it."""
+    cls, arch, _ = identify_state_dict(state)
+    model = cls(**arch)
     model.load_state_dict(state, strict=strict)
-    model.features.weight.requires_grad_(False)
     return model

@@ -1,0 +1,69 @@
+"""The model fingerprint a gallery carries: embeddings from two different models are not comparable.
+
+A fingerprint is the SHA-256 of the model file's bytes (for a run folder: of its newest complete
+checkpoint, the file `load_model` reads), plus the Embedder's input normalisation when it is not
+irface's own (a foreign model read with another mean/std or channel order embeds differently).
+Re-saving the same weights in another format gives another fingerprint: the gallery then asks for a
+rebuild rather than trusting that two files embed alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from irface.errors import ModelFileError
+
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_path(path: Path) -> Path:
+    if path.is_dir():
+        from irface.models.loading import newest_checkpoint
+
+        ckpt = newest_checkpoint(path)
+        if ckpt is None:
+            raise ModelFileError(f"{path}: no complete checkpoint in this run folder")
+        return ckpt
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    return path
+
+
+def _input_settings(embedder: Any) -> dict[str, Any]:
+    # How pixels become the model's input (`InputNorm`): the same file read with another mean, std or
+    # channel order embeds differently. The default normalisation adds nothing, so a bare path and
+    # its Embedder agree.
+    from irface.infer.model_file import InputNorm
+
+    norm = getattr(embedder, "norm", None)
+    standard = InputNorm()
+    if norm is None or (norm.mean, norm.std, norm.bgr) == (standard.mean, standard.std, standard.bgr):
+        return {}
+    return norm.to_metadata()
+
+
+def model_fingerprint(model: Any) -> str:
+    """`sha256:<hex>` identifying a model: a path (file or run folder) or an `Embedder` from `load_model`."""
+    if isinstance(model, (str, Path)):
+        path, settings = Path(model), {}
+    else:
+        info = getattr(model, "info", None) or {}
+        if not info.get("path"):
+            raise ModelFileError("this model has no file behind it; fingerprint its file instead")
+        path, settings = Path(info["path"]), _input_settings(model)
+    digest = file_sha256(_model_path(path))
+    if settings:
+        digest = hashlib.sha256((digest + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
+    return f"sha256:{digest}"

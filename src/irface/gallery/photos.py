@@ -1,0 +1,158 @@
+"""From photos to the gallery: enrol identity folders, search photos, evaluate on a labelled probe set.
+
+Photos go through the photo pipeline (`irface.infer.embed.embed_sources`: detect, align, embed;
+112x112 crops used as they are). A folder of identities is `ROOT/<identity>/*.jpg` (any depth below
+the identity); a photo that cannot be read or holds no face is reported and skipped, the rest kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from irface.errors import DataError, GalleryError
+from irface.eval.identification import FPIRS, RANKS, rank_k, threshold_at_fpir, tpir_at_fpir
+from irface.gallery.fingerprint import model_fingerprint
+from irface.gallery.gallery import Gallery, decision, validate_identity
+from irface.infer.embed import EmbedResult, embed_sources
+from irface.infer.images import collect_faces
+from irface.infer.model_file import Embedder
+
+log = logging.getLogger(__name__)
+
+
+def identity_folders(root: str | Path) -> tuple[dict[str, list[str]], list[dict[str, str]]]:
+    """`{identity: [photo paths]}` of `root/<identity>/...`, and what was skipped (bad names, empty folders)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (expected one folder of photos per identity)")
+    found: dict[str, list[str]] = {}
+    skipped: list[dict[str, str]] = []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir():
+            if not entry.name.startswith("."):
+                skipped.append({"name": str(entry), "reason": f"{entry}: not inside an identity folder"})
+            continue
+        try:
+            validate_identity(entry.name)
+            found[entry.name] = [s.name for s in collect_faces([entry])]
+        except (GalleryError, DataError) as e:
+            skipped.append({"name": str(entry), "reason": f"{entry}: {e}" if isinstance(e, GalleryError) else str(e)})
+    for s in skipped:
+        log.warning("skipped %s", s["reason"])
+    if not found:
+        raise DataError(f"{root}: no identity folder with photos in it")
+    return found, skipped
+
+
+def embed_photos(embedder: Embedder, photos: Sequence[str], *, mode: str = "auto", detector: Any = None,
+                 batch_size: int = 32, progress: bool = False) -> EmbedResult:
+    """The largest face of each photo, embedded and L2-normalised; unreadable or faceless photos skipped."""
+    sources = collect_faces(photos, embedder.input_size)
+    return embed_sources(embedder, sources, batch_size, progress, mode=mode, detector=detector)
+
+
+def _boxes(result: EmbedResult) -> Optional[np.ndarray]:
+    # Aligned crops have no box; NaN stands for one in a batch that mixes both.
+    boxes = [f.get("box") for f in result.faces]
+    if all(b is None for b in boxes):
+        return None
+    return np.array([b if b is not None else [np.nan] * 4 for b in boxes], np.float64)
+
+
+def enroll_folders(gallery: Gallery, embedder: Embedder, folders: dict[str, list[str]], **options: Any) -> dict[str, Any]:
+    """Embed every identity's photos and add them in one batch; returns counts and what was skipped."""
+    all_photos = [p for photos in folders.values() for p in photos]
+    identity_of = {p: who for who, photos in folders.items() for p in photos}
+    result = embed_photos(embedder, all_photos, **options)
+    if not result.names:
+        raise DataError(f"no face found in any of the {len(all_photos)} photos")
+    identities = [identity_of[name] for name in result.names]
+    gallery.train(result.embeddings)  # IVF learns its lists from everything enrolled (a no-op otherwise)
+    gallery.add_many(identities, result.embeddings, result.names, _boxes(result))
+    return {"faces": len(result.names), "identities": len(set(identities)), "skipped": result.skipped}
+
+
+def enroll_photos(gallery: Gallery, embedder: Embedder, identity: str, photos: Sequence[str],
+                  **options: Any) -> dict[str, Any]:
+    """Add the largest face of each photo (files or folders) to `identity`."""
+    validate_identity(identity)
+    return enroll_folders(gallery, embedder, {identity: [s.name for s in collect_faces(photos)]}, **options)
+
+
+def open_for_model(path: str | Path, embedder: Embedder) -> Gallery:
+    """Open a gallery for searching with `embedder`: refused (one line) if it was built with another model."""
+    return Gallery.open(path, fingerprint=model_fingerprint(embedder))
+
+
+def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path, *, templates: bool = False,
+                       index: str = "flat", params: Optional[dict[str, Any]] = None,
+                       model: Optional[str] = None, **options: Any) -> dict[str, Any]:
+    """`irface gallery build`: a new gallery file at `output` from `root/<identity>/*` photos."""
+    folders, skipped = identity_folders(root)
+    gallery = Gallery.create(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
+                             index=index, templates=templates, model=model or embedder.info.get("path"), params=params)
+    summary = enroll_folders(gallery, embedder, folders, **options)
+    gallery.save()
+    summary["skipped"] = skipped + summary["skipped"]
+    return {**summary, "gallery": str(output), "index": index, "templates": templates}
+
+
+def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,
+                  threshold: Optional[float] = None, **options: Any) -> dict[str, Any]:
+    """Search each photo's largest face: `{"results": [{"photo", "identity", "matches"}], "skipped"}`."""
+    result = embed_photos(embedder, photos, **options)
+    found = gallery.search(result.embeddings, top_k=top_k, threshold=threshold) if result.names else []
+    rows = [{"photo": name, "identity": decision(matches),
+             "matches": [{"identity": m.identity, "similarity": m.similarity, "source": m.source,
+                          "accepted": m.accepted} for m in matches]}
+            for name, matches in zip(result.names, found)]
+    return {"results": rows, "skipped": result.skipped}
+
+
+def identification_figures(mate_rank: Sequence[int], mate_score: Sequence[float],
+                           nonmated_top: Sequence[float]) -> dict[str, Any]:
+    """rank-1/5/10 and TPIR at FPIR 1e-2, 1e-1 (with the threshold each needs) from per-probe search results.
+
+    `mate_rank`: 0 for a non-mated probe; past the search's list, len(list) + 1 (a miss at every k shown).
+    """
+    ranks = np.asarray(mate_rank, np.int64)
+    scores = np.asarray(mate_score, np.float64)
+    out: dict[str, Any] = {"mated": int((ranks >= 1).sum()), "nonmated": len(nonmated_top)}
+    out.update({f"rank_{k}": v for k, v in rank_k(ranks, RANKS).items()})
+    tpir = tpir_at_fpir(scores, ranks, np.asarray(nonmated_top, np.float64), FPIRS)
+    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_fpir(nonmated_top, f)}
+                           for f in FPIRS}
+    return out
+
+
+def evaluate_photos(gallery: Gallery, embedder: Embedder, probes_root: str | Path, **options: Any) -> dict[str, Any]:
+    """Identification figures of `probes_root/<identity>/*` against the gallery (`irface.eval.identification`).
+
+    A probe whose identity is enrolled is a mated search; any other is non-mated.
+    """
+    folders, skipped = identity_folders(probes_root)
+    photos = [p for ps in folders.values() for p in ps]
+    identity_of = {p: who for who, ps in folders.items() for p in ps}
+    result = embed_photos(embedder, photos, **options)
+    enrolled = set(gallery.identities())
+    depth = max(RANKS)
+    matches = gallery.search(result.embeddings, top_k=depth) if result.names else []
+    ranks, scores, nonmated = [], [], []
+    for name, row in zip(result.names, matches):
+        who = identity_of[name]
+        if who in enrolled:
+            rank = next((r for r, m in enumerate(row, 1) if m.identity == who), depth + 1)
+            ranks.append(rank)
+            scores.append(row[rank - 1].similarity if rank <= len(row) else -np.inf)
+        else:
+            ranks.append(0)
+            scores.append(np.nan)
+            nonmated.append(row[0].similarity if row else -np.inf)
+    report = identification_figures(ranks, scores, nonmated)
+    report.update({"probes": len(result.names), "skipped": skipped + result.skipped,
+                   "gallery": str(gallery.path), "gallery_identities": len(enrolled)})
+    return report
