@@ -37,7 +37,7 @@ class DemoSettings:
     out_dir: Path = Path("demo_out")
     config: Optional[Path] = None  #: default: configs/demo.yaml of this checkout
     minutes: float = 7.0  #: training time budget at most (training also stops at the config's epochs)
-    budget_minutes: float = 8.0  #: the whole demo's wall-clock target; training gets what the other stages leave
+    budget_minutes: float = 10.0  #: the whole demo's wall-clock target; training gets what the other stages leave
     threads: int = 0  #: torch threads on CPU; 0 = measure which count steps fastest now
     ids: int = 300  #: training identities
     per_id: int = 20  #: training images per identity
