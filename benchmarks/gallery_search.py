@@ -129,7 +129,10 @@ def main(argv=None) -> int:
 
     import faiss
 
+    import torch
+
     faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # exact batches are torch matmuls (irface.gallery.index)
     t = time.perf_counter()
     faces, who, q, _ = make_faces(args.faces, args.dim, args.per_identity, args.queries)
     report = {"faces": args.faces, "dim": args.dim, "per_identity": args.per_identity, "queries": args.queries,

@@ -205,3 +205,19 @@ def test_identification_figures_from_search_lists():
     # FPIR 1e-1 of ten allows one alarm: threshold 0.8 (only 0.9 above); rank-1 mates above it: 0.95.
     assert figs["tpir_at_fpir"]["1e-01"] == {"tpir": 0.25, "threshold": 0.8}
     assert figs["tpir_at_fpir"]["1e-02"] == {"tpir": None, "threshold": None}  # needs 100 non-mated
+
+
+def test_batched_exact_search_equals_one_query_at_a_time(tmp_path):
+    """Batches take the matmul path, single queries faiss's own: same answers, after removals too."""
+    g, probes = _build(tmp_path, n=40)
+    g.remove("p3")
+    g.remove("p17")
+    batch = g.nearest(probes, 7)
+    for row, q in enumerate(probes):
+        sims, ids = g.nearest(q, 7)
+        np.testing.assert_array_equal(ids[0], batch[1][row])
+        np.testing.assert_allclose(sims[0], batch[0][row], atol=1e-5)
+    for together, q in zip(g.search(probes, top_k=3), probes):
+        alone = g.search(q, top_k=3)[0]
+        assert [(m.identity, m.source) for m in together] == [(m.identity, m.source) for m in alone]
+        np.testing.assert_allclose([m.similarity for m in together], [m.similarity for m in alone], atol=1e-5)

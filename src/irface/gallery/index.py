@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from irface.errors import GalleryError
+from irface.errors import GalleryError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ DEFAULT_PARAMS = {
 }
 # Below this many queries a search runs on one thread (see FaceIndex.search).
 _PARALLEL_QUERIES = 8
+# Exact batches: database rows per matmul (64 queries x 65536 rows = 16 MB of scores).
+_EXACT_CHUNK = 1 << 16
 # k-means wants about 39 training points per list (faiss warns below that).
 _POINTS_PER_LIST = 39
 _TRAIN_POINTS_PER_LIST = 64
@@ -66,6 +68,7 @@ class FaceIndex:
         self.dim = dim
         self.params = index_params(kind, params)
         self.index = index if index is not None else self._new()
+        self._labels: np.ndarray | None = None  # flat: row -> face id, cached between changes
         self._apply_search_params()
 
     def _new(self, nlist: int | None = None) -> Any:
@@ -124,11 +127,13 @@ class FaceIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if self.index is None:  # an untrained IVF: learn the lists from its first batch
             self.train(vectors)
+        self._labels = None
         self.index.add_with_ids(vectors, ids.astype(np.int64))
 
     def remove(self, ids: np.ndarray) -> None:
         if self.index is None or not len(ids):
             return
+        self._labels = None
         if self.kind == "hnsw":
             # HNSW graphs cannot drop nodes: rebuild from the vectors that stay.
             all_ids = self.faiss.vector_to_array(self.index.id_map).astype(np.int64)
@@ -147,6 +152,8 @@ class FaceIndex:
             q = len(vectors)
             return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
         if len(vectors) >= _PARALLEL_QUERIES:
+            if self.kind == "flat":
+                return self._exact_batch(vectors, k)
             return self.index.search(vectors, k)
         # faiss shares out queries among OpenMP threads: a few queries gain nothing from more threads, and
         # waking them costs up to 100x the search on a busy machine (HNSW, one query: 0.2 ms alone,
@@ -158,6 +165,38 @@ class FaceIndex:
         finally:
             self.faiss.omp_set_num_threads(threads)
 
+    def _exact_batch(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of a batch of queries: one matmul per chunk of the faiss index's own vectors.
+
+        faiss's flat search spends 6-9x the CPU time of a plain matmul on these machines (its wheel's
+        BLAS path; benchmarks/README.md), so batches go through torch's sgemm and topk instead; the
+        vectors stay in faiss (read in place, no copy). Callers hold the gallery's read lock.
+        """
+        import torch
+
+        inner = self.faiss.downcast_index(self.index.index)
+        n = int(inner.ntotal)
+        xb = self.faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
+        if self._labels is None:
+            self._labels = self.faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+        best_s = best_i = None
+        for a in range(0, n, _EXACT_CHUNK):
+            with torch.inference_mode():
+                s = qt @ torch.from_numpy(xb[a:a + _EXACT_CHUNK]).T
+                v, i = torch.topk(s, min(k, s.shape[1]), dim=1)
+                i += a
+                if best_s is not None:
+                    v, i = torch.cat([best_s, v], 1), torch.cat([best_i, i], 1)
+                    v, j = torch.topk(v, min(k, v.shape[1]), dim=1)
+                    i = torch.gather(i, 1, j)
+            best_s, best_i = v, i
+        sims = np.full((len(q), k), -np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        sims[:, :best_s.shape[1]] = best_s.numpy()
+        ids[:, :best_i.shape[1]] = self._labels[best_i.numpy()]
+        return sims, ids
+
     def write(self, write: Callable[[bytes], int]) -> None:
         if self.index is not None:
             self.faiss.write_index(self.index, self.faiss.PyCallbackIOWriter(write))
@@ -168,7 +207,7 @@ class FaceIndex:
         try:
             index = faiss.read_index(faiss.PyCallbackIOReader(read)) if read is not None else None
         except RuntimeError as e:  # a checksummed file should never get here; one line if it does
-            raise GalleryError(f"the gallery's faiss index is unreadable ({str(e).strip().splitlines()[0]})") from None
+            raise GalleryError(f"the gallery's faiss index is unreadable ({first_line(e)})") from None
         if index is not None and index.d != dim:
             raise GalleryError(f"the gallery's faiss index holds {index.d}-d vectors, its header says {dim}")
         return cls(kind, dim, params, index)
