@@ -99,17 +99,18 @@ def embed(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def run(experiment: str, head: str, extra: list[str], data: dict, seed: int, ids: int, epochs: int, out: Path) -> dict:
+def run(experiment: str, head: str, extra: list[str], data: dict, seed: int, ids: int, epochs: int, out: Path,
+        device: str = "cpu") -> dict:
     overrides = [
         "network=iresnet18", "network_layers=[1,1,1]", "network_widths=[16,32,64]", "embedding_size=64",
         f"image_size={SIZE}", f"num_classes={ids}", f"head={head}", "scale=32.0", "margin=0.3", "batch_size=64",
         f"epoch_size={epochs}", "scheduler=cosine", "warmup_epochs=1", "lr=0.1", "lr_batch_reference=0",
-        "num_workers=0", "device=cpu", "tensorboard=false", "val_targets=[]", "log_every=1000", f"seed={seed}",
+        "num_workers=0", f"device={device}", "tensorboard=false", "val_targets=[]", "log_every=1000", f"seed={seed}",
         f"output_dir={out}",
     ] + extra
     start = time.time()
     result = train(load_config(None, overrides), ArrayDataset(data["images"], data["labels"], ids))
-    model, _ = load_backbone(result.checkpoint)
+    model, _ = load_backbone(result.checkpoint)  # on the CPU: the embedding pass is small
     emb = embed(model, data["test"])
     flip = embed(model, np.ascontiguousarray(data["test"][:, :, ::-1]))
     r = evaluate_embeddings("lfw", emb, data["issame"], flip)
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-id", type=int, default=20)
     p.add_argument("--pairs", type=int, default=1200)
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (the engine's device key)")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         data = make_data(args.experiment, seed, args.ids, args.per_id, args.pairs)
         for head, extra in HEADS[args.experiment].items():
             with tempfile.TemporaryDirectory(prefix="irface-heads-") as tmp:
-                r = run(args.experiment, head, extra, data, seed, args.ids, args.epochs, Path(tmp))
+                r = run(args.experiment, head, extra, data, seed, args.ids, args.epochs, Path(tmp), args.device)
             r["data"] = data["info"]
             runs.append(r)
             print(json.dumps(r), flush=True)

@@ -167,7 +167,7 @@ class RefViT(nn.Module):
         n = self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))
         self.pos_drop = nn.Dropout(0.0)
-        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, depth, device="cpu")]
         self.blocks = nn.ModuleList([RefBlock(d, heads, dpr[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(d)
         self.feature = nn.Sequential(nn.Linear(d * n, d, bias=False), nn.BatchNorm1d(d, eps=2e-5),

@@ -6,10 +6,11 @@ Where commands come from:
 - the leading `#` comment lines of configs/*.yaml: a line whose text starts with a program (`irface`,
   `bash`, `python`, `python3`, `torchrun`, `make`) followed by a space is a command.
 
-How they run: the commands of one file run in order, through bash, in one fresh copy of the checkout
-(so `tests/fixtures/...`, `configs/...` and `scripts/...` resolve, and nothing lands in the repository),
-with this environment's `irface` and `python` first on PATH. A later command may use what an earlier one
-of the same file wrote (`irface data synth DATA ...` then `irface train ... data_path=DATA`).
+How they run: file by file (sorted), each file's commands in order, through bash, in one fresh copy of
+the checkout (so `tests/fixtures/...`, `configs/...` and `scripts/...` resolve, and nothing lands in the
+repository), with this environment's `irface` and `python` first on PATH. A later command may use what an
+earlier one of the same file wrote (`irface data synth DATA ...` then `irface train ... data_path=DATA`);
+a command another file already ran (the same text) is not run again.
 
 To document a command that cannot run here in seconds (real data, a GPU, a trained IResNet-100), add
 an entry to SKIP: a substring of the command and the reason. To make a runnable command quick, add its
@@ -26,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -36,6 +38,7 @@ TIMEOUT_S = 180
 # Documented commands that are not run here, by a substring of the command: the reason.
 SKIP: dict[str, str] = {
     "make demo": "the whole demo (minutes); tests/test_demo.py runs a shortened one",
+    "benchmarks/demo_busy.sh": "the whole demo from a fresh clone, install included (minutes)",
     "make test": "the test suite itself",
     "pytest -m faults": "the test suite itself",
     "/data/": "needs a real dataset (the MS1MV2 / faces_emore archive and its .bin sets)",
@@ -45,7 +48,6 @@ SKIP: dict[str, str] = {
     "backbone.pth": "needs a trained IResNet-100 state dict",
     "lresnet100e_ir-25_5686.ckpt": "needs the seed's MindSpore checkpoint (not shipped)",
     "irface bench": "timing runs (tens of seconds to minutes); tests/test_bench*.py run them at tiny sizes",
-    "photo.jpg": "a placeholder photo name",
 }
 
 # Extra arguments appended to a command (first matching substring) so that it runs in seconds.
@@ -58,6 +60,9 @@ TINY: dict[str, str] = {
 
 # Text that must appear in a command's output (stdout + stderr).
 EXPECT: dict[str, list[str]] = {
+    # The reference's TAR@FAR table and the 1:N lines of the synthetic IJB-C set.
+    "irface eval --ckpt tests/fixtures/mindspore/tiny_iresnet_e.ckpt --ijb": [
+        "| N1D1F1-IJBC  |", "0.0001", "1:N reference script", "1:N NIST   G1"],
     # Held-out style check on real faces: the enrolled photo is found, the group photo's face is nobody enrolled.
     "irface gallery search faces.gallery tests/fixtures/realface/photos/obama/obama1.jpg": [
         "obama1.jpg: obama", "t1.jpg: unknown"],
@@ -67,6 +72,12 @@ EXPECT: dict[str, list[str]] = {
     "irface train --config configs/demo.yaml data_path=DATA num_classes=30": [
         "lfw.bin: 112x112 images resized to 56x56", "[lfw]Accuracy-Flip: ", "[cfp_fp]Accuracy-Flip: ",
         "[agedb_30]Accuracy-Flip: "],
+    # Real photos to a decision (README and docs/inference.md): six faces found, the calibrated threshold
+    # decides every pair of the fixtures right and verify then uses it.
+    "irface detect tests/fixtures/realface/group/t1.jpg": ["6 face(s)"],
+    "irface calibrate photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos": ["accuracy 1.0000"],
+    "irface verify photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos/obama/obama.jpg "
+    "tests/fixtures/realface/photos/biden/biden.jpg": ["different people", "from the calibration"],
 }
 
 
@@ -167,31 +178,47 @@ def _describe(cmd: Command, extra: str) -> str:
     return f"{cmd.source}, {cmd.where}:\n  {cmd.text}{added}"
 
 
-@pytest.mark.parametrize("source", sorted(COMMANDS))
-def test_documented_commands_run(source, tmp_path):
+def _run(cmd: Command, repo: Path, env: dict[str, str]) -> Optional[str]:
+    """Run one command (with its TINY additions) in `repo`; None when it did its job, else what went wrong."""
+    tiny = cmd.first_match(TINY)
+    extra = tiny[1] if tiny else ""
+    try:
+        done = subprocess.run(["bash", "-c", f"{cmd.without_comment()} {extra}".strip()], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        out = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return f"{_describe(cmd, extra)}\ndid not finish in {TIMEOUT_S} s; last lines of stderr:\n{_tail(out)}"
+    if done.returncode != 0:
+        return (f"{_describe(cmd, extra)}\nexited with status {done.returncode}; last lines of stderr:\n"
+                f"{_tail(done.stderr)}\n  stdout:\n{_tail(done.stdout, 5)}")
+    expected = cmd.first_match(EXPECT)
+    output = done.stdout + done.stderr
+    missing = [text for text in (expected[1] if expected else []) if text not in output]
+    if missing:
+        return f"{_describe(cmd, extra)}\nran, but its output lacks {missing}; last lines:\n{_tail(output)}"
+    return None
+
+
+def test_documented_commands_run(tmp_path):
+    """Each file's commands in order, all in one copy of the checkout; a command that already ran there
+    for an earlier file (the same text) is not run twice. A file stops at its first failure, the others
+    still run; every failure is reported."""
     repo = _checkout_copy(tmp_path / "checkout")
     env = _environment()
-    for cmd in COMMANDS[source]:
-        if cmd.first_match(SKIP):
-            continue
-        tiny = cmd.first_match(TINY)
-        extra = tiny[1] if tiny else ""
-        try:
-            done = subprocess.run(["bash", "-c", f"{cmd.without_comment()} {extra}".strip()], cwd=repo, env=env,
-                                  capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as e:
-            out = (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-            pytest.fail(f"{_describe(cmd, extra)}\ndid not finish in {TIMEOUT_S} s; last lines of stderr:\n"
-                        f"{_tail(out)}", pytrace=False)
-        if done.returncode != 0:
-            pytest.fail(f"{_describe(cmd, extra)}\nexited with status {done.returncode}; last lines of stderr:\n"
-                        f"{_tail(done.stderr)}\n  stdout:\n{_tail(done.stdout, 5)}", pytrace=False)
-        expected = cmd.first_match(EXPECT)
-        output = done.stdout + done.stderr
-        missing = [text for text in (expected[1] if expected else []) if text not in output]
-        if missing:
-            pytest.fail(f"{_describe(cmd, extra)}\nran, but its output lacks {missing}; last lines:\n{_tail(output)}",
-                        pytrace=False)
+    ran: set[str] = set()
+    failures: list[str] = []
+    for source in sorted(COMMANDS):
+        for cmd in COMMANDS[source]:
+            key = cmd.without_comment()
+            if cmd.first_match(SKIP) or key in ran:
+                continue
+            failure = _run(cmd, repo, env)
+            if failure:
+                failures.append(failure)
+                break
+            ran.add(key)
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
 
 
 def test_every_table_entry_matches_a_documented_command():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from irface.heads import PartialFC, create_head, dominant_centres, head_param_names
 from test_heads import arcface_target, make_inputs, naive_loss
+from test_partial_fc import ADAPTIVE_KINDS
 
 E, C = 6, 5
 
@@ -236,30 +237,7 @@ def test_curricularface_equals_the_paper_formula_and_updates_t():
 
 
 # --- all of them ---------------------------------------------------------------------------------
-NEW = [("adaface", {}), ("magface", {"l_a": 1.0, "u_a": 20.0}), ("subcenter", {"k": 3}),
-       ("subcenter", {"k": 2, "base": "cosface", "s": 30.0}), ("curricularface", {})]
-
-
-@pytest.mark.parametrize("kind,params", NEW)
-def test_partial_fc_one_process_rate_one_equals_the_plain_head_exactly(kind, params):
-    torch.manual_seed(0)
-    head = create_head(kind, 8, 11, **params)
-    pfc = PartialFC.from_head(head)
-    g = torch.Generator().manual_seed(1)
-    for step in range(2):  # the second step uses the state the first left
-        x = torch.randn(6, 8, generator=g) * 5
-        y = torch.tensor([0, 10, 3, 3, 7, 5])
-        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        la, lb = head(xa, y), pfc(xb, y)
-        la.backward()
-        lb.backward()
-        assert torch.equal(la, lb)
-        assert torch.equal(xa.grad, xb.grad)
-        assert torch.equal(head.weight.grad, pfc.weight.grad)
-    state = pfc.full_state_dict()
-    assert state.keys() == head.state_dict().keys()
-    for key, value in head.state_dict().items():
-        assert torch.equal(state[key], value)
+NEW = ADAPTIVE_KINDS  # two gloo ranks: tests/test_partial_fc.py runs these too
 
 
 @pytest.mark.parametrize("kind,params", NEW)
@@ -299,64 +277,3 @@ def test_create_head_names_unknown_parameters():
     with pytest.raises(ValueError, match="base must be arcface or cosface"):
         create_head("subcenter", E, C, base="sphereface")
 
-
-# --- two gloo ranks: the sharded heads equal the plain head on the global batch --------------------
-def _two_rank_worker(rank, world, port, out_dir):
-    import os
-
-    import torch.distributed as tdist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        for i, (kind, params) in enumerate(NEW):
-            torch.manual_seed(0)
-            head = create_head(kind, 8, 11, **params)  # same centres on every rank
-            pfc = PartialFC.from_head(head)
-            x, y = _global_batch()
-            local = x[rank * 4:(rank + 1) * 4].clone().requires_grad_(True)
-            loss = pfc(local, y[rank * 4:(rank + 1) * 4])
-            loss.backward()
-            buffers = {k: v.clone() for k, v in pfc.margin.named_buffers()}
-            torch.save({"loss": loss.detach(), "x_grad": local.grad, "w_grad": pfc.weight.grad, "buffers": buffers,
-                        "range": (pfc.start, pfc.end)}, f"{out_dir}/{i}-rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
-
-
-def _global_batch():
-    g = torch.Generator().manual_seed(2)
-    return torch.randn(8, 8, generator=g) * 5, torch.tensor([0, 10, 3, 3, 7, 5, 9, 1])
-
-
-@pytest.fixture(scope="module")
-def two_rank_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    from test_partial_fc import _free_port
-
-    out = tmp_path_factory.mktemp("pfc2-adaptive")
-    mp.start_processes(_two_rank_worker, args=(2, _free_port(), str(out)), nprocs=2, start_method="fork")
-    return out
-
-
-@pytest.mark.faults
-@pytest.mark.parametrize("index", range(len(NEW)), ids=[f"{k}-{i}" for i, (k, _) in enumerate(NEW)])
-def test_two_ranks_equal_the_plain_head_and_agree_on_the_statistics(two_rank_results, index):
-    kind, params = NEW[index]
-    torch.manual_seed(0)
-    head = create_head(kind, 8, 11, **params)
-    x, y = _global_batch()
-    x.requires_grad_(True)
-    loss = head(x, y)
-    loss.backward()
-    r = [torch.load(two_rank_results / f"{index}-rank{i}.pt", weights_only=True) for i in range(2)]
-    for i in range(2):
-        torch.testing.assert_close(r[i]["loss"], loss.detach())  # the regulariser counted once
-        start, end = r[i]["range"]
-        torch.testing.assert_close(r[i]["w_grad"], head.weight.grad[start:end])
-        for name, value in head.named_buffers():  # the batch statistics of the global batch, on each rank
-            torch.testing.assert_close(r[i]["buffers"][name], value)
-    # MagFace's regulariser: the gradient of each embedding is its plain one, not twice it.
-    torch.testing.assert_close(torch.cat([r[0]["x_grad"], r[1]["x_grad"]]), x.grad)

@@ -12,6 +12,10 @@ from irface.heads import PartialFC, class_range, create_head, distributed_cross_
 
 E, C, N = 8, 11, 6
 KINDS = [("arcface", {}), ("cosface", {"s": 30.0}), ("combined", {"m1": 1.2, "m2": 0.2, "m3": 0.1}), ("softmax", {})]
+# The heads with norms, sub-centres or batch statistics (tests/test_heads_adaptive.py); MagFace's
+# magnitude range fits these small embeddings.
+ADAPTIVE_KINDS = [("adaface", {}), ("magface", {"l_a": 1.0, "u_a": 20.0}), ("subcenter", {"k": 3}),
+                  ("subcenter", {"k": 2, "base": "cosface", "s": 30.0}), ("curricularface", {})]
 
 
 def _batch(seed=0, n=N):
@@ -19,20 +23,24 @@ def _batch(seed=0, n=N):
     return torch.randn(n, E, generator=g), torch.tensor([0, C - 1, 3, 3, 7, 5, 10, 1][:n])
 
 
-@pytest.mark.parametrize("kind,params", KINDS)
+@pytest.mark.parametrize("kind,params", KINDS + ADAPTIVE_KINDS)
 def test_one_process_rate_one_equals_the_plain_head_exactly(kind, params):
     head = create_head(kind, E, C, **params)
     pfc = PartialFC.from_head(head)
-    x, y = _batch()
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    la, lb = head(xa, y), pfc(xb, y)
-    la.backward()
-    lb.backward()
-    assert torch.equal(la, lb)
-    assert torch.equal(xa.grad, xb.grad)
-    assert torch.equal(head.weight.grad, pfc.weight.grad)
-    if kind == "softmax":
-        assert torch.equal(head.bias.grad, pfc.bias.grad)
+    for seed in range(2):  # the second step starts from the batch statistics the first left
+        x, y = _batch(seed)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        la, lb = head(xa, y), pfc(xb, y)
+        la.backward()
+        lb.backward()
+        assert torch.equal(la, lb)
+        assert torch.equal(xa.grad, xb.grad)
+        assert torch.equal(head.weight.grad, pfc.weight.grad)
+        if kind == "softmax":
+            assert torch.equal(head.bias.grad, pfc.bias.grad)
+    state = pfc.full_state_dict()  # the plain head's state_dict, buffers included
+    assert state.keys() == head.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in head.state_dict().items())
 
 
 @pytest.mark.faults
@@ -150,7 +158,7 @@ def _worker(rank, world, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        for kind, params in TWO_RANK_KINDS:
+        for i, (kind, params) in enumerate(TWO_RANK_KINDS):
             torch.manual_seed(0)
             head = create_head(kind, E, C, **params)  # same weights on every rank
             x, y = _batch(n=8)
@@ -164,12 +172,13 @@ def _worker(rank, world, port, out_dir):
             state = gather_sharded_optimizer(opt, pfc.shard_sizes)
             torch.save({"loss": loss.detach(), "x_grad": local.grad, "w_grad": pfc.weight.grad,
                         "range": (pfc.start, pfc.end), "full": full, "opt": state,
-                        "b_grad": None if pfc.bias is None else pfc.bias.grad}, f"{out_dir}/{kind}-rank{rank}.pt")
+                        "buffers": {k: v.clone() for k, v in pfc.margin.named_buffers()},
+                        "b_grad": None if pfc.bias is None else pfc.bias.grad}, f"{out_dir}/{i}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-TWO_RANK_KINDS = [KINDS[0], KINDS[3]]
+TWO_RANK_KINDS = [KINDS[0], KINDS[3]] + ADAPTIVE_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +190,9 @@ def two_rank_results(tmp_path_factory):
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("kind,params", TWO_RANK_KINDS)
-def test_two_ranks_equal_the_plain_head_on_the_global_batch(two_rank_results, kind, params):
+@pytest.mark.parametrize("index", range(len(TWO_RANK_KINDS)), ids=[f"{k}-{i}" for i, (k, _) in enumerate(TWO_RANK_KINDS)])
+def test_two_ranks_equal_the_plain_head_on_the_global_batch(two_rank_results, index):
+    kind, params = TWO_RANK_KINDS[index]
     torch.manual_seed(0)
     head = create_head(kind, E, C, **params)
     x, y = _batch(n=8)
@@ -191,16 +201,22 @@ def test_two_ranks_equal_the_plain_head_on_the_global_batch(two_rank_results, ki
     loss.backward()
     opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
     opt.step()
-    r = [torch.load(two_rank_results / f"{kind}-rank{i}.pt", weights_only=True) for i in range(2)]
+    r = [torch.load(two_rank_results / f"{index}-rank{i}.pt", weights_only=True) for i in range(2)]
     for i in range(2):
-        torch.testing.assert_close(r[i]["loss"], loss.detach())  # every rank reports the global loss
+        # Every rank reports the global loss (MagFace's regulariser counted once).
+        torch.testing.assert_close(r[i]["loss"], loss.detach())
+        for name, value in head.named_buffers():
+            # AdaFace's and CurricularFace's statistics: the global batch's, the same on every rank.
+            torch.testing.assert_close(r[i]["buffers"][name], value)
         start, end = r[i]["range"]
-        torch.testing.assert_close(r[i]["w_grad"], head.weight.grad[start:end])
+        # The all-reduced softmax sums in another order: float32 noise near 1e-5 on gradients of order 1.
+        torch.testing.assert_close(r[i]["w_grad"], head.weight.grad[start:end], rtol=1e-4, atol=1e-4)
         if kind == "softmax":
             torch.testing.assert_close(r[i]["b_grad"], head.bias.grad[start:end])
-    # Each rank gets the whole gradient of its own embeddings.
+    # Each rank gets the whole gradient of its own embeddings (not the regulariser's twice).
     torch.testing.assert_close(torch.cat([r[0]["x_grad"], r[1]["x_grad"]]), x.grad)
     # Gathered on rank 0: the whole head after the step, and its whole momentum.
     torch.testing.assert_close(r[0]["full"]["weight"], head.weight.detach())
     assert r[1]["full"] is None and r[1]["opt"] is None
-    torch.testing.assert_close(r[0]["opt"]["state"][0]["momentum_buffer"], opt.state[head.weight]["momentum_buffer"])
+    torch.testing.assert_close(r[0]["opt"]["state"][0]["momentum_buffer"], opt.state[head.weight]["momentum_buffer"],
+                               rtol=1e-4, atol=1e-4)

@@ -234,6 +234,14 @@ def test_request_body_over_the_limit_is_refused(client):
     assert r.status_code == 413
 
 
+def test_missing_or_mistyped_fields_are_one_line(client):
+    r = client.post("/v1/search", files=[upload(OBAMA)], data={"top_k": "many"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("top_k: ")
+    r = client.post("/v1/verify", files=[upload(OBAMA, "a")])
+    assert r.status_code == 422 and r.json()["detail"].startswith("b: ")
+    assert client.post("/v1/search", files=[upload(OBAMA)], data={"top_k": "0"}).status_code == 422
+
+
 def test_a_photo_without_a_face_is_422_naming_it(client):
     blank = _encoded(np.full((200, 240, 3), 30, np.uint8), "JPEG")
     r = client.post("/v1/verify", files=[("a", ("wall.jpg", blank, "image/jpeg")), upload(OBAMA, "b")])

@@ -88,6 +88,19 @@ class EvalOptions:
 
 
 @dataclass
+class PhotoOptions:
+    """`irface bench photo`: a photo to faces and embeddings, as `irface embed` runs it."""
+
+    photo: str = ""
+    model: str = ""
+    sizes: str = "640x480,1280x960"  # WIDTHxHEIGHT,...: the photo is resized to each
+    det_size: int = 640  # as the commands detect
+    steps: int = 20
+    warmup: int = 3
+    device: str = "cpu"
+
+
+@dataclass
 class ScaleOptions:
     """`irface bench scale`: Partial FC's cost against classes, ranks and sample rate."""
 

@@ -1,6 +1,6 @@
 """`irface bench photo`: a photo to faces and embeddings, as `irface embed` runs it, at several photo sizes.
 
-For each size (default 640x480 and 1280x960) the photo is resized to it and two steps are timed in
+For each size (`PhotoOptions.sizes`) the photo is resized to it and two steps are timed in
 interleaved rounds: detection alone (`Detector.detect` on the decoded pixels) and the whole path from the
 JPEG file to the embedding of its largest face (`faces_from_file`: decode, EXIF, detect, align; then
 `Embedder.embed`). The detector and the model are the library's own, loaded as the commands load them.
@@ -12,14 +12,13 @@ import logging
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from irface.bench.options import PhotoOptions
 from irface.errors import ConfigError, DataError
-
-DEFAULT_SIZES = ((640, 480), (1280, 960))
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -36,23 +35,24 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def bench_photo(photo: str | Path, model: str | Path, sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
-                steps: int = 20, warmup: int = 3, device: str = "cpu", det_size: int = 640,
-                model_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def bench_photo(opts: PhotoOptions) -> dict[str, Any]:
     """Median (and minimum, and median CPU) ms per photo of detection and of photo -> embedding, for each size."""
     import torch
 
     from irface.bench.timing import cpu_times_of, device_info, interleaved_times_ms
     from irface.detect import load_detector
     from irface.infer.images import open_rgb
-    from irface.infer.model_file import load_model, resolve_device
+    from irface.device import resolve_device
+    from irface.infer.model_file import load_model
     from irface.infer.photo import faces_from_file
 
+    photo, model, steps, warmup, det_size = opts.photo, opts.model, opts.steps, opts.warmup, opts.det_size
+    sizes = parse_sizes(opts.sizes)
     if steps < 1 or warmup < 0:
         raise ConfigError("--steps must be positive and --warmup not negative")
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     detector = load_detector(det_size=det_size, device=str(dev))
-    embedder = load_model(model, device=dev, **(model_options or {}))
+    embedder = load_model(model, device=dev)
     original = Image.fromarray(open_rgb(photo))
     rows = []
     with tempfile.TemporaryDirectory(prefix="irface-bench-photo-") as tmp:

@@ -66,7 +66,9 @@ def _speed(p: argparse.ArgumentParser, d: Any) -> None:
 
 
 def register(sub) -> None:
-    from irface.bench.options import RUNTIMES, DataOptions, EvalOptions, InferOptions, ScaleOptions, TrainOptions
+    from irface.bench.options import (
+        RUNTIMES, DataOptions, EvalOptions, InferOptions, PhotoOptions, ScaleOptions, TrainOptions,
+    )
 
     p = sub.add_parser("bench", help="Measure training, inference, data and eval speed", description=DESCRIPTION)
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
@@ -124,17 +126,21 @@ def register(sub) -> None:
     e.add_argument("--no-flip", dest="flip", action="store_false", help="skip the mirrored images")
     e.set_defaults(func=run_eval)
 
+    d = PhotoOptions()
     ph = bsub.add_parser("photo", help="a photo to faces and embeddings (detection, and end to end)",
                          description="Time face detection alone and the whole path from a JPEG photo to the "
                                      "embedding of its face (decode, detect, align, embed), the photo resized to each "
                                      "size, in interleaved rounds.")
     ph.add_argument("photo", metavar="PHOTO", help="a photo with a face (resized to each --sizes)")
     ph.add_argument("--model", required=True, metavar="FILE", help="the embedding model (any file irface reads)")
-    ph.add_argument("--sizes", default="640x480,1280x960", metavar="WxH,..", help="photo sizes (default 640x480,1280x960)")
-    ph.add_argument("--det-size", type=int, default=640, metavar="S", help="detection size (default 640, as the commands)")
-    ph.add_argument("--steps", type=int, default=20, metavar="K", help="timed rounds; the median is reported (default 20)")
-    ph.add_argument("--warmup", type=int, default=3, metavar="W", help="untimed calls of each step first (default 3)")
-    ph.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ph.add_argument("--sizes", default=d.sizes, metavar="WxH,..", help=f"photo sizes (default {d.sizes})")
+    ph.add_argument("--det-size", type=int, default=d.det_size, metavar="S",
+                    help=f"detection size (default {d.det_size}, as the commands)")
+    ph.add_argument("--steps", type=int, default=d.steps, metavar="K",
+                    help=f"timed rounds; the median is reported (default {d.steps})")
+    ph.add_argument("--warmup", type=int, default=d.warmup, metavar="W",
+                    help=f"untimed calls of each step first (default {d.warmup})")
+    ph.add_argument("--device", default=d.device, help=f"cpu, cuda or cuda:N (default {d.device})")
     add_json_argument(ph)
     ph.set_defaults(func=run_photo)
 
@@ -236,13 +242,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_photo(args: argparse.Namespace) -> int:
-    from irface.bench.photo import bench_photo, parse_sizes
-    from irface.bench.report import format_report
+    from irface.bench.options import PhotoOptions
+    from irface.bench.photo import bench_photo
 
-    report = bench_photo(args.photo, args.model, parse_sizes(args.sizes), steps=args.steps, warmup=args.warmup,
-                         device=args.device, det_size=args.det_size)
-    emit(report, args.json, format_report(report))
-    return 0
+    return _report(bench_photo, _options(PhotoOptions, args), args)
 
 
 def run_scale(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from irface.data.images import decode_images, encode_image
 from irface.data.transforms import INPUT_SIZE
-from irface.errors import DataError
+from irface.errors import DataError, first_line
 from irface.utils import atomic_write
 
 
@@ -84,7 +84,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     except pickle.UnpicklingError as e:
         raise DataError(f"{path}: not a safe verification .bin ({e})") from None
     except Exception as e:  # truncated or garbage pickle streams raise many types
-        raise DataError(f"{path}: not a verification .bin ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: not a verification .bin ({first_line(e)})") from None
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise DataError(f"{path}: expected a pickle of (images, issame), got {type(obj).__name__}")
     bins, issame = obj

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from irface.data.transforms import INPUT_SIZE
-from irface.errors import DataError
+from irface.errors import DataError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -47,7 +47,7 @@ def _too_big(width: int, height: int, source: str) -> DataError:
 def _cannot_decode(e: Exception, source: str) -> DataError:
     if isinstance(e, Image.UnidentifiedImageError):  # its text names a BytesIO object's address
         return DataError(f"{source}: cannot decode image (not an image format Pillow reads)")
-    return DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})")
+    return DataError(f"{source}: cannot decode image ({first_line(e)})")
 
 
 def open_image(data: bytes, source: str = "image") -> Image.Image:

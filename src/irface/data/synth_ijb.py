@@ -83,17 +83,20 @@ def write_synth_ijb(out_dir: str | Path, target: str = "IJBC", subjects: int = 1
     probe_rows, probe_tids, subject_of = [], [], {}
     image_no, template_id, media_id = 0, 0, 0
     for subj in range(subjects):
-        for k in range(1 + probe_templates):
+        # The subject's templates -> media -> frame counts, then all its faces rendered in one batch.
+        plan = [[int(rng.integers(1, 4)) for _ in range(int(rng.integers(1, 4)))] for _ in range(1 + probe_templates)]
+        frames = sum(sum(media) for media in plan)
+        nz = draw_nuisance(rng, frames, "train", difficulty)
+        for key, value in (("tx", 0.0), ("ty", 0.0), ("rot", 0.0), ("scale", 1.0)):
+            nz[key] = np.full(frames, value, np.float32)  # the face on the template: its landmarks are the true ones
+        faces = iter(zip(render(np.repeat(traits_all[subj:subj + 1], frames, 0), nz, 112), nz["quality"]))
+        for k, media in enumerate(plan):
             template_id += 1
             subject_of[template_id] = subj
-            for _ in range(int(rng.integers(1, 4))):  # media
+            for count in media:
                 media_id += 1
-                frames = int(rng.integers(1, 4))
-                nz = draw_nuisance(rng, frames, "train", difficulty)
-                for key, value in (("tx", 0.0), ("ty", 0.0), ("rot", 0.0), ("scale", 1.0)):
-                    nz[key] = np.full(frames, value, np.float32)  # the face on the template: true landmarks
-                faces = render(np.repeat(traits_all[subj:subj + 1], frames, 0), nz, 112)
-                for face, quality in zip(faces, nz["quality"]):
+                for _ in range(count):
+                    face, quality = next(faces)
                     image_no += 1
                     name = f"{image_no}.jpg"
                     photo, lmk = place_face(rng, face)

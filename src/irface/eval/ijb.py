@@ -81,8 +81,9 @@ def _starts(keys: np.ndarray) -> np.ndarray:
     return np.r_[0, np.nonzero(change)[0] + 1].astype(np.int64)
 
 
-def run_sums(x: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Sum of each run of rows x[start:start + count], added one row after another in x's dtype.
+def run_sums(x: np.ndarray, starts: np.ndarray, counts: np.ndarray, index: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sum of each run of rows x[start:start + count] (of x[index[start:start + count]] when `index` is
+    given), added one row after another in x's dtype.
 
     That is `np.sum(rows, axis=0)`'s (and `np.mean`'s) order; `np.add.reduceat` adds in another
     order and differs in the last bits. Vectorised over runs: step j adds the j-th row of every run
@@ -90,11 +91,16 @@ def run_sums(x: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarra
     """
     by_length = np.argsort(-counts, kind="stable")
     first, length = starts[by_length], counts[by_length]
-    acc = x[first].copy()
+    rows = (lambda k: k) if index is None else (lambda k: index[k])  # noqa: E731
+    acc = x[rows(first)]
     neg = -length
-    for j in range(1, int(length[0]) if len(length) else 0):
+    steps = int(length[0]) if len(length) else 0
+    buf = np.empty((int(np.searchsorted(neg, -1, side="left")),) + x.shape[1:], dtype=x.dtype) if steps > 1 else None
+    for j in range(1, steps):
         active = int(np.searchsorted(neg, -j, side="left"))  # runs longer than j
-        acc[:active] += x[first[:active] + j]
+        # Into a reused buffer: a fresh temporary per step costs page faults, not arithmetic.
+        np.take(x, rows(first[:active] + j), axis=0, out=buf[:active])
+        np.add(acc[:active], buf[:active], out=acc[:active])
     out = np.empty_like(acc)
     out[by_length] = acc
     return out
@@ -104,8 +110,8 @@ def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.n
                    chunk: int = POOL_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique template ids, float64 (T, E) unnormalised template features).
 
-    `features(indices)` returns the float32 image features of those images (rows in that order), so
-    only `chunk` images are gathered at a time. Images are visited template by template, media by
+    `features(rows)` returns the float32 image features of those images (rows: an index array or a
+    slice, in that order), so only `chunk` images are gathered at a time. Images are visited template by template, media by
     media (ids ascending), in file order within a media: the reference's summation order.
     """
     templates = np.asarray(templates, dtype=np.int64)
@@ -123,13 +129,22 @@ def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.n
         t_end = max(t + 1, int(np.searchsorted(bounds, bounds[t] + chunk, side="right")) - 1)
         t_end = min(t_end, len(t_starts))
         lo, hi = bounds[t], bounds[t_end]
-        x = np.asarray(features(order[lo:hi]), dtype=np.float32)
+        rows = order[lo:hi]
+        first_row, last_row = int(rows.min()), int(rows.max())
+        if last_row - first_row == hi - lo - 1:
+            # The block's images are one stretch of the file (the archive lists each template's images
+            # together): compute their features on that stretch and index into it, no gather.
+            x = np.asarray(features(slice(first_row, last_row + 1)), dtype=np.float32)
+            local = rows - first_row
+        else:
+            x = np.asarray(features(rows), dtype=np.float32)
+            local = None
         if out is None:
             out = np.zeros((len(t_starts), x.shape[1]), dtype=np.float64)
         m_lo, m_hi = np.searchsorted(media_starts, [lo, hi])
         m_starts = media_starts[m_lo:m_hi] - lo
         counts = np.diff(np.r_[m_starts, hi - lo])
-        media_means = run_sums(x, m_starts, counts)
+        media_means = run_sums(x, m_starts, counts, local)
         media_means /= counts.astype(np.float32)[:, None]
         tm_starts = np.searchsorted(m_starts, t_starts[t:t_end] - lo)
         out[t:t_end] = run_sums(media_means, tm_starts, np.diff(np.r_[tm_starts, len(m_starts)]))

@@ -86,8 +86,10 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, present: np.ndarray, mirrored
         raise DataError(f"{meta.root}: no image could be embedded")
     faceness = meta.faceness
 
-    def features(idx: np.ndarray) -> np.ndarray:
-        rows = keep[idx]
+    everything = len(keep) == len(meta.names)
+
+    def features(idx) -> np.ndarray:
+        rows = idx if everything else keep[idx]
         return image_features(feats[rows], faceness[rows], mode, mirrored)
 
     unique, sums = pool_templates(features, meta.templates[keep], meta.medias[keep])

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from irface.errors import GalleryError
+from irface.errors import GalleryError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class FaceIndex:
         try:
             index = faiss.read_index(faiss.PyCallbackIOReader(read)) if read is not None else None
         except RuntimeError as e:  # a checksummed file should never get here; one line if it does
-            raise GalleryError(f"the gallery's faiss index is unreadable ({str(e).strip().splitlines()[0]})") from None
+            raise GalleryError(f"the gallery's faiss index is unreadable ({first_line(e)})") from None
         if index is not None and index.d != dim:
             raise GalleryError(f"the gallery's faiss index holds {index.d}-d vectors, its header says {dim}")
         return cls(kind, dim, params, index)

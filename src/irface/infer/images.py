@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from irface.data.images import IMAGE_SUFFIXES, _decode_jpeg_fast, _to_rgb, decode_image, list_image_files, open_image
-from irface.errors import DataError
+from irface.errors import DataError, first_line
 
 
 def read_file(path: Path) -> bytes:
@@ -65,7 +65,7 @@ def decode_rgb(img: Image.Image, data: bytes, source: str) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{source}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise DataError(f"{source}: cannot decode image ({first_line(e)})") from None
     upright = _UPRIGHT.get(orientation)
     return np.ascontiguousarray(upright(arr)) if upright else arr
 

@@ -36,6 +36,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     """The ASGI app serving `service`; gallery changes need `api_key` (header X-API-Key or Bearer) when set."""
     app_class = _fastapi_class()
     from fastapi import Depends, File, Form, Header, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
@@ -59,6 +60,13 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
         # A bad identity name or search argument is the gallery's to say (422); a bad image is 400.
         status = getattr(exc, "status", 422 if isinstance(exc, GalleryError) else 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_fields(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer is a list of objects; ours is one line, like every other refusal.
+        parts = [f"{err['loc'][-1] if err.get('loc') else 'request'}: {err.get('msg', 'invalid')}"
+                 for err in exc.errors()]
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
     @app.middleware("http")
     async def same_origin_and_no_sniff(request: Request, call_next: Callable) -> Any:
