@@ -1,11 +1,14 @@
 """IJB protocol math (irface.eval.ijb) against the slow literal re-statement of the reference scripts."""
 
+import json
+
 import numpy as np
 import pytest
 
 from irface.eval import ijb
 from irface.eval.protocol import l2_normalize
 from tests import ijb_reference as ref
+from tests.repo_scripts import load_repo_script
 
 
 def _synthetic(seed=0, subjects=12, templates_per=4, dim=16, one_media_templates=3):
@@ -73,6 +76,38 @@ def test_pooling_is_bitwise_the_reference_and_chunking_does_not_matter():
         np.testing.assert_array_equal(got, want)
 
 
+def test_pooling_of_long_media_listed_together_is_bitwise_the_reference():
+    # The archive's layout: each template's images together (ids not ascending), media of up to 40
+    # images (longer than numpy's pairwise block of 8), media ids falling within a template (summed in
+    # id order, not file order), and zero rows of both signs.
+    rng = np.random.default_rng(7)
+    templates, medias = [], []
+    mid = 10_000
+    for tid in rng.permutation(np.arange(30, 90, 3)):
+        for size in rng.integers(1, 41, int(rng.integers(1, 5))):
+            mid -= int(rng.integers(1, 4))
+            templates += [tid] * int(size)
+            medias += [mid] * int(size)
+    templates, medias = np.asarray(templates), np.asarray(medias)
+    x = (rng.standard_normal((len(templates), 24)) * rng.uniform(0.01, 100, (len(templates), 1))).astype(np.float32)
+    x[np.flatnonzero(medias == medias[0])] = -0.0   # a whole media of negative zeros
+    x[5, :3] = 0.0
+    unique = np.unique(templates)
+    want = ref.template_sums(x, templates, medias, unique)
+    for chunk in (1, 50, 10 ** 6):
+        got_t, got = ijb.pool_templates(lambda idx: x[idx], templates, medias, chunk=chunk)
+        np.testing.assert_array_equal(got_t, unique)
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))  # zeros' signs too
+
+
+def test_segment_sums_add_rows_in_row_order():
+    x = np.array([[1e8], [1.0], [-1e8], [1.0], [3.0]], dtype=np.float32)  # 1e8 + 1 rounds to 1e8 in float32
+    got = ijb.segment_sums(x, np.array([0, 0, 0, 0, 1]), 2)
+    assert got[0, 0] == np.sum(x[:4], axis=0)[0] == 1.0   # ((1e8 + 1) - 1e8) + 1
+    assert x[0, 0] + (x[1, 0] + (x[2, 0] + x[3, 0])) == 0.0  # another order gives another sum
+    assert got[1, 0] == 3.0
+
+
 def test_ties_in_scores_follow_sklearns_roc():
     rng = np.random.default_rng(5)
     scores = np.round(rng.normal(0, 1, 3000), 1)  # heavy ties, pairs of both labels on one score
@@ -126,3 +161,13 @@ def test_1n_equals_reference(mode):
     assert got["rank"] == pytest.approx(want_tops, abs=1e-12)
     assert got["far_rule"] == pytest.approx(want_far, abs=1e-12)
     assert 0 < got["rank"][1] < 1
+
+
+def test_scale_benchmark_runs_and_pools_the_reference_bits(capsys):
+    # benchmarks/ijb_scale.py makes benchmarks/README.md's IJB-C-sized figures: keep it runnable and exact.
+    bench = load_repo_script("benchmarks/ijb_scale.py")
+    assert bench.main(["--images", "3000", "--templates", "200", "--pairs", "20000", "--ref-templates", "50",
+                       "--dim", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pooling_bitwise_equal"] is True
+    assert (out["templates"], out["pairs"]) == (200, 20000)
