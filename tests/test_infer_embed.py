@@ -173,3 +173,15 @@ def test_quality_from_an_onnx_export_and_none_without_the_flag(tmp_path, model_f
     assert main(["embed", str(path), str(tmp_path / "in"), "-o", str(tmp_path / "e.npz"), "--no-progress"]) == 0
     with pytest.raises(DataError, match="no feature norms"):
         read_norms(tmp_path / "e.npz")
+
+
+def test_the_summary_line_is_printed_once(tmp_path, model_file, capsys, caplog):
+    # It was printed by the CLI and logged again by the library: "wrote N embeddings" twice.
+    path, _ = model_file
+    write_images(tmp_path, faces(2), ["a.png", "b.png"])
+    with caplog.at_level("INFO"):
+        assert main(["embed", str(path), str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--output",
+                     str(tmp_path / "e.npy"), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    said = captured.out + captured.err + "\n".join(r.getMessage() for r in caplog.records)
+    assert said.count("wrote 2 embeddings") == 1

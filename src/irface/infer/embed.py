@@ -224,7 +224,6 @@ def embed_to_file(embedder: Embedder, inputs: Sequence[str | Path], output: str 
         raise DataError(f"no face embedded: all {len(sources)} inputs were skipped "
                         f"(first: {result.skipped[0]['reason']})")
     files = write_embeddings(output, result.embeddings, result.names, result.norms if quality else None)
-    log.info("wrote %d embeddings of size %d to %s", len(result.names), result.embeddings.shape[1], output)
     summary = {"count": len(result.names), "embedding_size": int(result.embeddings.shape[1]),
                "files": [str(f) for f in files], "skipped": result.skipped}
     if quality:
