@@ -80,3 +80,20 @@ def test_untrained_pass_reads_every_nth_pair_of_each_set(tmp_path):
     images, issame = read_bin(dst / "cfp_fp.bin")
     assert images == [f"cfp_fp-{i}".encode() for p in (0, 5, 10, 15) for i in (2 * p, 2 * p + 1)]
     assert issame.tolist() == [p % 3 == 0 for p in (0, 5, 10, 15)]
+
+
+def test_cli_defaults_are_the_settings_defaults_and_need_no_torch():
+    # The defaults were declared twice (CLI and settings), and a budget change had to edit both.
+    import dataclasses
+    import subprocess
+    import sys
+
+    from irface.cli import build_parser
+    from irface.demo_settings import DemoSettings
+
+    args = build_parser().parse_args(["demo"])
+    parsed = {**vars(args), "out_dir": args.out, "overrides": tuple(args.overrides)}
+    for f in dataclasses.fields(DemoSettings):
+        assert parsed[f.name] == getattr(DemoSettings(), f.name), f.name
+    probe = "import sys, irface.cli.demo; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

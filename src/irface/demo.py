@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from irface.config import TrainConfig, load_config
+from irface.demo_settings import DemoSettings
 from irface.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,24 +29,6 @@ log = logging.getLogger(__name__)
 
 TARGETS = ["lfw", "cfp_fp", "agedb_30"]
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-
-
-@dataclasses.dataclass
-class DemoSettings:
-    """What the demo generates and how long it trains; the network and recipe come from the config."""
-
-    out_dir: Path = Path("demo_out")
-    config: Optional[Path] = None  #: default: configs/demo.yaml of this checkout
-    minutes: float = 7.0  #: training time budget at most (training also stops at the config's epochs)
-    budget_minutes: float = 10.0  #: the whole demo's wall-clock target; training gets what the other stages leave
-    threads: int = 0  #: torch threads on CPU; 0 = measure which count steps fastest now
-    ids: int = 300  #: training identities
-    per_id: int = 20  #: training images per identity
-    holdout_ids: int = 100  #: identities used only in the .bin sets
-    pairs: int = 6000  #: pairs per .bin set, as many as LFW and AgeDB-30 (so the figures resolve 0.02 points)
-    seed: int = 0
-    device: str = "auto"
-    overrides: tuple[str, ...] = ()  #: extra key=value config overrides
 
 
 @dataclasses.dataclass
