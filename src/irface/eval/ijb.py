@@ -95,12 +95,13 @@ def segment_sums(x: np.ndarray, segments: np.ndarray, n: int) -> np.ndarray:
     for every v, a zero's sign included).
     """
     src = np.ascontiguousarray(x)
-    acc = torch.full((n,) + src.shape[1:], -0.0, dtype=torch.from_numpy(src[:0]).dtype)
+    acc = np.full((n,) + src.shape[1:], -0.0, dtype=src.dtype)
     with warnings.catch_warnings():
         # A read-only array (a memory-mapped cache) is only read here.
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        acc.index_add_(0, torch.from_numpy(np.asarray(segments, dtype=np.int64)), torch.from_numpy(src))
-    return acc.numpy()
+        torch.from_numpy(acc).index_add_(0, torch.from_numpy(np.asarray(segments, dtype=np.int64)),
+                                         torch.from_numpy(src))
+    return acc
 
 
 def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.ndarray, medias: np.ndarray,
@@ -121,8 +122,9 @@ def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.n
     visit = np.argsort(first, kind="stable")          # template (index into unique) visited k-th
     rank = np.empty_like(visit)
     rank[visit] = np.arange(len(visit))
-    order = np.lexsort((medias, rank[t_index]))       # stable: file order within each (template, media)
-    keys = np.stack([rank[t_index][order], medias[order]], 1)
+    image_rank = rank[t_index]                        # each image's template, by visit
+    order = np.lexsort((medias, image_rank))          # stable: file order within each (template, media)
+    keys = np.stack([image_rank[order], medias[order]], 1)
     media_starts = _starts(keys)
     t_starts = _starts(keys[:, 0])
     media_of = np.empty(len(order), dtype=np.int64)   # each image's media slot, slots in `order`'s order
