@@ -116,14 +116,13 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     fy_all = (y0[:, None] + bdelta[None, :]) >> 5
     sx, sy, fx, fy = fx_all >> 5, fy_all >> 5, fx_all & 31, fy_all & 31
     h, w = image.shape[:2]
-    padded = np.zeros((h + 2, w + 2, image.shape[2]), dtype=np.int64)  # the black border, one pixel wide
-    padded[1:-1, 1:-1] = image
     acc = np.zeros((size, size, image.shape[2]), dtype=np.int64)
     for dy, wy in ((0, 32 - fy), (1, fy)):
         for dx, wx in ((0, 32 - fx), (1, fx)):
-            yy, xx = sy + dy + 1, sx + dx + 1
-            inside = (yy >= 0) & (yy < h + 2) & (xx >= 0) & (xx < w + 2)
-            taps = padded[np.clip(yy, 0, h + 1), np.clip(xx, 0, w + 1)]
+            yy, xx = sy + dy, sx + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # outside the photo: black
+            # Only the crop's taps are read (never a converted copy of the whole photo).
+            taps = image[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)].astype(np.int64)
             acc += np.where(inside[..., None], taps, 0) * (wy * wx * 32)[..., None]
     return ((acc + (1 << 14)) >> 15).clip(0, 255).astype(np.uint8)
 
