@@ -29,11 +29,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from irface.eval.identification import RANKS, mate_ranks, rank_k, tpir_at_fpir
+from irface.eval.identification import FPIRS, RANKS, mate_ranks, rank_k, tpir_at_fpir
 from irface.eval.protocol import l2_normalize
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-FPIRS = (1e-2, 1e-1)
 POOL_CHUNK = 1 << 15      # images gathered at once while pooling (bounded memory)
 SCORE_CHUNK = 1 << 14     # pairs scored at once when a template has many partners
 
@@ -49,11 +48,6 @@ class Mode:
     @property
     def name(self) -> str:
         return f"N{int(self.norm_score)}D{int(self.detector_score)}F{int(self.flip)}"
-
-
-def far_key(far: float) -> str:
-    """1e-4 -> "1e-04" (the JSON keys)."""
-    return f"{far:.0e}"
 
 
 def image_features(feats: np.ndarray, faceness: np.ndarray, mode: Mode, mirrored: bool = True) -> np.ndarray:

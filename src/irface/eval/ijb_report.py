@@ -3,7 +3,6 @@ present, identification, as one JSON-ready dict and the lines the reference prin
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import numpy as np
@@ -12,9 +11,7 @@ from irface.data.ijb import IJBMeta
 from irface.errors import DataError
 from irface.eval.ijb import (
     FARS,
-    FPIRS,
     Mode,
-    far_key,
     image_features,
     nist_1n,
     normalize_1n,
@@ -23,13 +20,12 @@ from irface.eval.ijb import (
     template_rows,
     verification,
 )
+from irface.eval.identification import FPIRS
 from irface.eval.protocol import l2_normalize
+from irface.eval.result import far_key
 
-log = logging.getLogger(__name__)
-
-
-def _keyed(d: dict, fmt=lambda v: v) -> dict:
-    return {far_key(k): (None if v is None else fmt(v)) for k, v in d.items()}
+def _keyed(d: dict) -> dict:
+    return {far_key(k): v for k, v in d.items()}
 
 
 def _ranks(d: dict) -> dict:

@@ -42,7 +42,6 @@ class IJBFeatures:
     mirrored: bool
     present: np.ndarray          # bool (N,): False for images skipped (--skip-missing)
     skipped: list[str] = field(default_factory=list)   # one line per skipped image
-    source: str = "embedded"     # "embedded", "resumed" or the cache file read
 
 
 def _check_landmarks(points: np.ndarray, shape: tuple[int, ...], where: str) -> None:
@@ -73,7 +72,7 @@ class AlignedFaces(Dataset):
             image = open_rgb(path)
             _check_landmarks(self.landmarks[k], image.shape, f"{path} (line {i + 1} of {self.meta_file})")
             # The reference parses landmarks to float32; the transform is then solved in float64.
-            crop = align_face(image, self.landmarks[k].astype(np.float64), self.size)
+            crop = align_face(image, self.landmarks[k], self.size)
             return i, crop, ""
         except DataError as e:
             return i, np.zeros((self.size, self.size, 3), np.uint8), str(e)
@@ -105,7 +104,7 @@ def _load_cache(path: Path, meta: IJBMeta, flip: bool) -> IJBFeatures:
                         "give another --features file or delete this one")
     if flip and not info.get("mirrored"):
         raise DataError(f"{path}: holds no mirror-image features (made with --no-flip); flip needs them")
-    return IJBFeatures(feats, bool(info.get("mirrored")), present.astype(bool), skipped, source=str(path))
+    return IJBFeatures(feats, bool(info.get("mirrored")), present.astype(bool), skipped)
 
 
 def _parts_info(meta: IJBMeta, flip: bool, model_name: str) -> dict:
@@ -180,10 +179,10 @@ def embed_ijb(model, meta: IJBMeta, features: Optional[str | Path] = None, batch
                              skipped=np.array([r[3] for r in rows if r[3]], dtype=str))
     if parts is None:
         return IJBFeatures(memory, flip, present_all, skipped)
-    return _join_parts(parts, cache, chunks, info, meta)
+    return _join_parts(parts, cache, chunks, info)
 
 
-def _join_parts(parts: Path, cache: Path, chunks: list, info: dict, meta: IJBMeta) -> IJBFeatures:
+def _join_parts(parts: Path, cache: Path, chunks: list, info: dict) -> IJBFeatures:
     feats: Optional[np.ndarray] = None
     present = np.zeros(chunks[-1][1], dtype=bool)
     skipped: list[str] = []
@@ -199,4 +198,4 @@ def _join_parts(parts: Path, cache: Path, chunks: list, info: dict, meta: IJBMet
         np.savez(f, features=feats, present=present, skipped=np.array(skipped, dtype=str),
                  info=np.array(json.dumps(info)))
     shutil.rmtree(parts, ignore_errors=True)
-    return IJBFeatures(feats, bool(info["mirrored"]), present.astype(bool), skipped, source="embedded")
+    return IJBFeatures(feats, bool(info["mirrored"]), present.astype(bool), skipped)
