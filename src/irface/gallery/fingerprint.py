@@ -45,13 +45,8 @@ def _input_settings(embedder: Any) -> dict[str, Any]:
     # How pixels become the model's input (`InputNorm`): the same file read with another mean, std or
     # channel order embeds differently. The default normalisation adds nothing, so a bare path and
     # its Embedder agree.
-    from irface.infer.model_file import InputNorm
-
     norm = getattr(embedder, "norm", None)
-    standard = InputNorm()
-    if norm is None or (norm.mean, norm.std, norm.bgr) == (standard.mean, standard.std, standard.bgr):
-        return {}
-    return norm.to_metadata()
+    return {} if norm is None or norm.is_standard() else norm.to_metadata()
 
 
 def model_fingerprint(model: Any) -> str:

@@ -83,11 +83,6 @@ def enroll_photos(gallery: Gallery, embedder: Embedder, identity: str, photos: S
     return enroll_folders(gallery, embedder, {identity: [s.name for s in collect_faces(photos)]}, **options)
 
 
-def open_for_model(path: str | Path, embedder: Embedder) -> Gallery:
-    """Open a gallery for searching with `embedder`: refused (one line) if it was built with another model."""
-    return Gallery.open(path, fingerprint=model_fingerprint(embedder))
-
-
 def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path, *, templates: bool = False,
                        index: str = "flat", params: Optional[dict[str, Any]] = None,
                        model: Optional[str] = None, **options: Any) -> dict[str, Any]:

@@ -137,10 +137,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     @app.get("/v1/gallery")
     async def gallery() -> dict:
         """The gallery's size, model and identities."""
-        info = await run_in_threadpool(service.gallery_info)
-        if info is None:
-            raise RequestError("no gallery: start the server with --gallery G", 409)
-        return info
+        return await run_in_threadpool(service.gallery_info)
 
     @app.post("/v1/gallery/enroll", dependencies=[Depends(require_key)])
     async def enroll(identity: str = Form(...), images: list[UploadFile] = File(...)) -> dict:

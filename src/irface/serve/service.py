@@ -212,10 +212,9 @@ class FaceService:
         # A change that could not be saved: what is on disk is the truth, the change is dropped from memory.
         self.gallery = type(self.gallery).open(self.gallery.path, fingerprint=self.gallery.fingerprint)
 
-    def gallery_info(self) -> Optional[dict[str, Any]]:
-        if self.gallery is None:
-            return None
-        return {**self.gallery.info(), "names": self.gallery.identities()}
+    def gallery_info(self) -> dict[str, Any]:
+        gallery = self._need_gallery()
+        return {**gallery.info(), "names": gallery.identities()}
 
     def thumbnail(self, key: str) -> Optional[bytes]:
         return None if self.thumbnails is None else self.thumbnails.get(key)
