@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import re
 from typing import Iterator
 
 import torch
@@ -22,7 +21,6 @@ from irface.data.transforms import normalize
 from irface.device import DTYPES, autocast
 from irface.engine.optim import clip_gradients, global_grad_norm
 from irface.engine.state import Components, TrainState
-from irface.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +58,6 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-def _one_line(error: UserError) -> UserError:
-    """A user error raised in a loader worker arrives wrapped in the worker's traceback: keep its own line."""
-    text = str(error)
-    if "Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last.strip())
-    return type(error)(text)
-
-
 def train_step(parts: Components, state: TrainState, batches: Iterator) -> StepOutput:
     """Take `cfg.grad_accum` batches of (uint8 images, labels) from `batches` and make one optimizer step
     at `state`'s position. Raises `NonFiniteLossError` when training cannot go on. `state` is not advanced."""
@@ -76,10 +65,7 @@ def train_step(parts: Components, state: TrainState, batches: Iterator) -> StepO
     lr = parts.schedule.apply((parts.opt_backbone, parts.opt_head), state.epoch * parts.steps_per_epoch + state.step_in_epoch)
     total = torch.zeros((), device=device)
     for micro in range(cfg.grad_accum):
-        try:
-            images, labels = next(batches)
-        except UserError as e:
-            raise _one_line(e) from None
+        images, labels = next(batches)  # the train loader already makes a worker's user error one line
         x = normalize(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         if cfg.channels_last:
