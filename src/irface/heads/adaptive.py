@@ -150,10 +150,9 @@ class SubCenterHead(ArcFaceHead):
         return (num_classes, self.k, self.embedding_size)
 
     def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(embeddings.dtype, torch.float32)
-        centres = F.normalize(weight.to(dtype), dim=-1).reshape(-1, self.embedding_size)
-        cos = F.linear(F.normalize(embeddings.to(dtype)), centres)
-        return cos.view(cos.shape[0], -1, self.k).amax(dim=2).clamp(-1.0, 1.0)
+        # Every sub-centre is a row of the plain head's cosine; a class scores its nearest one.
+        cos = super().cosine_to(embeddings, weight.reshape(-1, self.embedding_size))
+        return cos.view(cos.shape[0], -1, self.k).amax(dim=2)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         return cos - self.m if self.base == "cosface" else super().target_logit(cos)
