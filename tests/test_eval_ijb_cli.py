@@ -1,5 +1,6 @@
 """`irface data synth-ijb` + `irface eval --ijb` end to end with a tiny model; the feature cache; bad input."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 from irface.cli import main
 from irface.data.ijb import read_ijb
+from irface.errors import DataError
 from irface.eval import ijb
 from irface.eval.ijb_report import evaluate_ijb
 from irface.infer import ijb_features, load_model
@@ -121,6 +123,23 @@ def test_template_with_one_and_many_media_and_unused_template(ijb_set):
     feats = rng.normal(0, 1, (len(meta.names), 8)).astype(np.float32)
     report = evaluate_ijb(meta, feats, np.ones(len(feats), bool), True, ijb.Mode())
     assert report["templates"] == len(counts)
+
+
+def test_pairs_of_a_skipped_template_are_dropped_and_an_unknown_template_is_named(ijb_set):
+    meta = read_ijb(ijb_set, "IJBC")
+    feats = np.random.default_rng(0).normal(0, 1, (len(meta.names), 8)).astype(np.float32)
+    everything = evaluate_ijb(meta, feats, np.ones(len(feats), bool), True, ijb.Mode())
+    gone = meta.pair_t2[0]  # every image of this template skipped: its pairs are dropped, counted
+    present = meta.templates != gone
+    report = evaluate_ijb(meta, feats, present, True, ijb.Mode())
+    dropped = int(((meta.pair_t1 == gone) | (meta.pair_t2 == gone)).sum())
+    assert dropped > 0 and report["pairs_dropped"] == dropped
+    assert report["pairs"] == everything["pairs"] - dropped and report["templates"] == everything["templates"] - 1
+    # A pair naming a template that has no image at all is an error naming the line (1-based).
+    t2 = meta.pair_t2.copy()
+    t2[3] = 987654
+    with pytest.raises(DataError, match=r"ijbc_template_pair_label.txt: line 4 names template 987654"):
+        evaluate_ijb(dataclasses.replace(meta, pair_t2=t2), feats, present, True, ijb.Mode())
 
 
 def _edit(path: Path, line_no: int, new: str) -> None:

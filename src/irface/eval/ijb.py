@@ -274,6 +274,12 @@ def verification(template_norm: np.ndarray, unique_templates: np.ndarray, t1: np
     r1, r2 = template_rows(unique_templates, t1), template_rows(unique_templates, t2)
     if (r1 < 0).any() or (r2 < 0).any():
         raise ValueError("a pair names a template without features")
+    return verification_rows(template_norm, r1, r2, labels, fars)
+
+
+def verification_rows(template_norm: np.ndarray, r1: np.ndarray, r2: np.ndarray, labels: np.ndarray,
+                      fars: Sequence[float] = FARS) -> Verification:
+    """`verification` of pairs given as rows of `template_norm`."""
     scores = pair_scores(template_norm, r1, r2)
     fpr, tpr, _ = roc_curve(labels, scores)
     return Verification(scores, fpr, tpr, tar_nearest(fpr, tpr, fars), tar_interpolated(fpr, tpr, fars),

@@ -18,7 +18,7 @@ from irface.eval.ijb import (
     pool_templates,
     reference_1n,
     template_rows,
-    verification,
+    verification_rows,
 )
 from irface.eval.identification import FPIRS
 from irface.eval.protocol import l2_normalize
@@ -89,19 +89,21 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, present: np.ndarray, mirrored
         return image_features(feats[rows], faceness[rows], mode, mirrored)
 
     unique, sums = pool_templates(features, meta.templates[keep], meta.medias[keep])
-    known = np.unique(meta.templates)
     pair_file = f"{meta.root}/meta/{meta.target.lower()}_template_pair_label.txt"
-    for side in (meta.pair_t1, meta.pair_t2):
-        unknown = template_rows(known, side) < 0
-        if unknown.any():
-            i = int(np.argmax(unknown))
+    rows = [template_rows(unique, side) for side in (meta.pair_t1, meta.pair_t2)]
+    known = np.unique(meta.templates)  # `unique` less the templates whose images were all skipped
+    for side, side_rows in zip((meta.pair_t1, meta.pair_t2), rows):
+        missing = np.flatnonzero(side_rows < 0)  # only these can name a template with no image at all
+        unknown = missing[template_rows(known, side[missing]) < 0]
+        if len(unknown):
+            i = int(unknown[0])
             raise DataError(f"{pair_file}: line {i + 1} names template {side[i]}, which has no image in "
                             f"{meta.target.lower()}_face_tid_mid.txt")
-    usable = (template_rows(unique, meta.pair_t1) >= 0) & (template_rows(unique, meta.pair_t2) >= 0)
+    usable = (rows[0] >= 0) & (rows[1] >= 0)
     labels = meta.labels[usable]
     if labels.min(initial=1) == 1 or labels.max(initial=0) == 0:
         raise DataError(f"{pair_file}: the pairs need both genuine (label 1) and impostor (label 0) pairs")
-    v = verification(l2_normalize(sums), unique, meta.pair_t1[usable], meta.pair_t2[usable], labels, FARS)
+    v = verification_rows(l2_normalize(sums), rows[0][usable], rows[1][usable], labels, FARS)
     report = {
         "target": meta.target, "mode": mode.name, "images": int(len(meta.names)),
         "images_skipped": int(len(meta.names) - len(keep)), "templates": int(len(unique)),
