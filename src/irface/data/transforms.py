@@ -30,7 +30,8 @@ def normalize(images: torch.Tensor, mean: Channels = MEAN, std: Channels = STD) 
 
 def to_nchw_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB array -> uint8 (N, 3, H, W) tensor (no copy of the pixels to float)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    # Copied only when needed: torch.from_numpy warns on read-only arrays (crops Pillow decoded).
+    return torch.from_numpy(np.require(images, requirements=("C", "W"))).permute(0, 3, 1, 2)
 
 
 def embed_images(model: torch.nn.Module, images: np.ndarray, device: torch.device,

@@ -36,11 +36,6 @@ class PhotoFace:
     score: Optional[float] = None
     landmarks: Optional[np.ndarray] = None
 
-    def __post_init__(self) -> None:
-        # Crops decoded by Pillow are read-only views; torch.from_numpy warns on those.
-        if not (self.crop.flags.writeable and self.crop.flags.c_contiguous):
-            self.crop = np.array(self.crop, dtype=np.uint8, order="C")
-
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.box is not None:
