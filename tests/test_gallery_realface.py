@@ -102,6 +102,27 @@ def test_add_and_remove(split, capsys, tmp_path):
     assert "Mr Stranger" not in info["identity_faces"]
 
 
+def test_add_from_a_recordio_folder_of_aligned_faces(split, capsys, tmp_path):
+    # An input `irface embed` reads (MS1MV2-style RecordIO of aligned crops) is one `gallery add` reads
+    # too: the photos were listed, then listed again by name, and `train.rec#0` is not a path.
+    from irface.data.images import encode_image
+    from irface.data.recordio import write_recordio_dataset
+    from irface.infer.photo import faces_from_file
+
+    _, probes, _, strangers, gallery = split
+    g = tmp_path / "g.gallery"
+    shutil.copy(gallery, g)
+    photo = next((probes / strangers[0]).iterdir())
+    crop = faces_from_file(photo)[0].crop
+    rec = tmp_path / "rec"
+    write_recordio_dataset(rec, [(0, encode_image(crop, "PNG"))], 1, (112, 112))
+    report = _json(capsys, ["gallery", "add", str(g), "Mr Stranger", str(rec), "--device", "cpu"])
+    assert report["faces"] == 1
+    found = _json(capsys, ["gallery", "search", str(g), str(photo), "--device", "cpu"])
+    assert found["results"][0]["identity"] == "Mr Stranger"
+    assert found["results"][0]["matches"][0]["source"] == f"{rec / 'train.rec'}#0"
+
+
 def _one_line_error(capsys, argv) -> str:
     capsys.readouterr()
     assert main(argv) == 2

@@ -18,18 +18,19 @@ from irface.eval.identification import FPIRS, RANKS, rank_k, threshold_at_fpir, 
 from irface.gallery.fingerprint import model_fingerprint
 from irface.gallery.gallery import Gallery, decision, validate_identity
 from irface.infer.embed import EmbedResult, embed_sources
-from irface.infer.images import collect_faces
+from irface.infer.images import FaceSource, collect_faces
 from irface.infer.model_file import Embedder
 
 log = logging.getLogger(__name__)
 
 
-def identity_folders(root: str | Path) -> tuple[dict[str, list[str]], list[dict[str, str]]]:
-    """`{identity: [photo paths]}` of `root/<identity>/...`, and what was skipped (bad names, empty folders)."""
+def identity_folders(root: str | Path, size: int = 112) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
+    """`{identity: [its photos]}` of `root/<identity>/...` (faces of a model with `size` x `size` input),
+    and what was skipped (bad names, empty folders)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected one folder of photos per identity)")
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[FaceSource]] = {}
     skipped: list[dict[str, str]] = []
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():
@@ -38,7 +39,7 @@ def identity_folders(root: str | Path) -> tuple[dict[str, list[str]], list[dict[
             continue
         try:
             validate_identity(entry.name)
-            found[entry.name] = [s.name for s in collect_faces([entry])]
+            found[entry.name] = collect_faces([entry], size)
         except (GalleryError, DataError) as e:
             skipped.append({"name": str(entry), "reason": f"{entry}: {e}" if isinstance(e, GalleryError) else str(e)})
     for s in skipped:
@@ -48,10 +49,9 @@ def identity_folders(root: str | Path) -> tuple[dict[str, list[str]], list[dict[
     return found, skipped
 
 
-def embed_photos(embedder: Embedder, photos: Sequence[str], *, mode: str = "auto", detector: Any = None,
+def embed_photos(embedder: Embedder, sources: Sequence[FaceSource], *, mode: str = "auto", detector: Any = None,
                  batch_size: int = 32, progress: bool = False) -> EmbedResult:
     """The largest face of each photo, embedded and L2-normalised; unreadable or faceless photos skipped."""
-    sources = collect_faces(photos, embedder.input_size)
     return embed_sources(embedder, sources, batch_size, progress, mode=mode, detector=detector)
 
 
@@ -63,10 +63,16 @@ def _boxes(result: EmbedResult) -> Optional[np.ndarray]:
     return np.array([b if b is not None else [np.nan] * 4 for b in boxes], np.float64)
 
 
-def enroll_folders(gallery: Gallery, embedder: Embedder, folders: dict[str, list[str]], **options: Any) -> dict[str, Any]:
+def _flatten(folders: dict[str, list[FaceSource]]) -> tuple[list[FaceSource], dict[str, str]]:
+    """Every identity's photos in one list, and each photo's identity by name."""
+    photos = [s for sources in folders.values() for s in sources]
+    return photos, {s.name: who for who, sources in folders.items() for s in sources}
+
+
+def enroll_folders(gallery: Gallery, embedder: Embedder, folders: dict[str, list[FaceSource]],
+                   **options: Any) -> dict[str, Any]:
     """Embed every identity's photos and add them in one batch; returns counts and what was skipped."""
-    all_photos = [p for photos in folders.values() for p in photos]
-    identity_of = {p: who for who, photos in folders.items() for p in photos}
+    all_photos, identity_of = _flatten(folders)
     result = embed_photos(embedder, all_photos, **options)
     if not result.names:
         raise DataError(f"no face found in any of the {len(all_photos)} photos")
@@ -80,14 +86,14 @@ def enroll_photos(gallery: Gallery, embedder: Embedder, identity: str, photos: S
                   **options: Any) -> dict[str, Any]:
     """Add the largest face of each photo (files or folders) to `identity`."""
     validate_identity(identity)
-    return enroll_folders(gallery, embedder, {identity: [s.name for s in collect_faces(photos)]}, **options)
+    return enroll_folders(gallery, embedder, {identity: collect_faces(photos, embedder.input_size)}, **options)
 
 
 def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path, *, templates: bool = False,
                        index: str = "flat", params: Optional[dict[str, Any]] = None,
                        model: Optional[str] = None, **options: Any) -> dict[str, Any]:
     """`irface gallery build`: a new gallery file at `output` from `root/<identity>/*` photos."""
-    folders, skipped = identity_folders(root)
+    folders, skipped = identity_folders(root, embedder.input_size)
     gallery = Gallery.create(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
                              index=index, templates=templates, model=model or embedder.info.get("path"), params=params)
     summary = enroll_folders(gallery, embedder, folders, **options)
@@ -99,7 +105,7 @@ def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path,
 def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,
                   threshold: Optional[float] = None, **options: Any) -> dict[str, Any]:
     """Search each photo's largest face: `{"results": [{"photo", "identity", "matches"}], "skipped"}`."""
-    result = embed_photos(embedder, photos, **options)
+    result = embed_photos(embedder, collect_faces(photos, embedder.input_size), **options)
     found = gallery.search(result.embeddings, top_k=top_k, threshold=threshold) if result.names else []
     rows = [{"photo": name, "identity": decision(matches),
              "matches": [{"identity": m.identity, "similarity": m.similarity, "source": m.source,
@@ -129,9 +135,8 @@ def evaluate_photos(gallery: Gallery, embedder: Embedder, probes_root: str | Pat
 
     A probe whose identity is enrolled is a mated search; any other is non-mated.
     """
-    folders, skipped = identity_folders(probes_root)
-    photos = [p for ps in folders.values() for p in ps]
-    identity_of = {p: who for who, ps in folders.items() for p in ps}
+    folders, skipped = identity_folders(probes_root, embedder.input_size)
+    photos, identity_of = _flatten(folders)
     result = embed_photos(embedder, photos, **options)
     enrolled = set(gallery.identities())
     depth = max(RANKS)
