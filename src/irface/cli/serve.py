@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 
@@ -27,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients may reach the server by (Host header), besides the --host address "
+                        "(and loopback names on loopback); repeat for more. Others are refused (DNS rebinding)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"key that gallery changes must carry (header X-API-Key); default: ${API_KEY_ENV}")
     p.add_argument("--threshold", type=float, help="cosine similarity above which two faces are the same person "
@@ -42,7 +44,10 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from irface.errors import ConfigError
     from irface.serve import FaceService, Limits, create_app
+    from irface.serve.hosts import AllowedHosts
+    from irface.serve.http import server_config
 
+    check_exposure(args.host, args.api_key, args.allowed_host)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: use 1..65535")
     limits = Limits(max_request_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
@@ -54,19 +59,24 @@ def run(args: argparse.Namespace) -> int:
 
     detector = detector_from_args(args, device=resolve_device(args.device).type)
     service = FaceService.open(model_from_args(args), args.gallery, detector=detector, threshold=args.threshold)
-    app = create_app(service, api_key=args.api_key or None, limits=limits)
-    if not _is_loopback(args.host) and not args.api_key:
-        log.warning("listening on %s without --api-key: anyone who reaches this port can change the gallery",
-                    args.host)
-    log.info("irface serve: http://%s:%d/ (API docs at /docs)", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    allowed = AllowedHosts(args.host, args.allowed_host)
+    app = create_app(service, api_key=args.api_key or None, limits=limits, allowed_hosts=allowed)
+    log.info("irface serve: http://%s:%d/ (API docs at /docs); answers to %s", args.host, args.port,
+             allowed.describe())
+    uvicorn.Server(server_config(app, args.host, args.port)).run()
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def check_exposure(host: str, api_key: str | None, allowed_hosts: list[str]) -> None:
+    """Refuse to open the gallery to the network without a key; warn when only addresses may be used."""
+    from irface.errors import ConfigError
+    from irface.serve.hosts import WILDCARD_HOSTS, is_loopback
+
+    if is_loopback(host):
+        return
+    if not api_key:
+        raise ConfigError(f"--host {host}: listening beyond this machine without --api-key (or ${API_KEY_ENV}) "
+                          "would let anyone who reaches the port enrol and remove people; set a key")
+    if host in WILDCARD_HOSTS and not allowed_hosts:
+        log.warning("listening on %s: clients must use the server's IP address; add --allowed-host NAME for "
+                    "each name they reach it by (requests naming other hosts are refused)", host or "every address")

@@ -39,9 +39,14 @@ def _fast_jpeg():
     return _FAST_JPEG
 
 
-def _too_big(width: int, height: int, source: str) -> DataError:
+def _too_big(width: int, height: int, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -> DataError:
     return DataError(f"{source}: image of {width}x{height} pixels is larger than allowed "
-                     f"({MAX_IMAGE_PIXELS} pixels; an image bomb?)")
+                     f"({max_pixels} pixels; an image bomb?)")
+
+
+def pixel_ceiling() -> int:
+    """The largest `max_pixels` that can take effect: Pillow refuses images over twice its own limit."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 2**62
 
 
 def _cannot_decode(e: Exception, source: str) -> DataError:
@@ -50,31 +55,31 @@ def _cannot_decode(e: Exception, source: str) -> DataError:
     return DataError(f"{source}: cannot decode image ({first_line(e)})")
 
 
-def open_image(data: bytes, source: str = "image") -> Image.Image:
-    """Open encoded image bytes reading the header only; refuses images over `MAX_IMAGE_PIXELS` pixels.
+def open_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open encoded image bytes reading the header only; refuses images over `max_pixels` pixels.
 
     The one place where untrusted image bytes are opened: nothing is decoded yet, Pillow's own
-    decompression-bomb warning never reaches the user's terminal, and every refusal is one
-    `DataError` line naming `source`.
+    decompression-bomb warning never reaches the user's terminal (our limit decides, up to
+    `pixel_ceiling()`, where Pillow refuses), and every refusal is one `DataError` line naming `source`.
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         # Pillow checks before we can: its message holds the pixel count, not the sides.
         m = re.search(r"\((\d+) pixels\)", str(e))
         pixels = f"{int(m.group(1))} pixels" if m else "too many pixels"
-        raise DataError(f"{source}: image of {pixels} is larger than allowed ({MAX_IMAGE_PIXELS} pixels; "
+        raise DataError(f"{source}: image of {pixels} is larger than allowed ({max_pixels} pixels; "
                         "an image bomb?)") from None
     except Exception as e:
         raise _cannot_decode(e, source) from None
-    if img.width * img.height > MAX_IMAGE_PIXELS:
-        raise _too_big(img.width, img.height, source)
+    if img.width * img.height > max_pixels:
+        raise _too_big(img.width, img.height, source, max_pixels)
     return img
 
 
-def _decode_jpeg_fast(data: bytes, source: str):
+def _decode_jpeg_fast(data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS):
     """RGB array through simplejpeg (libjpeg-turbo, about twice Pillow's speed), or None to use Pillow."""
     sj = _fast_jpeg()
     if not sj or data[:3] != b"\xff\xd8\xff":
@@ -83,8 +88,8 @@ def _decode_jpeg_fast(data: bytes, source: str):
         height, width, colorspace, _ = sj.decode_jpeg_header(data)
     except Exception:
         return None  # let Pillow decide and word the error
-    if width * height > MAX_IMAGE_PIXELS:
-        raise _too_big(width, height, source)
+    if width * height > max_pixels:
+        raise _too_big(width, height, source, max_pixels)
     if colorspace not in ("RGB", "YCbCr", "Gray"):  # CMYK / YCCK: Pillow converts those
         return None
     try:

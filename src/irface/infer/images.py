@@ -10,7 +10,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from irface.data.images import IMAGE_SUFFIXES, _decode_jpeg_fast, _to_rgb, decode_image, list_image_files, open_image
+from irface.data.images import (IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, _decode_jpeg_fast, _to_rgb, decode_image,
+                                list_image_files, open_image)
 from irface.errors import DataError, first_line
 
 
@@ -52,13 +53,16 @@ def open_rgb(path: str | Path) -> np.ndarray:
     return decode_rgb(open_image(data, str(path)), data, str(path))
 
 
-def decode_rgb(img: Image.Image, data: bytes, source: str) -> np.ndarray:
-    """An image opened by `open_image` from `data` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied."""
+def decode_rgb(img: Image.Image, data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image opened by `open_image` from `data` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied.
+
+    `max_pixels`: the limit `open_image` was given (checked again on JPEG's own header).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
             orientation = img.getexif().get(0x0112, 1)
-            arr = _decode_jpeg_fast(data, source)
+            arr = _decode_jpeg_fast(data, source, max_pixels)
             if arr is None:
                 img.load()
                 arr = _to_rgb(img)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -30,6 +31,17 @@ MAX_TOP_K = 100
 UPLOAD_PREFIX = "upload:"
 
 
+def public_path(path: Optional[str | Path]) -> Optional[str]:
+    """A server-side path as an answer may show it: as the operator gave it when relative, else its name.
+
+    Answers go to whoever reaches the port; where this machine keeps its files is none of theirs.
+    """
+    if path is None:
+        return None
+    p = Path(path)
+    return str(p) if not p.is_absolute() and ".." not in p.parts else p.name
+
+
 def _face_json(face: Any, photo: np.ndarray, name: str) -> dict[str, Any]:
     """Where the face is in the photo; a photo taken as an aligned crop is its own box."""
     box = face.box if face.box is not None else (0, 0, photo.shape[1], photo.shape[0])
@@ -37,6 +49,14 @@ def _face_json(face: Any, photo: np.ndarray, name: str) -> dict[str, Any]:
             "box": [round(float(v), 1) for v in box],
             "score": None if face.score is None else round(float(face.score), 4),
             "landmarks": None if face.landmarks is None else np.round(np.asarray(face.landmarks, float), 1).tolist()}
+
+
+@dataclass
+class FoundFace:
+    """The largest face of a photo: what to embed (`face.crop`) and its description in an answer."""
+
+    face: Any
+    json: dict[str, Any]
 
 
 class FaceService:
@@ -110,17 +130,27 @@ class FaceService:
         return {"image": name, "embedding_size": int(emb.shape[1]), "normalized": True,
                 "faces": [{**_face_json(f, photo, f.name), "embedding": e.tolist()} for f, e in zip(faces, emb)]}
 
+    def largest_face(self, photo: np.ndarray, name: str) -> "FoundFace":
+        """The photo's largest face (RequestError 422 when none), described for an answer.
+
+        All a verification or an enrolment keeps of a photo: the photo itself can be let go.
+        """
+        face = self._faces(photo, name)[0]
+        return FoundFace(face, _face_json(face, photo, name))
+
     def verify(self, photo_a: np.ndarray, name_a: str, photo_b: np.ndarray, name_b: str,
                threshold: Optional[float] = None) -> dict[str, Any]:
         """Same person? The largest face of each photo, compared as `irface verify` compares crops."""
+        self._threshold(threshold)
+        return self.verify_faces(self.largest_face(photo_a, name_a), self.largest_face(photo_b, name_b), threshold)
+
+    def verify_faces(self, a: "FoundFace", b: "FoundFace", threshold: Optional[float] = None) -> dict[str, Any]:
         from irface.infer.verify import compare_faces
 
         t, source = self._threshold(threshold)
-        face_a = self._faces(photo_a, name_a)[0]
-        face_b = self._faces(photo_b, name_b)[0]
-        result = compare_faces(self.batcher, face_a, face_b, t)
+        result = compare_faces(self.batcher, a.face, b.face, t)
         return {"similarity": result["similarity"], "threshold": t, "threshold_source": source,
-                "same": result["same"], "a": _face_json(face_a, photo_a, name_a), "b": _face_json(face_b, photo_b, name_b)}
+                "same": result["same"], "a": a.json, "b": b.json}
 
     # --- gallery -----------------------------------------------------------------------------
     def _need_gallery(self) -> Any:
@@ -140,7 +170,8 @@ class FaceService:
         face = self._faces(photo, name)[0]
         emb = self.batcher.embed(face.crop[None])
         matches = gallery.search(emb, top_k=top_k, threshold=t)[0]
-        rows = [{"identity": m.identity, "similarity": float(m.similarity), "source": m.source,
+        rows = [{"identity": m.identity, "similarity": float(m.similarity),
+                 "source": m.source if m.source is None or m.source.startswith(UPLOAD_PREFIX) else public_path(m.source),
                  "accepted": bool(m.accepted), "thumbnail": self._thumbnail_url(gallery, m)} for m in matches]
         return {"identity": decision(matches), "threshold": t, "threshold_source": source, "matches": rows,
                 "face": _face_json(face, photo, name)}
@@ -153,31 +184,56 @@ class FaceService:
             box = next((row["box"] for row in gallery.faces(match.identity) if row["source"] == match.source), None)
         return self.thumbnails.url(match.source, box)
 
+    def enrolment_name(self, identity: str) -> str:
+        """The name `identity` is enrolled under: checked, NFKC-normalised, free of look-alike letters.
+
+        A name that differs from an enrolled one only in case (or NFKC form) is refused (409):
+        it would be the same person under two names.
+        """
+        from irface.gallery import validate_identity
+        from irface.gallery.names import check_lookalikes, normalize_identity, same_name
+
+        gallery = self._need_gallery()
+        name = check_lookalikes(validate_identity(normalize_identity(identity)))
+        existing = same_name(name, gallery.identities())
+        if existing is not None and existing != name:
+            raise RequestError(f"identity {name!r} already exists as {existing!r} (names are compared ignoring "
+                               "case); enrol under that name", 409)
+        return name
+
+    def enrolment_face(self, photo: np.ndarray, name: str) -> "FoundFace | dict[str, str]":
+        """The largest face of one photo to enrol, or the skip record of a photo without one."""
+        try:
+            return self.largest_face(photo, name)
+        except UserError as e:
+            return {"image": name, "reason": str(e)}
+
     def enroll(self, identity: str, photos: Sequence[tuple[str, np.ndarray]]) -> dict[str, Any]:
         """Add the largest face of each photo under `identity`; returns once the gallery file holds them.
 
         A photo without a face is a reported skip; none at all is an error and changes nothing.
         """
-        from irface.gallery import validate_identity
+        identity = self.enrolment_name(identity)
+        return self.enroll_faces(identity, [self.enrolment_face(photo, name) for name, photo in photos])
 
+    def enroll_faces(self, identity: str, found: Sequence["FoundFace | dict[str, str]"]) -> dict[str, Any]:
+        """`enroll` once each photo is reduced to its face (`enrolment_face`); `identity` from `enrolment_name`."""
         gallery = self._need_gallery()
-        identity = validate_identity(identity)
         crops, sources, boxes, faces, skipped = [], [], [], [], []
-        for name, photo in photos:
-            try:
-                face = self._faces(photo, name)[0]
-            except UserError as e:
-                skipped.append({"image": name, "reason": str(e)})
+        for item in found:
+            if not isinstance(item, FoundFace):
+                skipped.append(item)
                 continue
-            digest = hashlib.sha256(face.crop.tobytes()).hexdigest()[:12]
-            crops.append(face.crop)
-            sources.append(f"{UPLOAD_PREFIX}{identity}/{Path(name).name}#{digest}")
-            faces.append(_face_json(face, photo, name))
-            boxes.append(faces[-1]["box"])
+            digest = hashlib.sha256(item.face.crop.tobytes()).hexdigest()[:12]
+            crops.append(item.face.crop)
+            sources.append(f"{UPLOAD_PREFIX}{identity}/{Path(item.json['image']).name}#{digest}")
+            faces.append(item.json)
+            boxes.append(item.json["box"])
         if not crops:
-            raise RequestError(f"{identity}: no face found in any of the {len(photos)} photo(s)", 422)
+            raise RequestError(f"{identity}: no face found in any of the {len(found)} photo(s)", 422)
         emb = self.batcher.embed(np.stack(crops))
         with self._change_lock:
+            self.enrolment_name(identity)  # again: another spelling of the name may have been enrolled meanwhile
             written = [self.thumbnails.put(s, c) for s, c in zip(sources, crops)]
             try:
                 gallery.add(identity, emb, sources, boxes=boxes)
@@ -191,10 +247,14 @@ class FaceService:
 
     def remove(self, identity: str) -> dict[str, Any]:
         from irface.gallery import validate_identity
+        from irface.gallery.names import normalize_identity
 
         gallery = self._need_gallery()
         identity = validate_identity(identity)
         with self._change_lock:
+            # The name as enrolled now (NFKC), or as an older gallery may hold it.
+            if normalize_identity(identity) in gallery.identities():
+                identity = normalize_identity(identity)
             sources = [row["source"] for row in gallery.faces(identity)]
             removed = gallery.remove(identity)
             if removed:
@@ -213,14 +273,17 @@ class FaceService:
         self.gallery = type(self.gallery).open(self.gallery.path, fingerprint=self.gallery.fingerprint)
 
     def gallery_info(self) -> dict[str, Any]:
-        gallery = self._need_gallery()
-        return {**gallery.info(), "names": gallery.identities()}
+        return {**self._gallery_summary(), "names": self._need_gallery().identities()}
+
+    def _gallery_summary(self) -> dict[str, Any]:
+        info = self._need_gallery().info()
+        return {**info, "path": public_path(info["path"]), "model": public_path(info.get("model"))}
 
     def thumbnail(self, key: str) -> Optional[bytes]:
         return None if self.thumbnails is None else self.thumbnails.get(key)
 
     def health(self) -> dict[str, Any]:
-        gallery = None if self.gallery is None else self.gallery.info()
-        return {"status": "ok", "model": self.embedder.info.get("path"),
+        gallery = None if self.gallery is None else self._gallery_summary()
+        return {"status": "ok", "model": public_path(self.embedder.info.get("path")),
                 "embedding_size": self.embedder.embedding_size, "input_size": self.embedder.input_size,
                 "threshold": self.threshold, "threshold_source": self.threshold_source, "gallery": gallery}
