@@ -59,6 +59,15 @@ class FoundFace:
     json: dict[str, Any]
 
 
+def _remove_crash_leftovers(gallery: str | Path) -> None:
+    """A server killed while saving leaves the half-written gallery under a temporary name: delete those."""
+    from irface.utils import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(gallery)
+    if removed:
+        log.warning("removed %d temporary file(s) left by an interrupted save of %s", len(removed), gallery)
+
+
 class FaceService:
     def __init__(self, embedder: Embedder, detector: Any, gallery: Any = None, threshold: Optional[float] = None):
         self.embedder = embedder
@@ -85,6 +94,7 @@ class FaceService:
             from irface.gallery import Gallery, model_fingerprint
 
             fingerprint = model_fingerprint(embedder)
+            _remove_crash_leftovers(gallery)
             if Path(gallery).exists():
                 opened = Gallery.open(gallery, fingerprint=fingerprint)
             else:
