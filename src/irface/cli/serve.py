@@ -34,8 +34,15 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help="cosine similarity above which two faces are the same person "
                                                    "(default: the model's, else 0.28)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
+    # Pixel defaults: irface.serve.Limits's (not imported here: it would load the model stack for every command).
+    p.add_argument("--max-pixels", type=int,
                    help="largest image in pixels, checked before decoding (default 40,000,000)")
+    p.add_argument("--max-request-pixels", type=int,
+                   help="most pixels of all the images of one request together, checked before decoding "
+                        "(default 200,000,000)")
+    p.add_argument("--max-decoding-pixels", type=int,
+                   help="most pixels the server holds decoded at once, all requests together; photos wait "
+                        "their turn (default: twice --max-pixels)")
     add_model_arguments(p)
     add_detector_arguments(p)
     p.set_defaults(func=run)
@@ -50,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.api_key, args.allowed_host)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: use 1..65535")
-    limits = Limits(max_request_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    given = {"max_pixels": args.max_pixels, "max_request_pixels": args.max_request_pixels,
+             "max_decoding_pixels": args.max_decoding_pixels}
+    limits = Limits(max_request_bytes=int(args.max_upload_mb * 1024 * 1024),
+                    **{k: v for k, v in given.items() if v is not None})
     try:
         import uvicorn
     except ImportError:
