@@ -5,8 +5,9 @@ declared content type are ignored), in a format on the allow-list, with at most 
 (checked from the header, before any pixel is decoded: an image bomb costs nothing). Identity names
 are checked by the gallery (`irface.gallery.validate_identity`).
 
-Memory: a decoded photo costs about 7 bytes a pixel while it is decoded (Pillow's 4-byte pixels and
-the 3-byte array), several hundred times its upload for a plain PNG. So a request's images may hold
+Memory: a photo costs about 12 bytes a pixel while it is decoded and its faces found (the 3-byte
+array, Pillow's 4-byte copies for decoding and for the detector's resize), hundreds of times its
+upload for a plain PNG. So a request's images may hold
 `max_request_pixels` pixels in all (checked from their headers, before any is decoded), and the whole
 server decodes at most `decoding_budget()` pixels at once (`PixelBudget`): a photo waits until its
 pixels fit, and each photo is let go (reduced to its face crops) before the request's next one is decoded.
