@@ -159,7 +159,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     async def verify(a: UploadFile = File(...), b: UploadFile = File(...),
                      threshold: Optional[float] = Form(None)) -> dict:
         """Same person? Similarity of the two photos' faces, the threshold, the decision and both boxes."""
-        return await call([a, b], service.largest_face, lambda found: service.verify_faces(*found, threshold))
+        return await call([a, b], service.largest_face, lambda found: service.verify_faces(found[0], found[1], threshold))
 
     @app.post("/v1/search")
     async def search(image: UploadFile = File(...), top_k: int = Form(5),

@@ -12,7 +12,8 @@ wildcard address (0.0.0.0, ::) any address is accepted, names only when allowed.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Awaitable, Callable, Iterable, Optional
+import json
+from typing import Any, Awaitable, Callable, Iterable
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -58,9 +59,7 @@ class AllowedHosts:
             names.update(LOOPBACK_NAMES)
         self.names = frozenset(names)
 
-    def allows(self, header: Optional[str]) -> bool:
-        if header is None:  # HTTP/1.0 without Host: no browser sends that, nothing to rebind
-            return True
+    def allows(self, header: str) -> bool:
         name = host_name(header)
         return name in self.names or (self.any_address and _is_ip(name))
 
@@ -84,10 +83,10 @@ class HostCheck:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         raw = dict(scope.get("headers") or []).get(b"host")
-        header = None if raw is None else raw.decode("latin-1")
-        if self.allowed.allows(header):
+        # No Host at all (HTTP/1.0): no browser sends that, so there is nothing to rebind.
+        if raw is None or self.allowed.allows(raw.decode("latin-1")):
             return await self.app(scope, receive, send)
-        import json
+        header = raw.decode("latin-1")
 
         body = json.dumps({"detail": f"requests for host {header[:100]!r} are refused: this server answers to "
                                      f"{self.allowed.describe()} (--allowed-host adds names)"}).encode()
