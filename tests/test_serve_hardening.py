@@ -92,6 +92,19 @@ def test_listening_beyond_loopback_without_a_key_is_refused(capsys, monkeypatch)
     assert "--api-key" in err and "0.0.0.0" in err
 
 
+def test_every_interface_without_allowed_names_warns_that_only_addresses_are_answered(caplog):
+    from irface.cli.serve import check_exposure
+
+    with caplog.at_level(logging.WARNING, logger="irface.cli.serve"):
+        check_exposure("0.0.0.0", "a key", [])
+    assert "--allowed-host" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="irface.cli.serve"):
+        check_exposure("0.0.0.0", "a key", ["faces.lan"])
+        check_exposure("127.0.0.1", None, [])
+    assert caplog.text == ""
+
+
 # --- 2. Memory ------------------------------------------------------------------------------------
 
 def test_a_request_over_the_pixel_budget_is_refused_before_decoding(service):
@@ -171,14 +184,36 @@ def test_the_pixel_budget_serves_waiters_in_order():
 
 # --- 3. Crash leftovers ---------------------------------------------------------------------------
 
+_KILLED_WRITER = r"""
+import sys, time
+from irface.utils import atomic_write
+with atomic_write(sys.argv[1], "wb") as f:
+    f.write(b"half a gallery" * 1000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(120)
+"""
+
+
 def test_start_up_removes_the_gallerys_stale_temporary_files_and_nothing_else(tmp_path, service):
     gallery = tmp_path / "faces.gallery"
     make_service(gallery)  # creates it
-    leftovers = [tmp_path / ".faces.gallery.k2x9_q0a.tmp", tmp_path / ".faces.gallery.abcdefgh.tmp"]
+    # A save killed (-9) half way, as a server is during a large gallery's save.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(gallery)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".faces.gallery.")
+    leftovers.append(tmp_path / ".faces.gallery.k2x9_q0a.tmp")
     others = [tmp_path / ".other.gallery.abcdefgh.tmp", tmp_path / ".faces.gallery.abcdefgh.tmp.keep",
               tmp_path / "faces.gallery.abcdefgh.tmp", tmp_path / ".faces.gallery.notes",
               tmp_path / ".faces.gallery.abc.tmp", tmp_path / "photo.jpg"]
-    for p in leftovers + others:
+    for p in leftovers[1:] + others:
         p.write_bytes(b"x" * 100)
     FaceService.open(service.embedder, gallery, detector=service.detector)
     assert not any(p.exists() for p in leftovers)
