@@ -247,6 +247,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a second process loads the model and detector (about 10 s on 2 busy cores)
 def test_a_full_disk_is_a_server_error_that_names_no_server_path(tmp_path):
     tests = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, *sys.path])}
