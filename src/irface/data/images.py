@@ -39,8 +39,12 @@ def _fast_jpeg():
     return _FAST_JPEG
 
 
+class TooManyPixels(DataError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
+
+
 def _too_big(width: int, height: int, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -> DataError:
-    return DataError(f"{source}: image of {width}x{height} pixels is larger than allowed "
+    return TooManyPixels(f"{source}: image of {width}x{height} pixels is larger than allowed "
                      f"({max_pixels} pixels; an image bomb?)")
 
 
@@ -70,7 +74,7 @@ def open_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_P
         # Pillow checks before we can: its message holds the pixel count, not the sides.
         m = re.search(r"\((\d+) pixels\)", str(e))
         pixels = f"{int(m.group(1))} pixels" if m else "too many pixels"
-        raise DataError(f"{source}: image of {pixels} is larger than allowed ({max_pixels} pixels; "
+        raise TooManyPixels(f"{source}: image of {pixels} is larger than allowed ({max_pixels} pixels; "
                         "an image bomb?)") from None
     except Exception as e:
         raise _cannot_decode(e, source) from None

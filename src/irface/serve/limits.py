@@ -73,14 +73,14 @@ class Limits:
 
 def open_upload(data: bytes, name: str, limits: Limits) -> Image.Image:
     """An upload's header, checked (format, size) before any pixel is decoded; `RequestError` otherwise."""
-    from irface.data.images import open_image
+    from irface.data.images import TooManyPixels, open_image
 
     if not data:
         raise RequestError(f"{name}: empty upload")
     try:
         img = open_image(data, name, max_pixels=limits.max_pixels)
     except DataError as e:
-        raise RequestError(str(e), 413 if "larger than allowed" in str(e) else 400) from None
+        raise RequestError(str(e), 413 if isinstance(e, TooManyPixels) else 400) from None
     if img.format not in IMAGE_FORMATS:
         raise RequestError(f"{name}: {img.format or 'unknown'} images are not accepted "
                            f"(use {', '.join(f for f in IMAGE_FORMATS if f != 'MPO')})", 415)
