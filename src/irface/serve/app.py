@@ -114,7 +114,6 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
             raise RequestError("gallery changes need the server's API key (header X-API-Key)", 401)
 
     budget = PixelBudget(limits.decoding_budget())
-    app.state.pixel_budget = budget
 
     async def call(uploads: list[UploadFile], per_photo: Callable[[Any, str], Any],
                    finish: Optional[Callable[[list], Any]] = None) -> Any:

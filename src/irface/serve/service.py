@@ -42,6 +42,11 @@ def public_path(path: Optional[str | Path]) -> Optional[str]:
     return str(p) if not p.is_absolute() and ".." not in p.parts else p.name
 
 
+def _public_source(source: Optional[str]) -> Optional[str]:
+    # An upload's source is its identity, file name and hash; a photo file's is a path of this machine.
+    return source if source is None or source.startswith(UPLOAD_PREFIX) else public_path(source)
+
+
 def _face_json(face: Any, photo: np.ndarray, name: str) -> dict[str, Any]:
     """Where the face is in the photo; a photo taken as an aligned crop is its own box."""
     box = face.box if face.box is not None else (0, 0, photo.shape[1], photo.shape[0])
@@ -180,8 +185,7 @@ class FaceService:
         face = self._faces(photo, name)[0]
         emb = self.batcher.embed(face.crop[None])
         matches = gallery.search(emb, top_k=top_k, threshold=t)[0]
-        rows = [{"identity": m.identity, "similarity": float(m.similarity),
-                 "source": m.source if m.source is None or m.source.startswith(UPLOAD_PREFIX) else public_path(m.source),
+        rows = [{"identity": m.identity, "similarity": float(m.similarity), "source": _public_source(m.source),
                  "accepted": bool(m.accepted), "thumbnail": self._thumbnail_url(gallery, m)} for m in matches]
         return {"identity": decision(matches), "threshold": t, "threshold_source": source, "matches": rows,
                 "face": _face_json(face, photo, name)}
