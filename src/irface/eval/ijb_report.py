@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from irface.data.ijb import IJBMeta
+from irface.data.ijb import PAIRS, TEMPLATES, IJBMeta, meta_name
 from irface.errors import DataError
 from irface.eval.ijb import (
     FARS,
@@ -89,7 +89,7 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, present: np.ndarray, mirrored
         return image_features(feats[rows], faceness[rows], mode, mirrored)
 
     unique, sums = pool_templates(features, meta.templates[keep], meta.medias[keep])
-    pair_file = f"{meta.root}/meta/{meta.target.lower()}_template_pair_label.txt"
+    pair_file = f"{meta.root}/meta/{meta_name(meta.target, PAIRS)}"
     rows = [template_rows(unique, side) for side in (meta.pair_t1, meta.pair_t2)]
     known = np.unique(meta.templates)  # `unique` less the templates whose images were all skipped
     for side, side_rows in zip((meta.pair_t1, meta.pair_t2), rows):
@@ -98,7 +98,7 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, present: np.ndarray, mirrored
         if len(unknown):
             i = int(unknown[0])
             raise DataError(f"{pair_file}: line {i + 1} names template {side[i]}, which has no image in "
-                            f"{meta.target.lower()}_face_tid_mid.txt")
+                            f"{meta_name(meta.target, TEMPLATES)}")
     usable = (rows[0] >= 0) & (rows[1] >= 0)
     labels = meta.labels[usable]
     if labels.min(initial=1) == 1 or labels.max(initial=0) == 0:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from irface.data.ijb import IJBMeta
+from irface.data.ijb import LANDMARKS, IJBMeta, meta_name
 from irface.data.progress import progress_bar
 from irface.errors import DataError, ModelFileError
 from irface.infer.align import align_face
@@ -60,7 +60,7 @@ class AlignedFaces(Dataset):
         self.landmarks = meta.landmarks[indices]
         self.indices = np.asarray(indices)
         self.size = size
-        self.meta_file = f"meta/{meta.target.lower()}_name_5pts_score.txt"
+        self.meta_file = f"meta/{meta_name(meta.target, LANDMARKS)}"
 
     def __len__(self) -> int:
         return len(self.indices)
