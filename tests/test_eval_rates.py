@@ -67,6 +67,21 @@ def test_tar_tpir_and_calibration_share_the_threshold_rule():
         assert pick_threshold(scores, labels, far=rate)["threshold"] == t
 
 
+def test_calibration_takes_the_middle_of_a_tied_run():
+    # values 0.4 and 0.5 each hold one same and one different pair: the cuts at 0.25, 0.45 and 0.7 all
+    # decide 4 of 6 pairs right. The middle one is taken (the first would be 0.25, the last 0.7).
+    scores = np.array([0.1, 0.4, 0.5, 0.4, 0.5, 0.9])
+    issame = np.array([False, False, False, True, True, True])
+    r = pick_threshold(scores, issame)
+    assert r["threshold"] == pytest.approx(0.45) and r["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_calibration_takes_the_first_of_two_best_runs():
+    scores = np.array([0.1, 0.3, 0.5, 0.9])  # different, same, different, same: cuts 0.2 and 0.7 tie
+    issame = np.array([False, True, False, True])
+    assert pick_threshold(scores, issame)["threshold"] == pytest.approx(0.2)
+
+
 def test_calibration_where_the_far_cannot_be_measured_or_lets_everything_pass():
     scores = np.array([0.2, 0.5, 0.9, 0.8])
     issame = np.array([False, False, True, True])

@@ -5,9 +5,11 @@ of identity folders (`people/alice/*.jpg`, `people/bob/*.jpg`, ...: photos are d
 `irface embed` does, and every two faces make a pair, same person when they share a folder).
 
 The threshold is a cosine similarity ("same person" when the similarity is strictly above it), chosen
-for the best accuracy over all pairs (the middle of the widest gap that achieves it), or as the lowest
-threshold whose false accept rate on the different-person pairs is at most a target FAR
-(`irface.eval.rates.threshold_at_rate`, the rule of `irface eval`'s TAR at FAR). It is written
+for the best accuracy over all pairs, or for a target FAR. Best accuracy: the candidates are the midpoints
+between neighbouring distinct scores (and one just outside each end); of equally accurate neighbours the
+middle one of the first run is taken (`irface.eval.rates.middle_of_best_run`, the rule `irface eval`'s
+threshold follows), a margin on both sides for new faces. Target FAR: `irface.eval.rates.threshold_at_rate`
+of the different-person pairs, the rule of `irface eval`'s TAR at FAR. It is written
 with how it was found to `<model>.irface.json` (`irface.export.metadata.calibration_path`), which
 `load_model` reads: `irface verify` then uses it.
 """
