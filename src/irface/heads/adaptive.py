@@ -38,7 +38,8 @@ class AdaFaceHead(MarginHead):
     the reference), the target logit is s * (cos(clip(theta - m z, eps, pi - eps)) - (m + m z)): high
     quality (z > 0) gets an angular margin, low quality a smaller additive one. eps = 1e-3; every
     cosine is clamped to [-1 + eps, 1 - eps] first, as the reference does.
-    Defaults are the paper's: s = 64, m = 0.4, h = 0.333, t_alpha = 0.01 (mk-minchul/AdaFace config.py).
+    Defaults are the paper's: s = 64, m = 0.4, h = 0.333 (mk-minchul/AdaFace's training scripts pass
+    `--m 0.4 --h 0.333`; its config.py's own defaults differ), t_alpha = 0.01 (config.py).
     A batch of one sample leaves `batch_std` as it is (its standard deviation is undefined).
     """
 
