@@ -44,8 +44,7 @@ class Limits:
 
 def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
     """Uploaded bytes as a uint8 (H, W, 3) RGB photo, EXIF orientation applied; `RequestError` otherwise."""
-    from irface.infer.images import decode_rgb
-    from irface.data.images import open_image
+    from irface.data.images import decode_rgb, open_image
 
     if not data:
         raise RequestError(f"{name}: empty upload")
@@ -60,7 +59,7 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
         raise RequestError(f"{name}: image of {img.width}x{img.height} pixels is larger than allowed "
                            f"({limits.max_pixels} pixels)", 413)
     try:
-        return decode_rgb(img, data, name)
+        return decode_rgb(data, name, upright=True, opened=img)
     except DataError as e:
         raise RequestError(str(e)) from None
 
