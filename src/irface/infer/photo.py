@@ -37,11 +37,11 @@ class PhotoFace:
     landmarks: Optional[np.ndarray] = None
 
     def to_dict(self) -> dict[str, Any]:
+        from irface.detect.retinaface import face_json
+
         out: dict[str, Any] = {"name": self.name}
         if self.box is not None:
-            out["box"] = [round(float(v), 2) for v in self.box]
-            out["score"] = round(float(self.score), 5)
-            out["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]
+            out.update(face_json(self.box, self.score, self.landmarks))
         return out
 
 
