@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from irface import dist
-from irface.heads.margin import ArcFaceHead, MarginHead
+from irface.heads.margin import ArcFaceHead, MarginHead, cos_plus_margin
 
 
 def _check(kind: str, ok: bool, what: str) -> None:
@@ -114,8 +114,7 @@ class MagFaceHead(MarginHead):
                       distributed: bool = False) -> torch.Tensor:
         m = self.margin_of(norms[rows])
         target = cos[rows, cols]
-        sin = torch.sqrt((1.0 - target * target).clamp_min(1e-12))
-        margin_cos = target * torch.cos(m) - sin * torch.sin(m)
+        margin_cos = cos_plus_margin(target, torch.cos(m), torch.sin(m))
         if self.easy_margin:
             target = torch.where(target > 0, margin_cos, target)
         else:
@@ -210,7 +209,6 @@ class CurricularFaceHead(ArcFaceHead):
                 dist.all_reduce(every, "sum")  # each sample's target lives on exactly one rank
             if self.training:
                 self.t.mul_(1.0 - self.t_alpha).add_(self.t_alpha * every.mean())
-            sin = torch.sqrt((1.0 - every * every).clamp_min(1e-12))
-            hard = cos > (every * self.cos_m - sin * self.sin_m)[:, None]
+            hard = cos > cos_plus_margin(every, self.cos_m, self.sin_m)[:, None]
         cos = torch.where(hard, cos * (self.t + cos), cos)
         return cos.index_put((rows, cols), self.target_logit(target))

@@ -24,6 +24,14 @@ def feature_norms(embeddings: torch.Tensor) -> torch.Tensor:
     return embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)).norm(dim=1)
 
 
+def cos_plus_margin(cos: torch.Tensor, cos_m: Any, sin_m: Any) -> torch.Tensor:
+    """cos(theta + m) from cos(theta), as cos(theta) cos(m) - sin(theta) sin(m) (theta in [0, pi], so
+    sin(theta) >= 0): no acos, so the gradient is exact and finite. `cos_m`, `sin_m`: cos(m) and sin(m),
+    numbers or tensors (a margin per sample)."""
+    sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
+    return cos * cos_m - sin * sin_m
+
+
 class SoftmaxHead(nn.Module):
     """Linear(embedding -> classes, with bias) + plain cross-entropy: what the seed's train.py trains.
 
@@ -131,9 +139,7 @@ class ArcFaceHead(MarginHead):
         self.mm = math.sin(math.pi - m) * m
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
-        sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
-        cos_theta_m = cos * self.cos_m - sin * self.sin_m
-        return torch.where(cos > self.th, cos_theta_m, cos - self.mm)
+        return torch.where(cos > self.th, cos_plus_margin(cos, self.cos_m, self.sin_m), cos - self.mm)
 
 
 class CosFaceHead(MarginHead):
@@ -170,8 +176,7 @@ class CombinedMarginHead(MarginHead):
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         if self.m1 == 1.0:
             # Same closed form as ArcFace: no acos, exact gradient.
-            sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
-            margin_cos = cos * math.cos(self.m2) - sin * math.sin(self.m2)
+            margin_cos = cos_plus_margin(cos, math.cos(self.m2), math.sin(self.m2))
             valid = cos > math.cos(math.pi - self.m2)
         else:
             theta = torch.acos(cos.clamp(-1.0 + 1e-7, 1.0 - 1e-7))
