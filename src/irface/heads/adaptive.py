@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from irface import dist
 from irface.heads.margin import ArcFaceHead, MarginHead, cos_plus_margin
+from irface.heads.registry import register_head
 
 
 def _check(kind: str, ok: bool, what: str) -> None:
@@ -29,6 +30,7 @@ def _check(kind: str, ok: bool, what: str) -> None:
         raise ValueError(f"{kind} head: {what}")
 
 
+@register_head("adaface")
 class AdaFaceHead(MarginHead):
     """AdaFace (Kim, Jain and Liu, CVPR 2022): the margin follows image quality, read from the norm.
 
@@ -78,6 +80,7 @@ class AdaFaceHead(MarginHead):
         return cos.index_put((rows, cols), torch.cos(angle) - (self.m + self.m * z))
 
 
+@register_head("magface")
 class MagFaceHead(MarginHead):
     """MagFace (Meng et al., CVPR 2021): an ArcFace margin that grows with the feature's magnitude.
 
@@ -126,6 +129,7 @@ class MagFaceHead(MarginHead):
         return self.lambda_g * (a / self.u_a ** 2 + 1.0 / a).mean()
 
 
+@register_head("subcenter")
 class SubCenterHead(ArcFaceHead):
     """Sub-center ArcFace (Deng et al., ECCV 2020): k centres per class, the class cosine their maximum.
 
@@ -149,7 +153,8 @@ class SubCenterHead(ArcFaceHead):
     def centre_shape(self, num_classes: int) -> tuple[int, ...]:
         return (num_classes, self.k, self.embedding_size)
 
-    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         # Every sub-centre is a row of the plain head's cosine; a class scores its nearest one.
         cos = super().cosine_to(embeddings, weight.reshape(-1, self.embedding_size))
         return cos.view(cos.shape[0], -1, self.k).amax(dim=2)
@@ -180,6 +185,7 @@ def dominant_centres(weight: torch.Tensor, embeddings: torch.Tensor, labels: tor
     return chosen, keep
 
 
+@register_head("curricularface")
 class CurricularFaceHead(ArcFaceHead):
     """CurricularFace (Huang et al., CVPR 2020): hard negatives weigh more as training proceeds.
 

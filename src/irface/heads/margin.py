@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irface.heads.registry import register_head
+
 
 def feature_norms(embeddings: torch.Tensor) -> torch.Tensor:
     """Each embedding's L2 norm before normalisation, in at least float32 (AdaFace's and MagFace's input)."""
@@ -32,14 +34,21 @@ def cos_plus_margin(cos: torch.Tensor, cos_m: Any, sin_m: Any) -> torch.Tensor:
     return cos * cos_m - sin * sin_m
 
 
+@register_head("softmax")
 class SoftmaxHead(nn.Module):
     """Linear(embedding -> classes, with bias) + plain cross-entropy: what the seed's train.py trains.
 
     The seed's text promises ArcFace, but its script applies SoftmaxCrossEntropyWithLogits to a plain
     Dense(512 -> 85742, has_bias=True); its published accuracies come from this head.
+
+    It answers the margin heads' hooks (see `MarginHead`) with the identity, so Partial FC shards it as
+    any other head: its "cosines" are the linear logits, no margin, no scale, no regulariser. It does
+    not take Partial FC's class sampling: dropping negatives of an unnormalised classifier changes what
+    it learns.
     """
 
-    margin_free = True
+    s = 1.0  # the logits are not scaled
+    samples_classes = False
 
     def __init__(self, embedding_size: int, num_classes: int):
         super().__init__()
@@ -52,6 +61,25 @@ class SoftmaxHead(nn.Module):
     def hparams(self) -> dict[str, Any]:
         return {}
 
+    def centre_shape(self, num_classes: int) -> tuple[int, ...]:
+        return (num_classes, self.embedding_size)
+
+    def init_rows(self, shape: tuple[int, ...], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Initial class rows (weight or bias): nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        bound = 1.0 / self.embedding_size ** 0.5
+        return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+
+    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.linear(embeddings, weight, bias).float()
+
+    def margin_logits(self, cos: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, norms: torch.Tensor,
+                      distributed: bool = False) -> torch.Tensor:
+        return cos
+
+    def regularizer(self, norms: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(embeddings, self.weight, self.bias)
 
@@ -62,15 +90,14 @@ class SoftmaxHead(nn.Module):
 class MarginHead(nn.Module):
     """Base of the normalised heads: class centres in `weight` (num_classes x embedding_size)."""
 
-    margin_free = False
+    samples_classes = True  # Partial FC may drop some negative classes per step
 
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0):
         super().__init__()
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.s = float(s)
-        self.weight = nn.Parameter(torch.empty(self.centre_shape(num_classes)))
-        nn.init.normal_(self.weight, std=0.01)
+        self.weight = nn.Parameter(self.init_rows(self.centre_shape(num_classes)))
 
     def hparams(self) -> dict[str, Any]:
         """The keyword arguments of `create_head` that rebuild this head's margin."""
@@ -80,12 +107,17 @@ class MarginHead(nn.Module):
         """Shape of the centres of `num_classes` classes (sub-center heads add a k axis)."""
         return (num_classes, self.embedding_size)
 
+    def init_rows(self, shape: tuple[int, ...], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Initial centres: N(0, 0.01^2)."""
+        return torch.empty(shape).normal_(0.0, 0.01, generator=generator)
+
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         """The target class's cosine with the margin applied (before scaling)."""
         raise NotImplementedError
 
-    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """cos(theta) between each embedding and the classes of `weight` (rows of centres)."""
+    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """cos(theta) between each embedding and the classes of `weight` (rows of centres; no bias)."""
         # At least float32 even under autocast: the margin functions are sensitive near |cos| = 1.
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         cos = F.linear(F.normalize(embeddings.to(dtype)), F.normalize(weight.to(dtype)))
@@ -122,6 +154,7 @@ class MarginHead(nn.Module):
         return loss if reg is None else loss + reg
 
 
+@register_head("arcface")
 class ArcFaceHead(MarginHead):
     """ArcFace (Deng et al., CVPR 2019): target logit s * cos(theta + m), s = 64, m = 0.5.
 
@@ -142,6 +175,7 @@ class ArcFaceHead(MarginHead):
         return torch.where(cos > self.th, cos_plus_margin(cos, self.cos_m, self.sin_m), cos - self.mm)
 
 
+@register_head("cosface")
 class CosFaceHead(MarginHead):
     """CosFace / large-margin cosine loss (Wang et al., CVPR 2018): target logit s * (cos(theta) - m), s = 64, m = 0.4."""
 
@@ -153,6 +187,7 @@ class CosFaceHead(MarginHead):
         return cos - self.m
 
 
+@register_head("combined")
 class CombinedMarginHead(MarginHead):
     """The combined margin of the ArcFace paper: target logit s * (cos(m1 * theta + m2) - m3).
 
