@@ -109,7 +109,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _resize_center(img: np.ndarray, size: int) -> np.ndarray:
+def resize_center(img: np.ndarray, size: int) -> np.ndarray:
     """Short side to `size` (bilinear), then the centre `size` x `size`."""
     h, w = img.shape[:2]
     scale = size / min(w, h)
@@ -163,7 +163,7 @@ def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> 
     `size` and centre-cropped."""
     arr = decode_rgb(data, source)
     if arr.shape[0] != size or arr.shape[1] != size:
-        arr = _resize_center(arr, size)
+        arr = resize_center(arr, size)
     return arr
 
 

@@ -79,9 +79,9 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
     if mode == "aligned" or (mode == "auto" and is_aligned_crop(image_rgb, size)):
         crop = image_rgb
         if not is_aligned_crop(image_rgb, size):
-            from irface.data.images import _resize_center
+            from irface.data.images import resize_center
 
-            crop = _resize_center(image_rgb, size)
+            crop = resize_center(image_rgb, size)
         return [PhotoFace(name, crop)]
     detector = detector if detector is not None else default_detector()
     faces = detector.detect(image_rgb)
