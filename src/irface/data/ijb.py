@@ -36,9 +36,8 @@ def meta_name(target: str, suffix: str) -> str:
 
 
 def gallery_names(target: str, gallery: str) -> tuple[str, str]:
-    """The file names a 1:N gallery may have: insightface's `_gal_` and the reference script's `_gallery_`."""
-    prefix = normalize_target(target).lower()
-    return f"{prefix}_1N_gal_{gallery}.csv", f"{prefix}_1N_gallery_{gallery}.csv"
+    """A 1:N gallery's file names: insightface's `_gal_` and the reference script's `_gallery_`."""
+    return meta_name(target, f"1N_gal_{gallery}.csv"), meta_name(target, f"1N_gallery_{gallery}.csv")
 
 
 @dataclass

@@ -210,9 +210,6 @@ def pair_scores(template_norm: np.ndarray, rows1: np.ndarray, rows2: np.ndarray,
 def sklearn_roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) exactly as `sklearn.metrics.roc_curve(labels, scores)` (drop_intermediate).
 
-    Labels first, as sklearn; `irface.eval.protocol.roc_curve(scores, issame)` is the .bin sets' own
-    curve (every distinct score a point, no points dropped).
-
     Needs both classes (the reference divides by their counts).
     """
     y = np.asarray(labels).astype(bool)

@@ -1,14 +1,12 @@
-"""Two rules every threshold of irface is chosen by, written once (pure numpy).
+"""The two rules every threshold of irface is chosen by, written once (pure numpy).
 
-- **Threshold at a rate** (TAR at FAR, TPIR at FPIR, `irface calibrate --far`): scores above the threshold
-  are accepted. Of n negatives (different-person pairs, non-mated probes' top scores) at most
-  floor(rate x n) may be accepted, so the threshold is the (floor(rate x n) + 1)-th highest negative
-  score. Negatives tied with it are all rejected, so with ties fewer than floor(rate x n) may be
-  accepted, never more. A rate that allows no false accept at all (rate x n < 1) cannot be measured
-  (None); a rate that allows every negative gives -inf (everything accepted).
-- **The middle of the best run** (the best-accuracy threshold of `irface eval` and of `irface calibrate`):
-  of equally good neighbouring thresholds, the middle one of the first run of best ones, so that a
-  threshold reused on new faces keeps a margin on both sides.
+- **Threshold at a rate** (TAR at FAR, TPIR at FPIR, `irface calibrate --far`): scores above it are
+  accepted, and of n negatives (different-person pairs, non-mated probes' top scores) at most
+  floor(rate x n) may be, so it is the (floor(rate x n) + 1)-th highest negative. Negatives tied with it
+  are all rejected (fewer may pass, never more). rate x n < 1 cannot be measured (None); a rate that
+  lets every negative pass gives -inf.
+- **The middle of the best run** (the best-accuracy threshold of `irface eval` and `irface calibrate`):
+  of equally good neighbouring thresholds, the middle of the first run: a margin on both sides.
 """
 
 from __future__ import annotations
@@ -30,16 +28,13 @@ def min_negatives(rate: float) -> int:
 
 
 def threshold_at_rate(negatives: np.ndarray, rate: float) -> Optional[float]:
-    """The threshold ("accept when score > threshold") that accepts at most floor(rate x n) of the n
-    `negatives`: the (floor(rate x n) + 1)-th highest of them; None when rate x n < 1, -inf when the
-    rate allows all of them (see the module docstring)."""
+    """The threshold ("accept when score > threshold") at `rate` of `negatives` (see the module docstring)."""
     negatives = np.asarray(negatives, dtype=np.float64).ravel()
     allowed = allowed_false(rate, len(negatives))
     if allowed < 1:
         return None
     if allowed >= len(negatives):
         return float("-inf")
-    # The (allowed + 1)-th highest without sorting everything: the element at that place in ascending order.
     return float(np.partition(negatives, len(negatives) - 1 - allowed)[len(negatives) - 1 - allowed])
 
 

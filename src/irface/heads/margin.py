@@ -27,9 +27,8 @@ def feature_norms(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 def cos_plus_margin(cos: torch.Tensor, cos_m: Any, sin_m: Any) -> torch.Tensor:
-    """cos(theta + m) from cos(theta), as cos(theta) cos(m) - sin(theta) sin(m) (theta in [0, pi], so
-    sin(theta) >= 0): no acos, so the gradient is exact and finite. `cos_m`, `sin_m`: cos(m) and sin(m),
-    numbers or tensors (a margin per sample)."""
+    """cos(theta + m) as cos(theta) cos(m) - sin(theta) sin(m): no acos, an exact gradient. `cos_m`,
+    `sin_m`: numbers, or tensors (a margin per sample)."""
     sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
     return cos * cos_m - sin * sin_m
 
@@ -41,10 +40,8 @@ class SoftmaxHead(nn.Module):
     The seed's text promises ArcFace, but its script applies SoftmaxCrossEntropyWithLogits to a plain
     Dense(512 -> 85742, has_bias=True); its published accuracies come from this head.
 
-    It answers the margin heads' hooks (see `MarginHead`) with the identity, so Partial FC shards it as
-    any other head: its "cosines" are the linear logits, no margin, no scale, no regulariser. It does
-    not take Partial FC's class sampling: dropping negatives of an unnormalised classifier changes what
-    it learns.
+    It answers the margin heads' hooks with the identity (its "cosines" are the linear logits), so Partial
+    FC shards it as any head; it takes no class sampling (`samples_classes`: see `irface.heads.partial_fc`).
     """
 
     s = 1.0  # the logits are not scaled

@@ -1,5 +1,4 @@
-"""A small explicit registry of heads, as `irface.models.registry` is for backbones: each head class
-registers its kind; unknown kinds and parameters a head does not take raise with the known ones."""
+"""The heads' registry, as `irface.models.registry` is the backbones': `@register_head(kind)` on each class."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ _REGISTRY: dict[str, type[nn.Module]] = {}
 
 
 def register_head(kind: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: `@register_head("arcface")`. The kinds are listed in registration order."""
     def add(cls: type[nn.Module]) -> type[nn.Module]:
         if kind in _REGISTRY:
             raise ValueError(f"head '{kind}' is already registered")
