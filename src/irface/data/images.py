@@ -145,7 +145,7 @@ def decode_rgb(data: bytes, source: str = "image", *, upright: bool = False,
         with warnings.catch_warnings():
             # Pillow's notices (e.g. palette transparency on conversion) would break the one-line rule.
             warnings.simplefilter("ignore")
-            orientation = img.getexif().get(0x0112, 1) if upright else 1
+            orientation = img.getexif().get(0x0112, 1) if upright and img is not None else 1
             if arr is None:
                 img = open_image(data, source) if img is None else img
                 img.load()

@@ -121,7 +121,7 @@ class PartialFC(nn.Module):
         self.seed = seed
         # The margin function only: a one-class head stripped of its centres. A submodule, so that its
         # buffers (batch statistics) follow .to(), .train() and the state.
-        margin = create_head(kind, embedding_size, 1, **self.head_params)
+        margin: Any = create_head(kind, embedding_size, 1, **self.head_params)  # a head: its hooks, see margin.py
         if not margin.samples_classes and self.sample_rate < 1.0:
             raise ValueError(f"Partial FC sampling needs a margin head, not {kind}")
         params = [name for name, _ in margin.named_parameters(recurse=False)]
