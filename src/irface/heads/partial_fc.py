@@ -173,11 +173,15 @@ class PartialFC(nn.Module):
     def _centre_shape(self, num_classes: int) -> tuple[int, ...]:
         return tuple(self._margin.centre_shape(num_classes))
 
+    def _class_rows(self) -> dict[str, nn.Parameter]:
+        """The head's parameters, one row per class each: `weight`, and `bias` where the head has one."""
+        return {name: p for name, p in (("weight", self.weight), ("bias", self.bias)) if p is not None}
+
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take this rank's rows from a whole head's state (`weight`, `bias` for softmax, and the
         head's buffers, e.g. AdaFace's `batch_mean` / `batch_std`): the plain head's `state_dict()`."""
-        buffers = dict(self._margin.named_buffers())
-        expected = {"weight"} | ({"bias"} if self.bias is not None else set()) | set(buffers)
+        buffers, rows = dict(self._margin.named_buffers()), self._class_rows()
+        expected = set(rows) | set(buffers)
         if set(state) != expected:
             raise ValueError(f"head state has keys {sorted(state)}, expected {sorted(expected)}")
         if tuple(state["weight"].shape) != self._centre_shape(self.num_classes):
@@ -187,9 +191,8 @@ class PartialFC(nn.Module):
             if state[name].shape != buf.shape:
                 raise ValueError(f"head {name} has shape {tuple(state[name].shape)}, expected {tuple(buf.shape)}")
         with torch.no_grad():
-            self.weight.copy_(state["weight"][self.start:self.end])
-            if self.bias is not None:
-                self.bias.copy_(state["bias"][self.start:self.end])
+            for name, param in rows.items():
+                param.copy_(state[name][self.start:self.end])
             for name, buf in buffers.items():
                 buf.copy_(state[name])
 
@@ -198,9 +201,7 @@ class PartialFC(nn.Module):
 
         Buffers (batch statistics) are equal on every rank (see `irface.heads.adaptive`): rank 0's are saved.
         """
-        out = {"weight": dist.gather_rows(self.weight.detach(), self.shard_sizes)}
-        if self.bias is not None:
-            out["bias"] = dist.gather_rows(self.bias.detach(), self.shard_sizes)
+        out = {name: dist.gather_rows(p.detach(), self.shard_sizes) for name, p in self._class_rows().items()}
         out.update({name: buf.detach().clone() for name, buf in self._margin.named_buffers()})
         return out if self.rank == 0 or not dist.is_initialized() else None
 
