@@ -90,6 +90,17 @@ def test_detect_finds_every_face_of_the_group_photo(client):
     assert len(r["faces"]) == 6 and (r["width"], r["height"]) == (1280, 886)
 
 
+def test_detect_answers_faces_as_irface_detect_json_does(client, capsys):
+    from irface.cli import main
+
+    served = client.post("/v1/detect", files=[upload(GROUP)]).json()
+    assert main(["detect", str(GROUP), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    # One serialiser: the same boxes, scores and landmarks (the server adds the photo's name and size).
+    assert [{k: f[k] for k in ("box", "score", "landmarks")} for f in served["faces"]] == printed["faces"]
+    assert any(v != round(v, 1) for f in served["faces"] for v in f["box"])  # kept to 2 decimals, not 1
+
+
 def test_embed_is_unit_length_and_matches_a_second_photo(client):
     a = client.post("/v1/embed", files=[upload(OBAMA)]).json()
     b = client.post("/v1/embed", files=[upload(OBAMA_2)]).json()

@@ -10,7 +10,7 @@ import io
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -118,7 +118,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _resize_center(img: np.ndarray, size: int) -> np.ndarray:
+def resize_center(img: np.ndarray, size: int) -> np.ndarray:
     """Short side to `size` (bilinear), then the centre `size` x `size`."""
     h, w = img.shape[:2]
     scale = size / min(w, h)
@@ -128,26 +128,52 @@ def _resize_center(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> np.ndarray:
-    """Encoded image -> uint8 (size, size, 3) RGB; other sizes are resized short side to `size` and centre-cropped.
+# EXIF orientation (tag 0x0112) -> the numpy view that shows the photo upright, as Pillow's exif_transpose.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+}
+
+
+def decode_rgb(data: bytes, source: str = "image", *, upright: bool = False,
+               opened: Optional[Image.Image] = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image -> uint8 (H, W, 3) RGB at its own size: the one decoder.
 
     Any mode is accepted (grey, palette, RGBA, CMYK, 16-bit); images declaring more than
     `MAX_IMAGE_PIXELS` pixels are refused before their pixels are decoded. Uses simplejpeg for JPEG
-    when it is installed (the `fast` extra), Pillow otherwise; both give the same pixels.
+    when it is installed (the `fast` extra), Pillow otherwise; both give the same pixels. `upright`
+    applies the EXIF orientation (as OpenCV's imread does: photos); `opened` is the same bytes already
+    opened by `open_image` (a caller that checked the header itself), so they are not parsed twice;
+    `max_pixels` is the limit that header was checked against (checked again on JPEG's own header).
     """
-    arr = _decode_jpeg_fast(data, source)
-    if arr is None:
-        img = open_image(data, source)
-        try:
-            with warnings.catch_warnings():
-                # Pillow's notices (e.g. palette transparency on conversion) would break the one-line rule.
-                warnings.simplefilter("ignore")
+    img = opened
+    if img is None and upright:
+        img = open_image(data, source, max_pixels)  # the header, for the orientation; its size is checked first
+    arr = _decode_jpeg_fast(data, source, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            # Pillow's notices (e.g. palette transparency on conversion) would break the one-line rule.
+            warnings.simplefilter("ignore")
+            orientation = img.getexif().get(0x0112, 1) if upright and img is not None else 1
+            if arr is None:
+                img = open_image(data, source, max_pixels) if img is None else img
                 img.load()
                 arr = _to_rgb(img)
-        except Exception as e:
-            raise _cannot_decode(e, source) from None
+    except DataError:
+        raise
+    except Exception as e:
+        raise _cannot_decode(e, source) from None
+    turn = _UPRIGHT.get(orientation)
+    return np.ascontiguousarray(turn(arr)) if turn else arr
+
+
+def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> np.ndarray:
+    """Encoded image -> uint8 (size, size, 3) RGB (`decode_rgb`); other sizes are resized short side to
+    `size` and centre-cropped."""
+    arr = decode_rgb(data, source)
     if arr.shape[0] != size or arr.shape[1] != size:
-        arr = _resize_center(arr, size)
+        arr = resize_center(arr, size)
     return arr
 
 

@@ -96,11 +96,15 @@ def _image_size(data: bytes, source: str) -> tuple[int, int]:
         return img.size
 
 
-def _run_embed(embed_fn: EmbedFn, images: np.ndarray, path: Path, expected_dim: Optional[int]) -> np.ndarray:
+def run_embed(embed_fn: EmbedFn, images: np.ndarray, source: str, expected_dim: Optional[int]) -> np.ndarray:
+    """`embed_fn(images)` as float32, checked: one row per image, `expected_dim` columns (when given).
+
+    `source` names where the images come from in the error line (a file name).
+    """
     out = np.asarray(embed_fn(images))
     if out.ndim != 2 or out.shape[0] != images.shape[0]:
         raise ModelFileError(f"{_model_name(embed_fn)}: returned an array of shape {tuple(out.shape)} for "
-                             f"{images.shape[0]} images of {path.name}; expected (images, embedding size)")
+                             f"{images.shape[0]} images of {source}; expected (images, embedding size)")
     if expected_dim is not None and out.shape[1] != expected_dim:
         raise ModelFileError(f"{_model_name(embed_fn)}: returned {out.shape[1]}-d embeddings, "
                              f"but {expected_dim}-d ones were expected")
@@ -146,7 +150,7 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
     emb_flip: Optional[np.ndarray] = None
     for start in range(0, n, batch_size):
         images = decode_images(bins[start:start + batch_size], size, str(path))
-        out = _run_embed(embed_fn, images, path, expected_dim)
+        out = run_embed(embed_fn, images, path.name, expected_dim)
         if emb is None:
             expected_dim = out.shape[1]
             emb = np.zeros((n, expected_dim), dtype=np.float32)
@@ -154,8 +158,8 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
         emb[start:start + len(images)] = out
         if flip:
             # Horizontal mirror: the width axis of NHWC (the reference flips axis 2 of CHW).
-            emb_flip[start:start + len(images)] = _run_embed(embed_fn, np.ascontiguousarray(images[:, :, ::-1]), path,
-                                                                  expected_dim)
+            emb_flip[start:start + len(images)] = run_embed(embed_fn, np.ascontiguousarray(images[:, :, ::-1]), path.name,
+                                                            expected_dim)
     if not np.isfinite(emb).all() or (emb_flip is not None and not np.isfinite(emb_flip).all()):
         log.warning("%s: some embeddings are NaN or infinite; the figures are meaningless", path)
     return emb, emb_flip, issame

@@ -100,12 +100,6 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
     return EmbedResult(names, l2_normalize(raw), np.linalg.norm(raw, axis=1).astype(np.float32), faces, skipped)
 
 
-def embed_faces(embedder: Embedder, sources: Sequence[FaceSource], batch_size: int = 64,
-                progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 (N, E) embeddings of aligned crops `sources`, in order (no detection)."""
-    return embed_sources(embedder, sources, batch_size, progress, mode="aligned", strict=True).embeddings
-
-
 def check_output(path: str | Path) -> Path:
     """Refuse an output the writer cannot produce, before any work is done."""
     path = Path(path)

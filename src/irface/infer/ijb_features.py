@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from irface.data.ijb import IJBMeta
+from irface.data.ijb import LANDMARKS, IJBMeta, meta_name
 from irface.data.progress import progress_bar
 from irface.errors import DataError, ModelFileError
+from irface.eval.verification import run_embed
 from irface.infer.align import align_face
 from irface.infer.images import open_rgb
 from irface.utils import atomic_write
@@ -60,7 +61,7 @@ class AlignedFaces(Dataset):
         self.landmarks = meta.landmarks[indices]
         self.indices = np.asarray(indices)
         self.size = size
-        self.meta_file = f"meta/{meta.target.lower()}_name_5pts_score.txt"
+        self.meta_file = f"meta/{meta_name(meta.target, LANDMARKS)}"
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -81,14 +82,6 @@ class AlignedFaces(Dataset):
 def _collate(batch):
     idx, crops, errors = zip(*batch)
     return np.asarray(idx, dtype=np.int64), np.stack(crops), list(errors)
-
-
-def _embed(model, crops: np.ndarray, expected: Optional[int]) -> np.ndarray:
-    out = np.asarray(model.embed(crops), dtype=np.float32)
-    if out.ndim != 2 or out.shape[0] != len(crops) or (expected is not None and out.shape[1] != expected):
-        raise ModelFileError(f"{model.info.get('path', 'the model')}: returned an array of shape {out.shape} "
-                             f"for {len(crops)} faces; expected (faces, embedding size)")
-    return out
 
 
 def _load_cache(path: Path, meta: IJBMeta, flip: bool) -> IJBFeatures:
@@ -157,10 +150,11 @@ def embed_ijb(model, meta: IJBMeta, features: Optional[str | Path] = None, batch
             if bad and not skip_missing:
                 raise DataError(bad[0] + " (--skip-missing skips such images)")
             ok = np.array([not e for e in errors])
-            out = _embed(model, crops, dim)
+            out = run_embed(model.embed, crops, meta.target, dim)
             dim = out.shape[1]
             if flip:
-                out = np.concatenate([out, _embed(model, np.ascontiguousarray(crops[:, :, ::-1]), dim)], 1)
+                out = np.concatenate([out, run_embed(model.embed, np.ascontiguousarray(crops[:, :, ::-1]), meta.target,
+                                                     dim)], 1)
             out[~ok] = 0
             width = out.shape[1]
             skipped += bad

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -10,9 +9,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from irface.data.images import (IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, _decode_jpeg_fast, _to_rgb, decode_image,
-                                list_image_files, open_image)
-from irface.errors import DataError, first_line
+from irface.data.images import IMAGE_SUFFIXES, decode_image, decode_rgb, list_image_files
+from irface.errors import DataError
 
 
 def read_file(path: Path) -> bytes:
@@ -33,45 +31,10 @@ def read_face(path: str | Path, size: int = 112) -> np.ndarray:
     return decode_image(read_file(path), size, str(path))
 
 
-# EXIF orientation (tag 0x0112) -> the numpy view that shows the photo upright, as Pillow's exif_transpose.
-_UPRIGHT = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
-}
-
-
 def open_rgb(path: str | Path) -> np.ndarray:
-    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does).
-
-    Any mode is converted as `decode_image` converts it (grey, palette, CMYK, alpha dropped, 16-bit);
-    JPEGs are decoded by simplejpeg when it is installed (the `fast` extra), Pillow otherwise.
-    """
+    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (`irface.data.images.decode_rgb`)."""
     path = Path(path)
-    data = read_file(path)
-    # The header only: the size is checked before any pixel is decoded.
-    return decode_rgb(open_image(data, str(path)), data, str(path))
-
-
-def decode_rgb(img: Image.Image, data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image opened by `open_image` from `data` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied.
-
-    `max_pixels`: the limit `open_image` was given (checked again on JPEG's own header).
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
-            orientation = img.getexif().get(0x0112, 1)
-            arr = _decode_jpeg_fast(data, source, max_pixels)
-            if arr is None:
-                img.load()
-                arr = _to_rgb(img)
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{source}: cannot decode image ({first_line(e)})") from None
-    upright = _UPRIGHT.get(orientation)
-    return np.ascontiguousarray(upright(arr)) if upright else arr
+    return decode_rgb(read_file(path), str(path), upright=True)
 
 
 @dataclass

@@ -37,11 +37,11 @@ class PhotoFace:
     landmarks: Optional[np.ndarray] = None
 
     def to_dict(self) -> dict[str, Any]:
+        from irface.detect.retinaface import face_json
+
         out: dict[str, Any] = {"name": self.name}
         if self.box is not None:
-            out["box"] = [round(float(v), 2) for v in self.box]
-            out["score"] = round(float(self.score), 5)
-            out["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]
+            out.update(face_json(self.box, self.score, self.landmarks))
         return out
 
 
@@ -79,9 +79,9 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
     if mode == "aligned" or (mode == "auto" and is_aligned_crop(image_rgb, size)):
         crop = image_rgb
         if not is_aligned_crop(image_rgb, size):
-            from irface.data.images import _resize_center
+            from irface.data.images import resize_center
 
-            crop = _resize_center(image_rgb, size)
+            crop = resize_center(image_rgb, size)
         return [PhotoFace(name, crop)]
     detector = detector if detector is not None else default_detector()
     faces = detector.detect(image_rgb)

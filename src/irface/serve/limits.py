@@ -89,10 +89,10 @@ def open_upload(data: bytes, name: str, limits: Limits) -> Image.Image:
 
 def decode_opened(img: Image.Image, data: bytes, name: str, limits: Limits) -> np.ndarray:
     """An upload opened by `open_upload` as a uint8 (H, W, 3) RGB photo, EXIF orientation applied."""
-    from irface.infer.images import decode_rgb
+    from irface.data.images import decode_rgb
 
     try:
-        return decode_rgb(img, data, name, limits.max_pixels)
+        return decode_rgb(data, name, upright=True, opened=img, max_pixels=limits.max_pixels)
     except DataError as e:
         raise RequestError(str(e)) from None
     finally:

@@ -49,11 +49,11 @@ def _public_source(source: Optional[str]) -> Optional[str]:
 
 def _face_json(face: Any, photo: np.ndarray, name: str) -> dict[str, Any]:
     """Where the face is in the photo; a photo taken as an aligned crop is its own box."""
+    from irface.detect.retinaface import face_json
+
     box = face.box if face.box is not None else (0, 0, photo.shape[1], photo.shape[0])
     return {"image": name, "width": int(photo.shape[1]), "height": int(photo.shape[0]),
-            "box": [round(float(v), 1) for v in box],
-            "score": None if face.score is None else round(float(face.score), 4),
-            "landmarks": None if face.landmarks is None else np.round(np.asarray(face.landmarks, float), 1).tolist()}
+            **face_json(box, face.score, face.landmarks)}
 
 
 @dataclass
