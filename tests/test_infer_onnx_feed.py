@@ -1,0 +1,171 @@
+"""Foreign ONNX models as other tools ship them: NHWC inputs, declared inputs that no node reads, outputs
+shaped (batch, E, 1, 1) or (batch, 1, E), several outputs, block-quantised int8 weights.
+
+The real MobileFaceNet fixture is rewritten with the onnx library into each shape (into tmp_path);
+each must embed the fixture photos through `irface embed` exactly as the original does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from irface.cli import main
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
+
+REALFACE = Path(__file__).parent / "fixtures" / "realface"
+MODEL = REALFACE / "models" / "mobilefacenet_128d.onnx"
+PHOTOS = REALFACE / "photos"
+IMAGENET = ["--input-mean", "123.675,116.28,103.53", "--input-std", "58.395,57.12,57.375"]
+
+
+def _load(source: Path = MODEL):
+    return onnx.load(str(source))
+
+
+def _save(model, path: Path) -> Path:
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _const(name: str, values, dtype=np.int64):
+    return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
+
+
+def nhwc(path: Path) -> Path:
+    """The model as a TensorFlow conversion looks: (1, 112, 112, 3) in, a Transpose in front."""
+    m = _load()
+    old = m.graph.input[0]
+    m.graph.node.insert(0, helper.make_node("Transpose", ["image_nhwc"], [old.name], perm=[0, 3, 1, 2]))
+    new = helper.make_tensor_value_info("image_nhwc", TensorProto.FLOAT, [1, 112, 112, 3])
+    del m.graph.input[:]
+    m.graph.input.append(new)
+    return _save(m, path)
+
+
+def unused_input(path: Path, names=("unused_mask",), source: Path = MODEL) -> Path:
+    """Declared inputs beside the image that no node reads."""
+    m = _load(source)
+    for name in names:
+        m.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [3, 4]))
+    return _save(m, path)
+
+
+def reshaped_output(path: Path, shape: list[int]) -> Path:
+    """The embedding output reshaped to `shape` (e.g. (1, 128, 1, 1) or (1, 1, 128))."""
+    m = _load()
+    out = m.graph.output[0]
+    for node in m.graph.node:
+        node.output[:] = [f"{out.name}_flat" if o == out.name else o for o in node.output]
+    m.graph.initializer.append(_const("out_shape", shape))
+    m.graph.node.append(helper.make_node("Reshape", [f"{out.name}_flat", "out_shape"], [out.name]))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, shape))
+    return _save(m, path)
+
+
+def two_outputs(path: Path, first: str, second: str) -> Path:
+    """Outputs (logits-like (1, 10) first, then the embedding named `second`)."""
+    m = _load()
+    out = m.graph.output[0]
+    for node in m.graph.node:
+        node.output[:] = [second if o == out.name else o for o in node.output]
+    m.graph.initializer.append(numpy_helper.from_array(np.ones((128, 10), np.float32), "head_w"))
+    m.graph.node.append(helper.make_node("MatMul", [second, "head_w"], [first]))
+    del m.graph.output[:]
+    m.graph.output.extend([helper.make_tensor_value_info(first, TensorProto.FLOAT, [1, 10]),
+                           helper.make_tensor_value_info(second, TensorProto.FLOAT, [1, 128])])
+    return _save(m, path)
+
+
+def block_quantised(path: Path, block: int = 64) -> Path:
+    """As OpenCV zoo's block-quantised models are made: each large weight becomes int8 blocks with one
+    scale each, DequantizeLinear + Reshape rebuild it, and the graph still declares the old weight
+    names as float inputs that no node reads."""
+    m = _load()
+    weights = {t.name: t for t in m.graph.initializer}
+    renamed = {}
+    for name, tensor in list(weights.items()):
+        w = numpy_helper.to_array(tensor)
+        if w.dtype != np.float32 or w.size < 1024 or w.size % block:
+            continue
+        blocks = w.reshape(-1, block)
+        scale = np.maximum(np.abs(blocks).max(axis=1), 1e-8) / 127.0
+        q = np.clip(np.rint(blocks / scale[:, None]), -127, 127).astype(np.int8)
+        m.graph.initializer.remove(tensor)
+        m.graph.initializer.extend([numpy_helper.from_array(q, f"{name}_q"),
+                                    numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                                    _const(f"{name}_shape", w.shape)])
+        m.graph.node.insert(0, helper.make_node("Reshape", [f"{name}_dq", f"{name}_shape"], [f"{name}_dequant"]))
+        m.graph.node.insert(0, helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale"], [f"{name}_dq"],
+                                                axis=0))
+        m.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(w.shape)))
+        renamed[name] = f"{name}_dequant"
+    assert len(renamed) >= 10
+    for node in m.graph.node:
+        if node.op_type not in ("DequantizeLinear", "Reshape") or not node.output[0].endswith(("_dq", "_dequant")):
+            node.input[:] = [renamed.get(i, i) for i in node.input]
+    return _save(m, path)
+
+
+def _embed(model: Path, out: Path, *extra: str) -> tuple[np.ndarray, list[str]]:
+    from irface.infer import read_embeddings
+
+    assert main(["embed", str(model), str(PHOTOS), "--output", str(out), "--no-progress", *IMAGENET, *extra]) == 0
+    return read_embeddings(out)
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    return _embed(MODEL, tmp_path_factory.mktemp("orig") / "e.npz")
+
+
+def _auc(emb: np.ndarray, names: list[str]) -> float:
+    from irface.eval.protocol import roc_auc
+
+    i, j = np.triu_indices(len(names), 1)
+    ids = np.asarray([Path(n).parent.name for n in names])
+    return roc_auc(np.sum(emb[i] * emb[j], axis=1), ids[i] == ids[j])
+
+
+@pytest.mark.parametrize("rewrite", [
+    nhwc, unused_input, lambda p: reshaped_output(p, [1, 128, 1, 1]), lambda p: reshaped_output(p, [1, 1, 128]),
+    lambda p: two_outputs(p, "logits", "embedding"),
+], ids=["nhwc", "unused-input", "out-b-e-1-1", "out-b-1-e", "two-outputs"])
+def test_rewritten_model_embeds_as_the_original(rewrite, original, tmp_path):
+    model = rewrite(tmp_path / "variant.onnx")
+    emb, names = _embed(model, tmp_path / "e.npz")
+    ref, ref_names = original
+    assert names == ref_names and len(names) == 21
+    assert np.abs(emb - ref).max() <= 1e-5
+    assert _auc(emb, names) == 1.0
+
+
+def test_block_quantised_model_with_its_old_weight_names_as_inputs(original, tmp_path):
+    model = block_quantised(tmp_path / "int8bq.onnx")
+    declared = [i.name for i in onnx.load(str(model)).graph.input]
+    assert len(declared) > 10  # the image and the old weight names
+    emb, names = _embed(model, tmp_path / "e.npz")
+    ref, _ = original
+    assert names == original[1]
+    assert np.min(np.sum(emb * ref, axis=1)) > 0.98  # int8 weights: close to the original, not equal
+    assert _auc(emb, names) == 1.0
+
+
+def test_what_was_decided_is_said_once(tmp_path, caplog):
+    from irface.infer import load_model
+
+    model = unused_input(tmp_path / "b.onnx", ("mask", "other"), source=nhwc(tmp_path / "a.onnx"))
+    with caplog.at_level(logging.INFO):
+        embedder = load_model(model)
+    said = [r.getMessage() for r in caplog.records if "NHWC" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "'image_nhwc' NHWC" in said[0] and "channels last" in said[0] and "mask, other" in said[0]
+    assert embedder.input_hw == (112, 112) and embedder.feed.dropped == ["mask", "other"]
