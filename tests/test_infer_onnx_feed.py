@@ -169,3 +169,154 @@ def test_what_was_decided_is_said_once(tmp_path, caplog):
     assert len(said) == 1, said
     assert "'image_nhwc' NHWC" in said[0] and "channels last" in said[0] and "mask, other" in said[0]
     assert embedder.input_hw == (112, 112) and embedder.feed.dropped == ["mask", "other"]
+
+
+def _graph_model(path: Path, inputs, outputs, nodes, inits=()) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def pixels_model(path: Path, shape: list) -> Path:
+    """A "model" whose embedding is its input's pixels (Flatten): shows the crop irface fed it."""
+    return _graph_model(path, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], None])],
+                        [helper.make_node("Flatten", ["x"], ["y"])])
+
+
+@pytest.mark.parametrize("shape, size", [
+    ([1, 112, 96, 3], (112, 96)),  # SphereFace / CosFace crop, NHWC
+    (["n", 3, 160, 160], 160),  # FaceNet-sized, dynamic batch
+    ([1, 3, 128, 128], 128),  # insightface's 128 convention
+])
+def test_the_crop_fed_is_the_familys_alignment_for_the_models_size(tmp_path, shape, size):
+    from irface.infer import read_embeddings
+    from irface.infer.align import align_face
+    from irface.infer.embed import l2_normalize
+    from irface.infer.images import open_rgb
+    from irface.infer.photo import default_detector
+
+    model = pixels_model(tmp_path / "pixels.onnx", shape)
+    photo = PHOTOS / "lennon" / "lennon-1.jpg"
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(model), str(photo), "--output", str(out), "--no-progress",
+                 "--input-mean", "0", "--input-std", "1"]) == 0
+    emb, _ = read_embeddings(out)
+    image = open_rgb(photo)
+    crop = align_face(image, default_detector().detect(image)[0].landmarks, size).astype(np.float32)
+    expected = crop if shape[-1] == 3 else crop.transpose(2, 0, 1)
+    np.testing.assert_allclose(emb[0], l2_normalize(expected.reshape(1, -1))[0], atol=1e-6)
+
+
+def test_an_aligned_crop_of_the_models_size_is_taken_as_it_is(tmp_path):
+    from irface.infer import load_model
+
+    embedder = load_model(pixels_model(tmp_path / "p.onnx", [1, 112, 96, 3]))
+    assert embedder.input_hw == (112, 96) and embedder.input_size == (112, 96)
+    crop = np.random.default_rng(0).integers(0, 256, (112, 96, 3), dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(crop).save(tmp_path / "crop.png")
+    from irface.infer.photo import faces_from_file
+
+    [face] = faces_from_file(tmp_path / "crop.png", size=embedder.input_size)
+    np.testing.assert_array_equal(face.crop, crop)
+    # A 112x112 ArcFace crop, declared aligned, loses 8 columns each side: SphereFace's crop.
+    square = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    Image.fromarray(square).save(tmp_path / "square.png")
+    [face] = faces_from_file(tmp_path / "square.png", mode="aligned", size=embedder.input_size)
+    np.testing.assert_array_equal(face.crop, square[:, 8:-8])
+
+
+def test_forcing_the_output_and_the_layout(tmp_path, caplog):
+    from irface.gallery.fingerprint import model_fingerprint
+    from irface.infer import load_model
+
+    model = two_outputs(tmp_path / "two.onnx", "scores", "out")  # neither named like an embedding
+    auto = load_model(model)
+    assert auto.feed.output_name == "scores" and "first of 2" in auto.feed.why["output"]
+    chosen = load_model(model, output_name="out")
+    assert chosen.embedding_size == 128 and chosen.forced == {"output_name": "out"}
+    assert model_fingerprint(chosen) != model_fingerprint(auto)
+    assert model_fingerprint(load_model(model, output_name="scores")) == model_fingerprint(auto)
+    # Open dimensions everywhere: NCHW 112x112 assumed, NHWC when asked.
+    open_dims = pixels_model(tmp_path / "open.onnx", ["n", "a", "b", "c"])
+    assert load_model(open_dims).feed.layout == "nchw"
+    forced = load_model(open_dims, layout="nhwc")
+    assert forced.feed.layout == "nhwc" and forced.input_hw == (112, 112) and forced.forced == {"input_layout": "nhwc"}
+    images = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    np.testing.assert_allclose(forced.embed(images), ((images - 127.5) / 127.5).reshape(2, -1), atol=1e-5)
+
+
+def test_calibrate_keeps_the_forced_output_for_later_runs(tmp_path):
+    import json
+    import shutil
+
+    model = two_outputs(tmp_path / "two.onnx", "scores", "out")
+    people = tmp_path / "people"
+    for who in ("lennon", "clapton"):
+        shutil.copytree(PHOTOS / who, people / who)
+    assert main(["calibrate", str(model), str(people), *IMAGENET, "--output-name", "out", "--json",
+                 str(tmp_path / "c.json")]) == 0
+    stored = json.loads((tmp_path / "two.onnx.irface.json").read_text())
+    assert stored["output_name"] == "out"
+    from irface.infer import load_model
+
+    assert load_model(model).feed.output_name == "out"
+
+
+def _int_input_model(path: Path) -> Path:
+    return _graph_model(path, [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 112, 112, 3])],
+                        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, None])],
+                        [helper.make_node("Flatten", ["x"], ["y"])])
+
+
+def _two_images_model(path: Path) -> Path:
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 112, 112]) for n in ("a", "b")]
+    return _graph_model(path, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])],
+                        [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Flatten", ["s"], ["y"])])
+
+
+def _image_and_scalar_model(path: Path) -> Path:
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112]),
+              helper.make_tensor_value_info("gain", TensorProto.FLOAT, [1])]
+    return _graph_model(path, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])],
+                        [helper.make_node("Mul", ["x", "gain"], ["s"]), helper.make_node("Flatten", ["s"], ["y"])])
+
+
+def _map_output_model(path: Path) -> Path:
+    return _graph_model(path, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 112, 112])],
+                        [helper.make_node("Relu", ["x"], ["y"])])
+
+
+def _grey_model(path: Path) -> Path:
+    return pixels_model(path, [1, 1, 112, 112])
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (_int_input_model, [], "is not float"),
+    (_two_images_model, [], "2 image-like inputs"),
+    (_image_and_scalar_model, [], "reads input 'gain' (1) float besides the image"),
+    (_map_output_model, [], "no output can be an embedding"),
+    (_grey_model, [], "no axis of 3 channels"),
+    (lambda p: pixels_model(p, [1, 3, 112, 112]), ["--layout", "nhwc"], "--layout nhwc"),
+    (lambda p: pixels_model(p, [1, 3, 112, 112]), ["--output-name", "nope"], "no such output"),
+    (lambda p: two_outputs(p, "scores", "out"), ["--output-name", "scores2"], "no such output"),
+])
+def test_what_cannot_be_fed_is_one_line_naming_the_file(tmp_path, capsys, make, extra, message):
+    model = make(tmp_path / "odd.onnx")
+    out = tmp_path / "e.npz"
+    rc = main(["embed", str(model), str(PHOTOS / "lennon"), "--output", str(out), "--no-progress", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(model) in err[0] and message in err[0], err
+    assert not out.exists()
+
+
+def test_onnx_flags_on_a_pytorch_model_are_refused(tmp_path, capsys):
+    from infer_export_util import save_state_dict
+
+    save_state_dict(tmp_path / "b.pth")
+    rc = main(["embed", str(tmp_path / "b.pth"), str(PHOTOS / "lennon"), "--output", str(tmp_path / "e.npz"),
+               "--layout", "nhwc"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "apply to ONNX models only" in err[0], err
