@@ -219,3 +219,20 @@ def test_each_familys_crop_is_opencvs_warp_of_its_matrix_on_real_faces():
             assert crop.shape == (h, w, 3)
             np.testing.assert_array_equal(crop, cv2.warpAffine(image, crop_transform(points, size), (w, h),
                                                                borderValue=0.0))
+
+
+def test_cli_align_size_height_by_width(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    photo = rng.integers(0, 256, size=(200, 180, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    text = ",".join(f"{v:.6f}" for v in _landmarks_for(_similarity(0.1, 0.9, -20.0, -30.0)).reshape(-1))
+    out = tmp_path / "crop.png"
+    assert main(["align", str(tmp_path / "photo.png"), "--landmarks", text, "--size", "112x96", "--output", str(out)]) == 0
+    crop = np.asarray(Image.open(out))
+    assert crop.shape == (112, 96, 3)
+    np.testing.assert_array_equal(crop, align_face(photo, parse_landmarks(text), (112, 96)))
+    capsys.readouterr()
+    assert main(["align", str(tmp_path / "photo.png"), "--landmarks", text, "--size", "0x96", "--output",
+                 str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--size" in err[0] and not (tmp_path / "bad.png").exists()
