@@ -51,6 +51,12 @@ class Embedder:
         h, w = self.input_hw
         return h if h == w else (h, w)
 
+    @input_size.setter
+    def input_size(self, size: int | tuple[int, int]) -> None:
+        from irface.data.images import crop_shape
+
+        self.input_hw = crop_shape(size)
+
     def check_input(self, images: np.ndarray) -> None:
         h, w = self.input_hw
         if images.ndim != 4 or images.shape[1:] != (h, w, 3):
