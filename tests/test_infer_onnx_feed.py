@@ -86,32 +86,42 @@ def two_outputs(path: Path, first: str, second: str) -> Path:
 
 
 def block_quantised(path: Path, block: int = 64) -> Path:
-    """As OpenCV zoo's block-quantised models are made: each large weight becomes int8 blocks with one
-    scale each, DequantizeLinear + Reshape rebuild it, and the graph still declares the old weight
-    names as float inputs that no node reads."""
-    m = _load()
+    """As OpenCV zoo's block-quantised models (SFace int8bq) are made: opset 21, each Conv / MatMul /
+    Gemm weight stored as int8 blocks along its flattened rows with a scale and zero point per block,
+    rebuilt by DequantizeLinear (block_size) + Reshape; the old float weight names stay declared as
+    graph inputs that no node reads."""
+    m = onnx.version_converter.convert_version(_load(), 21)
     weights = {t.name: t for t in m.graph.initializer}
-    renamed = {}
-    for name, tensor in list(weights.items()):
-        w = numpy_helper.to_array(tensor)
-        if w.dtype != np.float32 or w.size < 1024 or w.size % block:
+    done = set()
+    for node in list(m.graph.node):
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
             continue
-        blocks = w.reshape(-1, block)
-        scale = np.maximum(np.abs(blocks).max(axis=1), 1e-8) / 127.0
-        q = np.clip(np.rint(blocks / scale[:, None]), -127, 127).astype(np.int8)
-        m.graph.initializer.remove(tensor)
-        m.graph.initializer.extend([numpy_helper.from_array(q, f"{name}_q"),
-                                    numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
-                                    _const(f"{name}_shape", w.shape)])
-        m.graph.node.insert(0, helper.make_node("Reshape", [f"{name}_dq", f"{name}_shape"], [f"{name}_dequant"]))
-        m.graph.node.insert(0, helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale"], [f"{name}_dq"],
-                                                axis=0))
-        m.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(w.shape)))
-        renamed[name] = f"{name}_dequant"
-    assert len(renamed) >= 10
-    for node in m.graph.node:
-        if node.op_type not in ("DequantizeLinear", "Reshape") or not node.output[0].endswith(("_dq", "_dequant")):
-            node.input[:] = [renamed.get(i, i) for i in node.input]
+        for k, name in enumerate(node.input):
+            w = numpy_helper.to_array(weights[name]) if name in weights else None
+            if w is None or w.ndim < 2 or w.size < block:  # biases stay float
+                continue
+            rows, axis = w.reshape(w.shape[0], -1), 1
+            size = next(d for d in range(block, 0, -1) if rows.shape[axis] % d == 0)
+            blocks = rows.reshape(*rows.shape[:axis], rows.shape[axis] // size, size)
+            lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)
+            scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+            zero = np.clip(np.rint(-128 - lo / scale), -128, 127).astype(np.int8)
+            q = np.clip(np.rint(blocks / scale[..., None] + zero[..., None]), -128, 127).astype(np.int8)
+            q = q.reshape(rows.shape)
+            if name not in done:
+                m.graph.initializer.remove(weights[name])
+                m.graph.initializer.extend([numpy_helper.from_array(q, f"{name}_q"),
+                                            numpy_helper.from_array(scale, f"{name}_scales"),
+                                            numpy_helper.from_array(zero, f"{name}_zp"),
+                                            _const(f"{name}_shape", w.shape)])
+                m.graph.node.insert(0, helper.make_node("Reshape", [f"{name}_dq", f"{name}_shape"], [f"{name}_w"]))
+                m.graph.node.insert(0, helper.make_node("DequantizeLinear",
+                                                        [f"{name}_q", f"{name}_scales", f"{name}_zp"],
+                                                        [f"{name}_dq"], axis=axis, block_size=size))
+                m.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(w.shape)))
+                done.add(name)
+            node.input[k] = f"{name}_w"
+    assert len(done) >= 10
     return _save(m, path)
 
 
@@ -320,3 +330,17 @@ def test_onnx_flags_on_a_pytorch_model_are_refused(tmp_path, capsys):
                "--layout", "nhwc"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "apply to ONNX models only" in err[0], err
+
+
+def test_a_verification_bin_is_cut_to_a_model_that_is_not_square(tmp_path, caplog):
+    from test_eval_run import make_bin
+
+    from irface.eval.verification import embed_bin
+    from irface.infer import load_model
+
+    make_bin(tmp_path / "pairs.bin", n_pairs=3, size=112)
+    embedder = load_model(pixels_model(tmp_path / "p.onnx", ["n", 112, 96, 3]), input_mean="0", input_std="1")
+    with caplog.at_level(logging.INFO):
+        emb, _, issame = embed_bin(embedder.embed, tmp_path / "pairs.bin", flip=False)
+    assert emb.shape == (6, 112 * 96 * 3) and len(issame) == 3
+    assert any("112x112 images resized to 96x112" in r.getMessage() for r in caplog.records)

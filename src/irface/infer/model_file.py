@@ -199,7 +199,7 @@ class OnnxEmbedder(Embedder):
         self.threshold = threshold_from(meta.get(THRESHOLD_KEY), str(path))
         self.info = {"kind": "onnx", "path": str(path), "metadata": meta}
         # What a flag changed from the graph's own answer: it changes the embeddings (the gallery's fingerprint).
-        self.forced = {}
+        self.forced: dict[str, str] = {}
         if layout is not None or output_name is not None:
             auto = _auto_feed(path, inputs, outputs, dropped)
             if auto is None or auto.layout != self.feed.layout:
@@ -219,7 +219,7 @@ class OnnxEmbedder(Embedder):
                              "output": self.feed.output_name, "ignored_inputs": self.feed.dropped}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        feed = {self.feed.input_name: x.astype(self.feed.input_dtype, copy=False)}
+        feed: dict[str, np.ndarray] = {self.feed.input_name: x.astype(self.feed.input_dtype, copy=False)}
         out = self.session.run([self.feed.output_name], feed)
         return self.feed.to_embeddings(out[0], x.shape[0])
 

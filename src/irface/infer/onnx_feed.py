@@ -52,7 +52,7 @@ class Port:
 
 
 def _known(d: Any) -> bool:
-    return isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
+    return bool(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0)
 
 
 @dataclass
