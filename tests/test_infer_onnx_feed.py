@@ -344,3 +344,32 @@ def test_a_verification_bin_is_cut_to_a_model_that_is_not_square(tmp_path, caplo
         emb, _, issame = embed_bin(embedder.embed, tmp_path / "pairs.bin", flip=False)
     assert emb.shape == (6, 112 * 96 * 3) and len(issame) == 3
     assert any("112x112 images resized to 96x112" in r.getMessage() for r in caplog.records)
+
+
+def test_decisions_on_declared_shapes_alone():
+    from irface.errors import ModelFileError
+    from irface.infer.onnx_feed import Port, plan_feed
+
+    f = "m.onnx"
+    image = Port("in", "tensor(float)", [1, 3, 112, 112])
+    # (E,) is an embedding when the batch is fixed at 1; (batch,) never; (batch, 1) scores never.
+    assert plan_feed(f, [image], [Port("e", "tensor(float)", [512])]).embedding_size == 512
+    dynamic = Port("in", "tensor(float16)", ["n", 160, 160, 3])
+    with pytest.raises(ModelFileError, match="no output can be an embedding"):
+        plan_feed(f, [dynamic], [Port("s", "tensor(float)", ["n"]), Port("q", "tensor(float)", ["n", 1])])
+    feed = plan_feed(f, [dynamic], [Port("q", "tensor(float)", ["n", 1]), Port("e", "tensor(float)", ["n", 128])])
+    assert (feed.layout, feed.height, feed.width, feed.fixed_batch) == ("nhwc", 160, 160, None)
+    assert feed.input_dtype is np.float16
+    assert feed.output_name == "e" and "only one of 2" in feed.why["output"]
+    # Among several (batch, E) outputs the one named like an embedding; an output of unknown rank is a
+    # candidate whose E the first run tells.
+    outs = [Port("logits", "tensor(float)", ["n", 1000]), Port("fc1", "tensor(float)", ["n", 512])]
+    assert plan_feed(f, [image], outs).output_name == "fc1"
+    unknown = plan_feed(f, [image], [Port("y", "tensor(float)", [], rank_known=False)])
+    assert unknown.output_name == "y" and unknown.embedding_size is None
+    # (batch, 112, 112, C) with C open: channels last; one open side: square.
+    assert plan_feed(f, [Port("in", "tensor(float)", [1, 112, 112, "c"])], outs).layout == "nhwc"
+    side = plan_feed(f, [Port("in", "tensor(float)", [1, 3, 128, "w"])], outs)
+    assert (side.height, side.width) == (128, 128) and "square" in side.why["size"]
+    with pytest.raises(ModelFileError, match="not .batch, E."):
+        feed.to_embeddings(np.zeros((1, 128), np.float32), 4, f)

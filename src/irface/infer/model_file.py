@@ -221,7 +221,7 @@ class OnnxEmbedder(Embedder):
     def _run(self, x: np.ndarray) -> np.ndarray:
         feed: dict[str, np.ndarray] = {self.feed.input_name: x.astype(self.feed.input_dtype, copy=False)}
         out = self.session.run([self.feed.output_name], feed)
-        return self.feed.to_embeddings(out[0], x.shape[0])
+        return self.feed.to_embeddings(out[0], x.shape[0], self.info["path"])
 
     def _probe_embedding_size(self) -> int:
         # The graph leaves E open: one run on a black batch says it.

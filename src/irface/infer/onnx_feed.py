@@ -41,10 +41,11 @@ class Port:
     name: str
     type: str
     shape: list[Any]
+    rank_known: bool = True  # False: the graph does not say even how many dimensions
 
     @classmethod
     def of(cls, node_arg: Any) -> "Port":
-        return cls(node_arg.name, node_arg.type, list(node_arg.shape or []))
+        return cls(node_arg.name, node_arg.type, list(node_arg.shape or []), node_arg.shape is not None)
 
     def __str__(self) -> str:
         dims = ", ".join(str(d) if _known(d) else (d if isinstance(d, str) and d else "?") for d in self.shape)
@@ -82,9 +83,14 @@ class OnnxFeed:
             text += f"; ignored {len(self.dropped)} declared input(s) that no node reads: {shown}"
         return text
 
-    def to_embeddings(self, out: np.ndarray, batch: int) -> np.ndarray:
-        """The chosen output of a run on `batch` images as float32 (batch, E)."""
-        return np.asarray(out).reshape(batch, -1).astype(np.float32, copy=False)
+    def to_embeddings(self, out: np.ndarray, batch: int, path: Path | str) -> np.ndarray:
+        """The chosen output of a run on `batch` images as float32 (batch, E); ModelFileError when what
+        came out is not `batch` rows of more than one number."""
+        out = np.asarray(out)
+        if out.size % batch or out.size // batch < 2 or (out.ndim > 1 and out.shape[0] != batch):
+            raise _refuse(path, f"output '{self.output_name}' gave shape {tuple(out.shape)} for {batch} image(s); "
+                                "not (batch, E)")
+        return out.reshape(batch, -1).astype(np.float32, copy=False)
 
 
 def _refuse(path: Path | str, what: str) -> ModelFileError:
@@ -118,6 +124,8 @@ def embedding_dim(port: Port, fixed_batch: Optional[int]) -> tuple[bool, Optiona
     (None when the graph leaves it open)."""
     if port.type not in FLOAT_TYPES:
         return False, None
+    if not port.rank_known:
+        return True, None  # told by the first run (`OnnxEmbedder` checks every run's shape)
     shape = port.shape
     if len(shape) == 1:
         rest = shape if fixed_batch == 1 else []
