@@ -373,3 +373,25 @@ def test_decisions_on_declared_shapes_alone():
     assert (side.height, side.width) == (128, 128) and "square" in side.why["size"]
     with pytest.raises(ModelFileError, match="not .batch, E."):
         feed.to_embeddings(np.zeros((1, 128), np.float32), 4, f)
+
+
+@pytest.mark.parametrize("argv", [
+    ["embed", "m.onnx", "p", "--output", "e.npz"], ["verify", "m.onnx", "a", "b"], ["calibrate", "m.onnx", "p"],
+    ["gallery", "build", "p", "--output", "g", "--model", "m.onnx"], ["gallery", "search", "g", "p"], ["serve", "--model", "m.onnx"],
+])
+def test_every_command_that_opens_a_model_takes_the_feed_flags(argv):
+    from irface.cli import build_parser
+
+    args = build_parser().parse_args([*argv, "--layout", "nhwc", "--output-name", "fc1"])
+    assert (args.layout, args.output_name) == ("nhwc", "fc1")
+
+
+def test_a_pruned_model_with_external_weights(tmp_path):
+    from irface.infer import load_model
+
+    inner = onnx.load(str(unused_input(tmp_path / "u.onnx")))
+    onnx.save(inner, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
+    images = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    got = load_model(tmp_path / "ext.onnx")
+    assert got.feed.dropped == ["unused_mask"]
+    np.testing.assert_allclose(got.embed(images), load_model(MODEL).embed(images), atol=1e-5)
