@@ -182,15 +182,26 @@ class OnnxEmbedder(Embedder):
             providers.insert(0, "CUDAExecutionProvider")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # onnxruntime's load-time notices are not the user's concern
-        source, dropped, inspected = load_pruned(path)
-        try:
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers)
-        except Exception as e:
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
+
+        def session(source: str | bytes):
+            try:
+                return ort.InferenceSession(source, sess_options=opts, providers=providers)
+            except Exception as e:
+                raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
+
+        self.session = session(str(path))
         inputs = [Port.of(i) for i in self.session.get_inputs()]
-        if not inspected and len(inputs) > 1:
-            raise ModelFileError(f"{path}: declares {len(inputs)} inputs; telling which ones the graph reads "
-                                 "needs the onnx package (pip install onnx)")
+        dropped: list[str] = []
+        if len(inputs) > 1:
+            # onnxruntime wants a feed for every declared input, read or not: the graph is read (only
+            # then: it costs a second parse of the file) and what no node reads is pruned.
+            source, dropped, inspected = load_pruned(path)
+            if not inspected:
+                raise ModelFileError(f"{path}: declares {len(inputs)} inputs; telling which ones the graph "
+                                     "reads needs the onnx package (pip install onnx)")
+            if dropped:
+                self.session = session(source)
+                inputs = [Port.of(i) for i in self.session.get_inputs()]
         outputs = [Port.of(o) for o in self.session.get_outputs()]
         self.feed = plan_feed(path, inputs, outputs, dropped, layout, output_name)
         self.input_hw = (self.feed.height, self.feed.width)

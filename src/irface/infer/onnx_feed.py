@@ -230,16 +230,18 @@ def unused_inputs(model: Any) -> list[str]:
 
 def load_pruned(path: Path) -> tuple[str | bytes, list[str], bool]:
     """What onnxruntime should load for `path` (the path itself, or the serialised model without its
-    unused inputs), the names of the inputs pruned, and whether the graph could be read at all (it
-    cannot without the onnx package: then which inputs are used is not known)."""
+    unused inputs), the names of the inputs pruned, and whether the graph was read (not without the
+    onnx package: then which inputs are read is not known)."""
     try:
         import onnx
     except ImportError:
         return str(path), [], False
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return str(path), [], False  # onnxruntime words the error when it fails to load it
+    except Exception as e:
+        from irface.errors import first_line
+
+        raise _refuse(path, f"the onnx package cannot read the graph ({first_line(e)})") from None
     dropped = unused_inputs(model)
     if not dropped:
         return str(path), [], True
