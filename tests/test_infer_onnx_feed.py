@@ -395,3 +395,16 @@ def test_a_pruned_model_with_external_weights(tmp_path):
     got = load_model(tmp_path / "ext.onnx")
     assert got.feed.dropped == ["unused_mask"]
     np.testing.assert_allclose(got.embed(images), load_model(MODEL).embed(images), atol=1e-5)
+
+
+def test_without_the_onnx_package_several_inputs_are_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from irface.errors import ModelFileError
+    from irface.infer import load_model
+
+    model = unused_input(tmp_path / "u.onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(ModelFileError, match="u.onnx: declares 2 inputs; .* needs the onnx package"):
+        load_model(model)
+    assert load_model(MODEL).feed.output_name == "output0"  # one input: onnxruntime alone suffices
