@@ -184,7 +184,8 @@ def plan_feed(path: Path | str, inputs: Sequence[Port], outputs: Sequence[Port],
                                 "(expected (batch, E) or a shape that squeezes to it, E > 1, float)")
         chosen, out_why = named[0], "as asked"
     else:
-        candidates = [(p, embedding_dim(p, fixed_batch)[1]) for p in outputs if embedding_dim(p, fixed_batch)[0]]
+        dims = [(p, *embedding_dim(p, fixed_batch)) for p in outputs]
+        candidates = [(p, e) for p, ok, e in dims if ok]
         if not candidates:
             raise _refuse(path, f"not a face embedding model: no output can be an embedding "
                                 f"({'; '.join(map(str, outputs))}); expected (batch, E) or a shape that "
@@ -200,7 +201,6 @@ def plan_feed(path: Path | str, inputs: Sequence[Port], outputs: Sequence[Port],
             out_why = (f"named like an embedding, of {len(candidates)} outputs shaped (batch, E)" if named_like
                        else f"the first of {len(candidates)} outputs shaped (batch, E)")
             out_why += "; --output-name to choose another"
-        ok, e = embedding_dim(chosen, fixed_batch)
     return OnnxFeed(image.name, FLOAT_TYPES[image.type], chosen_layout, int(h), int(w), fixed_batch,
                     chosen.name, list(chosen.shape), e, list(dropped),
                     {"layout": layout_why, "size": size_why, "output": out_why})
