@@ -118,14 +118,29 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def resize_center(img: np.ndarray, size: int) -> np.ndarray:
-    """Short side to `size` (bilinear), then the centre `size` x `size`."""
+def crop_shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a crop size given as one side (a square) or as (height, width)."""
+    if isinstance(size, (tuple, list)):
+        h, w = size
+        return int(h), int(w)
+    return int(size), int(size)
+
+
+def resize_center(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Scaled (bilinear) until it covers `size` (one side or (height, width)), then the centre crop of that size.
+
+    A 112x112 ArcFace crop cut to 112x96 so loses 8 columns each side: the SphereFace 96x112 crop,
+    whose template is ArcFace's 8 px to the left.
+    """
+    th, tw = crop_shape(size)
     h, w = img.shape[:2]
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    pil = Image.fromarray(img).resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    scale = max(th / h, tw / w)
+    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+    pil = Image.fromarray(img)
+    if (nw, nh) != (w, h):
+        pil = pil.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - tw) // 2, (nh - th) // 2
+    return np.asarray(pil.crop((left, top, left + tw, top + th)), dtype=np.uint8)
 
 
 # EXIF orientation (tag 0x0112) -> the numpy view that shows the photo upright, as Pillow's exif_transpose.
@@ -168,17 +183,17 @@ def decode_rgb(data: bytes, source: str = "image", *, upright: bool = False,
     return np.ascontiguousarray(turn(arr)) if turn else arr
 
 
-def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> np.ndarray:
-    """Encoded image -> uint8 (size, size, 3) RGB (`decode_rgb`); other sizes are resized short side to
-    `size` and centre-cropped."""
+def decode_image(data: bytes, size: int | tuple[int, int] = INPUT_SIZE, source: str = "image") -> np.ndarray:
+    """Encoded image -> uint8 (size, size, 3) RGB (or (height, width, 3) for a `size` pair) by `decode_rgb`;
+    other sizes are resized to cover it and centre-cropped (`resize_center`)."""
     arr = decode_rgb(data, source)
-    if arr.shape[0] != size or arr.shape[1] != size:
+    if arr.shape[:2] != crop_shape(size):
         arr = resize_center(arr, size)
     return arr
 
 
-def decode_images(bins: Sequence[bytes], size: int = INPUT_SIZE, source: str = ".bin") -> np.ndarray:
-    out = np.empty((len(bins), size, size, 3), dtype=np.uint8)
+def decode_images(bins: Sequence[bytes], size: int | tuple[int, int] = INPUT_SIZE, source: str = ".bin") -> np.ndarray:
+    out = np.empty((len(bins), *crop_shape(size), 3), dtype=np.uint8)
     for i, b in enumerate(bins):
         out[i] = decode_image(b, size, f"{source} image {i}")
     return out

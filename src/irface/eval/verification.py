@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from irface.data.bin import find_targets, read_bin
-from irface.data.images import decode_images, open_image
+from irface.data.images import crop_shape, decode_images, open_image
 from irface.errors import DataError, ModelFileError
 from irface.eval.protocol import (
     FARS,
@@ -77,11 +77,12 @@ def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool
         seconds=seconds, roc_fpr=fpr, roc_tpr=tpr)
 
 
-def _model_attr(embed_fn: EmbedFn, attr: str) -> Optional[int]:
-    """`input_size` / `embedding_size` of an Embedder's bound `.embed` or of a `module_embed_fn` function."""
+def _model_attr(embed_fn: EmbedFn, attr: str) -> Optional[Any]:
+    """`input_size` / `embedding_size` of an Embedder's bound `.embed` or of a `module_embed_fn` function
+    (an `input_size` may be (height, width): a foreign model that is not square)."""
     for owner in (embed_fn, getattr(embed_fn, "__self__", None)):
         value = getattr(owner, attr, None)
-        if isinstance(value, int):
+        if isinstance(value, int) or (attr == "input_size" and isinstance(value, tuple) and len(value) == 2):
             return value
     return None
 
@@ -114,12 +115,13 @@ def run_embed(embed_fn: EmbedFn, images: np.ndarray, source: str, expected_dim: 
 _RESIZES_REPORTED: set[tuple[str, int, int, int]] = set()
 
 
-def _report_resize(path: Path, width: int, height: int, size: int) -> None:
+def _report_resize(path: Path, width: int, height: int, size: int | tuple[int, int]) -> None:
     """Say once per set and size (not at every verification of a training run) that images are resized."""
-    key = (str(path.resolve()), width, height, size)
+    out_h, out_w = crop_shape(size)
+    key = (str(path.resolve()), width, height, out_h, out_w)
     if key not in _RESIZES_REPORTED:
         _RESIZES_REPORTED.add(key)
-        log.info("%s: %dx%d images resized to %dx%d", path.name, width, height, size, size)
+        log.info("%s: %dx%d images resized to %dx%d", path.name, width, height, out_w, out_h)
 
 
 def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
@@ -142,7 +144,7 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
         if w != h:
             raise DataError(f"{path}: images are {w}x{h}, not square")
         size = w
-    elif (w, h) != (size, size):
+    elif (h, w) != crop_shape(size):  # a model that is not square gives (height, width)
         _report_resize(path, w, h, size)
     expected_dim = _model_attr(embed_fn, "embedding_size")
     n = len(bins)

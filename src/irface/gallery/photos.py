@@ -25,7 +25,8 @@ from irface.infer.model_file import Embedder
 log = logging.getLogger(__name__)
 
 
-def identity_folders(root: str | Path, size: int = 112) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
+def identity_folders(root: str | Path, size: int | tuple[int, int] = 112
+                     ) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
     """`{identity: [its photos]}` of `root/<identity>/...` (faces of a model with `size` x `size` input),
     and what was skipped (bad names, empty folders)."""
     root = Path(root)

@@ -119,6 +119,7 @@ def calibrate(embedder: Embedder, model_path: str | Path, pairs: str | Path, far
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if embedder.norm.source in ("argument", "calibration"):
         report.update(embedder.norm.to_metadata())  # the model's input settings, kept for later runs
+    report.update(getattr(embedder, "forced", {}))  # --layout / --output-name where they changed the graph's answer
     if write:
         target = calibration_path(model_path)
         with atomic_write(target, "w") as f:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from irface.data.ijb import LANDMARKS, IJBMeta, meta_name
+from irface.data.images import crop_shape
 from irface.data.progress import progress_bar
 from irface.errors import DataError, ModelFileError
 from irface.eval.verification import run_embed
@@ -55,7 +56,7 @@ def _check_landmarks(points: np.ndarray, shape: tuple[int, ...], where: str) -> 
 class AlignedFaces(Dataset):
     """(index, aligned uint8 RGB crop, error line or "") for the meta's images `indices`."""
 
-    def __init__(self, meta: IJBMeta, indices: np.ndarray, size: int):
+    def __init__(self, meta: IJBMeta, indices: np.ndarray, size: int | tuple[int, int]):
         self.image_dir = meta.image_dir
         self.names = [meta.names[i] for i in indices]
         self.landmarks = meta.landmarks[indices]
@@ -76,7 +77,7 @@ class AlignedFaces(Dataset):
             crop = align_face(image, self.landmarks[k], self.size)
             return i, crop, ""
         except DataError as e:
-            return i, np.zeros((self.size, self.size, 3), np.uint8), str(e)
+            return i, np.zeros((*crop_shape(self.size), 3), np.uint8), str(e)
 
 
 def _collate(batch):

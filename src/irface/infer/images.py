@@ -25,8 +25,9 @@ def read_file(path: Path) -> bytes:
         raise DataError(f"{path}: permission denied") from None
 
 
-def read_face(path: str | Path, size: int = 112) -> np.ndarray:
-    """An aligned face crop as uint8 (size, size, 3) RGB; other sizes are resized as `decode_image` does."""
+def read_face(path: str | Path, size: int | tuple[int, int] = 112) -> np.ndarray:
+    """An aligned face crop as uint8 (size, size, 3) RGB (size: one side or (height, width)); other sizes
+    are resized as `decode_image` does."""
     path = Path(path)
     return decode_image(read_file(path), size, str(path))
 
@@ -54,7 +55,7 @@ def _is_recordio(path: Path) -> bool:
     return (path.is_dir() and (path / "train.rec").exists()) or (path.is_file() and path.suffix.lower() == ".rec")
 
 
-def _recordio_sources(path: Path, size: int) -> list[FaceSource]:
+def _recordio_sources(path: Path, size: int | tuple[int, int]) -> list[FaceSource]:
     # The RecordIO reader belongs to irface.data; imported only when a .rec is given.
     from irface.data.recordio import RecordIODataset
 
@@ -73,7 +74,7 @@ def _recordio_sources(path: Path, size: int) -> list[FaceSource]:
     return [FaceSource(f"{rec}#{i}", loader(i)) for i in range(len(dataset))]
 
 
-def collect_faces(inputs: Sequence[str | Path], size: int = 112) -> list[FaceSource]:
+def collect_faces(inputs: Sequence[str | Path], size: int | tuple[int, int] = 112) -> list[FaceSource]:
     """Faces from image files, folders of images (recursive, sorted by path) and RecordIO folders, in order.
 
     Raises DataError for a missing path or a folder with no images.

@@ -1,4 +1,7 @@
-"""From a photo to aligned face crops: detect (when needed), pick the face(s), align to 112x112.
+"""From a photo to aligned face crops: detect (when needed), pick the face(s), align to the model's size.
+
+`size` is the model's crop: one side (112 by default) or (height, width) for a model that is not
+square (SphereFace's 112x96); `irface.infer.align` places the five points for each.
 
 A photo whose pixels are exactly the model's input size (112x112 by default) is taken as an already
 aligned crop, the form `.bin` sets, RecordIO archives and `irface align` outputs have; any other photo
@@ -59,9 +62,11 @@ def no_face_error(name: str, detector=None) -> DataError:
     return DataError(f"{name}: no face found ({detector.describe()})")
 
 
-def is_aligned_crop(image: np.ndarray, size: int = 112) -> bool:
-    """How "auto" decides: an image of exactly size x size pixels is an aligned crop."""
-    return image.shape[0] == size and image.shape[1] == size
+def is_aligned_crop(image: np.ndarray, size: int | tuple[int, int] = 112) -> bool:
+    """How "auto" decides: an image of exactly the crop's size (size x size, or (height, width)) is an aligned crop."""
+    from irface.data.images import crop_shape
+
+    return tuple(image.shape[:2]) == crop_shape(size)
 
 
 def _check_mode(mode: str) -> None:
@@ -70,7 +75,7 @@ def _check_mode(mode: str) -> None:
 
 
 def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", all_faces: bool = False,
-                     detector=None, size: int = 112) -> list[PhotoFace]:
+                     detector=None, size: int | tuple[int, int] = 112) -> list[PhotoFace]:
     """The face crop(s) of one photo (uint8 (H, W, 3) RGB); an empty list when no face is found.
 
     With `all_faces` False and several faces, the largest is returned and a warning names the photo.
@@ -97,7 +102,7 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
 
 
 def faces_from_file(path: str | Path, *, mode: str = "auto", all_faces: bool = False, detector=None,
-                    size: int = 112, name: Optional[str] = None) -> list[PhotoFace]:
+                    size: int | tuple[int, int] = 112, name: Optional[str] = None) -> list[PhotoFace]:
     """`faces_from_image` on an image file, read upright (EXIF orientation applied), any colour mode.
 
     A missing, unreadable or oversized file raises DataError (one line naming it).
@@ -119,7 +124,7 @@ def largest_face(path: str | Path, **options) -> PhotoFace:
 
 
 def faces_from_source(source, *, mode: str = "auto", all_faces: bool = False, detector=None,
-                      size: int = 112) -> list[PhotoFace]:
+                      size: int | tuple[int, int] = 112) -> list[PhotoFace]:
     """The faces of one `irface.infer.images.FaceSource`: a photo file goes through `faces_from_file`;
     a RecordIO record is an aligned crop already."""
     if source.photo is None or mode == "aligned":
@@ -148,7 +153,7 @@ def detect_files(inputs, detector) -> dict[str, Any]:
     return {"photos": photos, "skipped": skipped}
 
 
-def align_photo(path: str | Path, output_dir: str | Path, *, largest: bool = False, size: int = 112,
+def align_photo(path: str | Path, output_dir: str | Path, *, largest: bool = False, size: int | tuple[int, int] = 112,
                 detector=None) -> list[tuple[Path, PhotoFace]]:
     """Detect the faces of a photo and write each aligned crop as `<output_dir>/<stem>_<k>.png`
     (k = 0 for the largest); DataError when there is none."""
