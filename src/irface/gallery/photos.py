@@ -24,6 +24,28 @@ from irface.infer.model_file import Embedder
 log = logging.getLogger(__name__)
 
 
+def not_in_identity_folder(path: str | Path) -> str:
+    return f"{path}: not inside an identity folder"
+
+
+def identity_of(photo: str, roots: Sequence[str]) -> str:
+    """The identity of a photo listed from one of the folders `roots`, as `identity_folders` reads
+    `ROOT/<identity>/...`: the first folder below the root. GalleryError when the photo is not inside one
+    or the name is not a valid identity."""
+    path = Path(photo)
+    for root in roots:
+        try:
+            parts = path.relative_to(root).parts
+        except ValueError:
+            continue
+        if len(parts) >= 2:
+            try:
+                return validate_identity(parts[0])
+            except GalleryError as e:
+                raise GalleryError(f"{Path(root) / parts[0]}: {e}") from None
+    raise GalleryError(not_in_identity_folder(photo))
+
+
 def identity_folders(root: str | Path, size: int = 112) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
     """`{identity: [its photos]}` of `root/<identity>/...` (faces of a model with `size` x `size` input),
     and what was skipped (bad names, empty folders)."""
@@ -35,7 +57,7 @@ def identity_folders(root: str | Path, size: int = 112) -> tuple[dict[str, list[
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():
             if not entry.name.startswith("."):
-                skipped.append({"name": str(entry), "reason": f"{entry}: not inside an identity folder"})
+                skipped.append({"name": str(entry), "reason": not_in_identity_folder(entry)})
             continue
         try:
             validate_identity(entry.name)
@@ -100,6 +122,54 @@ def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path,
     gallery.save()
     summary["skipped"] = skipped + summary["skipped"]
     return {**summary, "gallery": str(output), "index": index, "templates": templates}
+
+
+def enroll_embeddings(gallery: Gallery, folder: str | Path) -> dict[str, Any]:
+    """Add the faces of a finished `irface embed --ray` folder to `gallery` without embedding again: the
+    largest face of each photo (face 0), under the identity of its folder (`identity_of` the run's inputs).
+    The gallery's model must be the one that made the embeddings."""
+    from irface.infer.shards import read_shards
+
+    data = read_shards(folder)
+    gallery.check_model(data.manifest.data["fingerprint"])
+    roots = data.manifest.data["inputs"]
+    rows, identities, skipped = [], [], list(data.skipped)
+    for i, (source, k) in enumerate(zip(data.sources, data.face_index)):
+        if k != 0:  # --all-faces rows past the largest: `gallery build` enrols one face per photo
+            continue
+        try:
+            identities.append(identity_of(source, roots))
+        except GalleryError as e:
+            skipped.append({"name": source, "reason": str(e)})
+            continue
+        rows.append(i)
+    for s in skipped[len(data.skipped):]:
+        log.warning("skipped %s", s["reason"])
+    if not rows:
+        raise DataError(f"{folder}: no face inside an identity folder (ROOT/<identity>/photo) to enrol")
+    embeddings = data.embeddings[rows]
+    sources = [data.sources[i] for i in rows]
+    boxes = None
+    if any(data.boxes[i] is not None for i in rows):  # NaN for an aligned crop's missing box, as `_boxes`
+        boxes = np.array([data.boxes[i] if data.boxes[i] is not None else [np.nan] * 4 for i in rows], np.float64)
+    gallery.train(embeddings)
+    gallery.add_many(identities, embeddings, sources, boxes)
+    return {"faces": len(rows), "identities": len(set(identities)), "skipped": skipped}
+
+
+def build_from_embeddings(folder: str | Path, output: str | Path, *, templates: bool = False, index: str = "flat",
+                          params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """`irface gallery build --from-embeddings`: a new gallery file at `output` from an `irface embed --ray`
+    folder, for the model recorded there."""
+    from irface.infer.shards import Manifest
+
+    manifest = Manifest.read(folder)
+    gallery = Gallery.create(output, fingerprint=manifest.data["fingerprint"],
+                             embedding_size=int(manifest.data["embedding_size"]), index=index, templates=templates,
+                             model=manifest.data["model"], params=params)
+    summary = enroll_embeddings(gallery, folder)
+    gallery.save()
+    return {**summary, "gallery": str(output), "index": index, "templates": templates, "embeddings": str(folder)}
 
 
 def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,

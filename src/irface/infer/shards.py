@@ -35,7 +35,6 @@ MANIFEST = "manifest.json"
 FORMAT = "irface-embeddings"
 VERSION = 1
 SHARD_META_KEY = b"irface.shard"
-LOCK = ".lock"
 # The run's settings a rerun must share to continue the same shards (batch size and device may change).
 SAME_RUN_KEYS = ("fingerprint", "embedding_size", "input_size", "precision", "options", "listing", "shard_size")
 
@@ -123,7 +122,7 @@ class Manifest:
                 raise ConfigError(f"{folder}: holds the shards of another run ({', '.join(differs)} differ); "
                                   "give a new --output folder, or remove this one to start over")
             return manifest
-        if folder.is_dir() and any(p.name != LOCK for p in folder.iterdir()):
+        if folder.is_dir() and any(folder.iterdir()):
             raise ConfigError(f"{folder}: not empty and holds no {MANIFEST}; give a new or empty --output folder")
         manifest = cls(folder, {"format": FORMAT, "version": VERSION, **run, "done": {}})
         manifest.save()
@@ -153,12 +152,15 @@ def exclusive(folder: Path) -> Iterator[None]:
     """One writer per shards folder: a second `irface embed --ray` on it is refused, not interleaved."""
     import fcntl
 
-    with open(folder / LOCK, "a") as f:
+    fd = os.open(folder, os.O_RDONLY)  # the folder itself is locked: no lock file left behind
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ConfigError(f"{folder}: another irface embed --ray is writing here") from None
         yield
+    finally:
+        os.close(fd)
 
 
 def remove_partial_files(folder: Path) -> int:
