@@ -212,6 +212,8 @@ def test_bad_uses_are_one_line_before_any_work(tmp_path, capsys):
         (["gallery", "build", str(REALFACE / "photos"), "--from-embeddings", str(tmp_path), "--output",
           str(tmp_path / "g")], "leave out GALLERY_DIR and --model"),
         (["gallery", "build", "--output", str(tmp_path / "g")], "needs GALLERY_DIR and --model"),
+        (["embed", MODEL, str(REALFACE / "photos"), "--ray", "--output", str(tmp_path / "e.npz")],
+         "with --ray the output is a folder of Parquet shards"),
     ]
     for argv, message in cases:
         capsys.readouterr()

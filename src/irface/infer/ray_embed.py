@@ -51,6 +51,7 @@ class ShardJob:
     detector: Optional[dict[str, Any]] = None  # load_detector's options; None: the defaults
     quality: bool = False
     batch_size: int = 64
+    cwd: str = "."  # the driver's folder: photo names relative to it are read from there on any node
 
 
 # ---- the detection stage: Ray tasks -------------------------------------------------------------
@@ -86,6 +87,8 @@ def _task_detector(options_json: str) -> _TaskDetector:
 def shard_faces(photos: Sequence[str], job: ShardJob) -> tuple[np.ndarray, dict[str, Any]]:
     """Every face of a shard's photos: the crops (N, S, S, 3) uint8 and {"sources", "faces", "boxes",
     "scores", "skipped"}, by the one-process rules (`source_faces`)."""
+    import dataclasses
+
     from irface.infer.embed import source_faces
     from irface.infer.images import collect_faces
 
@@ -94,7 +97,9 @@ def shard_faces(photos: Sequence[str], job: ShardJob) -> tuple[np.ndarray, dict[
     meta: dict[str, list] = {"sources": [], "faces": [], "boxes": [], "scores": [], "skipped": []}
     for name in photos:
         try:
-            source = collect_faces([name], job.input_size)[0]  # the listing's own FaceSource for a file
+            # The listing's own FaceSource for a file, read where the driver's relative name points (a
+            # worker's folder is not the driver's), named as the listing named it.
+            source = dataclasses.replace(collect_faces([Path(job.cwd) / name], job.input_size)[0], name=name)
         except DataError as e:  # the photo went away since the listing
             meta["skipped"].append({"name": name, "reason": str(e)})
             continue
@@ -257,9 +262,13 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
     from irface.infer.images import collect_faces
     from irface.infer.photo import _check_mode
 
+    from irface.infer.embed import OUTPUT_SUFFIXES
+
     _check_mode(mode)
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    if Path(output).suffix.lower() in OUTPUT_SUFFIXES:
+        raise ConfigError(f"{output}: with --ray the output is a folder of Parquet shards (e.g. {Path(output).stem})")
     output = check_output_folder(output)
     # The model is opened here once (on the CPU) to refuse a bad file before Ray starts, and for its
     # fingerprint and sizes; the actors open their own.
@@ -270,8 +279,8 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
                           "embed it without --ray")
     names = [s.name for s in sources]
     ranges = shard_ranges(len(names), shard_size)
-    job = ShardJob(str(output), model, embedder.input_size, embedder.embedding_size, mode, all_faces,
-                   detector, quality, batch_size)
+    job = ShardJob(str(output.resolve()), {**model, "path": str(Path(model["path"]).resolve())}, embedder.input_size,
+                   embedder.embedding_size, mode, all_faces, detector, quality, batch_size, os.getcwd())
     run = {"fingerprint": model_fingerprint(embedder), "embedding_size": embedder.embedding_size,
            "input_size": embedder.input_size, "precision": model.get("precision", "fp32"),
            "options": {"mode": mode, "all_faces": all_faces, "quality": quality, "detector": detector},
