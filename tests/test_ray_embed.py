@@ -223,6 +223,15 @@ def test_bad_uses_are_one_line_before_any_work(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "junk").iterdir()] == ["notes.txt"]  # nothing written beside it
 
 
+def test_without_the_ray_extra_one_line_names_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    capsys.readouterr()
+    assert main(["embed", MODEL, str(REALFACE / "photos"), "--ray", "--output", str(tmp_path / "shards")]) == 2
+    assert capsys.readouterr().err.strip() == ("irface embed: error: irface embed --ray needs the ray extra: "
+                                                "pip install 'irface[ray]'")
+    assert not (tmp_path / "shards").exists()
+
+
 def test_actor_pool_leaves_cpus_for_the_detection_tasks():
     assert pool_size({"CPU": 2}) == (1, 0)
     assert pool_size({"CPU": 64}) == (16, 0)
@@ -241,3 +250,17 @@ def test_building_the_cli_imports_no_ray():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": SRC})
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_strict_stops_on_the_same_photo_with_the_same_line(photos, ray_cluster, tmp_path, capsys):
+    lines = []
+    for extra in ([], ["--ray", "--shard-size", "4"]):
+        out = tmp_path / ("shards" if extra else "e.npz")
+        capsys.readouterr()
+        assert main(["embed", MODEL, str(photos), "--output", str(out), "--strict", "--device", "cpu",
+                     "--no-progress", *extra]) == 2
+        lines.append([line for line in capsys.readouterr().err.splitlines() if line.startswith("irface embed:")])
+    assert lines[0] == lines[1] == [f"irface embed: error: {photos / 'obama' / 'broken.jpg'}: cannot decode image "
+                                    "(not an image format Pillow reads)"]
+    assert not Manifest.read(tmp_path / "shards").complete()  # the shard with the bad photo is not marked done

@@ -269,6 +269,7 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     if Path(output).suffix.lower() in OUTPUT_SUFFIXES:
         raise ConfigError(f"{output}: with --ray the output is a folder of Parquet shards (e.g. {Path(output).stem})")
+    _import_ray()  # a missing extra is one line before anything is written
     output = check_output_folder(output)
     # The model is opened here once (on the CPU) to refuse a bad file before Ray starts, and for its
     # fingerprint and sizes; the actors open their own.
