@@ -232,7 +232,7 @@ def _run_pipeline(job: ShardJob, shards: list[tuple[int, list[str]]], manifest: 
     _quiet_ray_data(ctx, verbose)
     n_actors, gpus = pool_size(ray.cluster_resources(), actors)
     log.info("embedding %d shards on Ray: %d model actor(s)%s", len(shards), n_actors, " (1 GPU each)" if gpus else "")
-    ds = ray.data.from_items([{"shard": k, "photos": photos} for k, photos in shards], override_num_blocks=len(shards))
+    ds: Any = ray.data.from_items([{"shard": k, "photos": photos} for k, photos in shards], override_num_blocks=len(shards))
     # max_calls=0 is Ray's default for tasks (a worker runs any number); it is named so that the two stages'
     # remote arguments differ and Ray Data does not fuse detection into the actors, which would leave it
     # to the pool's few CPUs.
@@ -279,6 +279,7 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
         raise ConfigError("--ray takes image files and folders; a RecordIO archive holds aligned crops already: "
                           "embed it without --ray")
     names = [s.name for s in sources]
+    del sources  # the driver holds the listing of every photo: keep only the names
     ranges = shard_ranges(len(names), shard_size)
     job = ShardJob(str(output.resolve()), {**model, "path": str(Path(model["path"]).resolve())}, embedder.input_size,
                    embedder.embedding_size, mode, all_faces, detector, quality, batch_size, os.getcwd())
@@ -328,7 +329,7 @@ def summarize(manifest: Manifest, *, done_before: int, written: int, seconds: fl
     if manifest.data["options"].get("quality"):
         from irface.infer.shards import read_shards
 
-        norms = read_shards(manifest.folder).norms
+        norms = np.asarray(read_shards(manifest.folder).norms)
         summary["norm"] = {"min": float(norms.min()), "median": float(np.median(norms)), "max": float(norms.max())}
     return summary
 
