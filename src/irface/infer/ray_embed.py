@@ -302,6 +302,7 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
             started_ray = start_ray(address, num_cpus, verbose)
             try:
                 _run_pipeline(job, pending, manifest, actors=actors, strict=strict, progress=progress, verbose=verbose)
+                remove_partial_files(output)  # an actor killed while writing left its temporary file
             finally:
                 if started_ray:
                     import ray
