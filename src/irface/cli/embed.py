@@ -8,6 +8,10 @@ from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
 
+LOCAL = "local"  # --ray without an address
+# Photos per shard when --shard-size is not given (declared here: building the parser imports no irface.infer).
+DEFAULT_SHARD_SIZE = 1000
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -37,18 +41,15 @@ def register(sub) -> None:
     r.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
                    help="detect and align in Ray tasks, embed in a pool of model actors (one per GPU), and write "
                         "--output as a folder of Parquet shards with a manifest; a rerun resumes. ADDRESS: a Ray "
-                        "cluster (ray://host:10001 or host:6379); without it a local Ray on this machine's CPUs")
+                        "cluster's head (host:6379); without it a local Ray on this machine's CPUs")
     r.add_argument("--shard-size", type=int, default=None, metavar="N",
-                   help="photos per shard: the unit of work, of output file and of resuming (default 1000)")
+                   help=f"photos per shard: the unit of work, of output file and of resuming (default {DEFAULT_SHARD_SIZE})")
     r.add_argument("--actors", type=int, default=0, metavar="N",
                    help="model actors (default: one per GPU; on CPUs only, a quarter of the cluster's CPUs)")
     r.add_argument("--ray-cpus", type=int, default=None, metavar="N",
                    help="CPUs of the local Ray (default: this machine's); ignored with ADDRESS")
     add_json_argument(p)
     p.set_defaults(func=run)
-
-
-LOCAL = "local"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +85,7 @@ def _norms_and_skips(summary: dict) -> str:
 
 def run_ray(args: argparse.Namespace) -> int:
     from irface.cli._faces import DETECTOR_DEFAULTS, detector_options
-    from irface.infer.ray_embed import DEFAULT_SHARD_SIZE, embed_to_shards
+    from irface.infer.ray_embed import embed_to_shards
 
     options = detector_options(args)
     model = {"path": args.model, "network": args.network, "device": args.device, "precision": args.precision,

@@ -34,7 +34,6 @@ from irface.infer.shards import (Manifest, check_output_folder, exclusive, listi
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 1000
 RAY_HINT = "irface embed --ray needs the ray extra: pip install 'irface[ray]'"
 
 
@@ -251,7 +250,7 @@ def _run_pipeline(job: ShardJob, shards: list[tuple[int, list[str]]], manifest: 
 
 def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output: str | Path, *,
                     address: Optional[str] = None, num_cpus: Optional[int] = None,
-                    shard_size: int = DEFAULT_SHARD_SIZE, actors: int = 0, batch_size: int = 64,
+                    shard_size: int, actors: int = 0, batch_size: int = 64,
                     mode: str = "auto", all_faces: bool = False, strict: bool = False,
                     detector: Optional[dict[str, Any]] = None, quality: bool = False, progress: bool = True,
                     verbose: bool = False) -> dict[str, Any]:
