@@ -77,9 +77,8 @@ def embed_photos(embedder: Embedder, sources: Sequence[FaceSource], *, mode: str
     return embed_sources(embedder, sources, batch_size, progress, mode=mode, detector=detector)
 
 
-def _boxes(result: EmbedResult) -> Optional[np.ndarray]:
+def _boxes(boxes: Sequence[Optional[Sequence[float]]]) -> Optional[np.ndarray]:
     # Aligned crops have no box; NaN stands for one in a batch that mixes both.
-    boxes = [f.get("box") for f in result.faces]
     if all(b is None for b in boxes):
         return None
     return np.array([b if b is not None else [np.nan] * 4 for b in boxes], np.float64)
@@ -100,7 +99,7 @@ def enroll_folders(gallery: Gallery, embedder: Embedder, folders: dict[str, list
         raise DataError(f"no face found in any of the {len(all_photos)} photos")
     identities = [identity_of[name] for name in result.names]
     gallery.train(result.embeddings)  # IVF learns its lists from everything enrolled (a no-op otherwise)
-    gallery.add_many(identities, result.embeddings, result.names, _boxes(result))
+    gallery.add_many(identities, result.embeddings, result.names, _boxes([f.get("box") for f in result.faces]))
     return {"faces": len(result.names), "identities": len(set(identities)), "skipped": result.skipped}
 
 
@@ -149,11 +148,8 @@ def enroll_embeddings(gallery: Gallery, folder: str | Path) -> dict[str, Any]:
         raise DataError(f"{folder}: no face inside an identity folder (ROOT/<identity>/photo) to enrol")
     embeddings = data.embeddings[rows]
     sources = [data.sources[i] for i in rows]
-    boxes = None
-    if any(data.boxes[i] is not None for i in rows):  # NaN for an aligned crop's missing box, as `_boxes`
-        boxes = np.array([data.boxes[i] if data.boxes[i] is not None else [np.nan] * 4 for i in rows], np.float64)
     gallery.train(embeddings)
-    gallery.add_many(identities, embeddings, sources, boxes)
+    gallery.add_many(identities, embeddings, sources, _boxes([data.boxes[i] for i in rows]))
     return {"faces": len(rows), "identities": len(set(identities)), "skipped": skipped}
 
 
