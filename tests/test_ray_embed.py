@@ -321,3 +321,27 @@ def test_a_killed_model_actor_is_restarted_and_the_run_completes(photos, one_pro
     largest = [i for i, n in enumerate(names) if "#" not in n or n.endswith("#0")]
     assert got.names() == [names[i].removesuffix("#0") for i in largest]
     assert np.abs(got.embeddings - expected[largest]).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_a_gallery_from_the_runs_of_two_parts(ray_cluster, tmp_path, capsys):
+    """An archive embedded part by part (one run and folder each) makes one gallery; a folder given twice
+    enrols its photos once."""
+    pytest.importorskip("faiss")
+    from irface.gallery import Gallery
+
+    parts = {"a": ["adams", "biden", "carell"], "b": ["clapton", "lennon"]}
+    folders = []
+    for part, people in parts.items():
+        for who in people:
+            shutil.copytree(REALFACE / "photos" / who, tmp_path / part / who)
+        folders.append(str(tmp_path / f"{part}_shards"))
+        assert main(["embed", MODEL, str(tmp_path / part), "--ray", "--output", folders[-1], "--shard-size", "2",
+                     "--device", "cpu", "--no-progress"]) == 0
+    both = _json_run(capsys, ["gallery", "build", "--from-embeddings", *folders, "--output", str(tmp_path / "g")])
+    assert (both["faces"], both["identities"], both["skipped"]) == (8, 5, [])
+    assert Gallery.open(tmp_path / "g").identities() == sorted(parts["a"] + parts["b"])
+    twice = _json_run(capsys, ["gallery", "build", "--from-embeddings", folders[0], folders[0],
+                               "--output", str(tmp_path / "g2")])
+    assert (twice["faces"], len(twice["skipped"])) == (4, 4)
+    assert all(s["reason"].endswith(f"enrolled already from {folders[0]}") for s in twice["skipped"])

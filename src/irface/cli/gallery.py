@@ -35,9 +35,10 @@ def register(sub) -> None:
                                     "embedding again.")
     b.add_argument("folder", metavar="GALLERY_DIR", nargs="?",
                    help="one folder of photos per identity (the folder name)")
-    b.add_argument("--from-embeddings", metavar="DIR",
-                   help="the --output folder of irface embed GALLERY_DIR --ray: its largest face per photo, under "
-                        "the photo's identity folder, for the model recorded there (no --model)")
+    b.add_argument("--from-embeddings", metavar="DIR", nargs="+",
+                   help="the --output folder(s) of irface embed GALLERY_DIR --ray (one per part of an archive): the "
+                        "largest face per photo, under the photo's identity folder, for the model recorded there "
+                        "(no --model)")
     b.add_argument("--output", "-o", required=True, metavar="G", help="the gallery file to write (e.g. faces.gallery)")
     b.add_argument("--templates", action="store_true", help="also keep one mean template per identity, and search those")
     b.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help=INDEX_HELP)
@@ -143,13 +144,13 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict) -> int:
     from irface.gallery.photos import build_from_embeddings
 
     if args.folder is not None or args.model is not None:
-        raise ConfigError("--from-embeddings takes the photos and the model its folder records: "
+        raise ConfigError("--from-embeddings takes the photos and the model its folders record: "
                           "leave out GALLERY_DIR and --model")
     summary = build_from_embeddings(args.from_embeddings, args.output, templates=args.templates, index=args.index,
                                     params=params)
     emit(summary, args.json, f"wrote {args.output}: {summary['faces']} faces of {summary['identities']} identities "
                              f"({args.index} index{', templates' if args.templates else ''}) from the embeddings in "
-                             f"{args.from_embeddings}" + _skips(summary))
+                             f"{', '.join(args.from_embeddings)}" + _skips(summary))
     return 0
 
 

@@ -123,49 +123,64 @@ def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path,
     return {**summary, "gallery": str(output), "index": index, "templates": templates}
 
 
-def enroll_embeddings(gallery: Gallery, folder: str | Path) -> dict[str, Any]:
-    """Add the faces of a finished `irface embed --ray` folder to `gallery` without embedding again: the
-    largest face of each photo (face 0), under the identity of its folder (`identity_of` the run's inputs).
-    The gallery's model must be the one that made the embeddings."""
+def enroll_embeddings(gallery: Gallery, folders: Sequence[str | Path]) -> dict[str, Any]:
+    """Add the faces of finished `irface embed --ray` folders to `gallery` without embedding again: the
+    largest face of each photo (face 0), under the identity of its folder (`identity_of` its run's inputs);
+    a photo found in an earlier folder is skipped. The gallery's model must be the one of every folder."""
     from irface.infer.shards import read_shards
 
-    data = read_shards(folder)
-    gallery.check_model(data.manifest.data["fingerprint"])
-    roots = data.manifest.data["inputs"]
-    rows, identities, skipped = [], [], list(data.skipped)
-    for i, (source, k) in enumerate(zip(data.sources, data.face_index)):
-        if k != 0:  # --all-faces rows past the largest: `gallery build` enrols one face per photo
-            continue
-        try:
-            identities.append(identity_of(source, roots))
-        except GalleryError as e:
-            skipped.append({"name": source, "reason": str(e)})
-            continue
-        rows.append(i)
-    for s in skipped[len(data.skipped):]:
-        log.warning("skipped %s", s["reason"])
-    if not rows:
-        raise DataError(f"{folder}: no face inside an identity folder (ROOT/<identity>/photo) to enrol")
-    embeddings = data.embeddings[rows]
-    sources = [data.sources[i] for i in rows]
+    rows: list[np.ndarray] = []
+    identities: list[str] = []
+    sources: list[str] = []
+    boxes: list[Optional[list[float]]] = []
+    skipped: list[dict[str, str]] = []
+    first: dict[str, str] = {}
+    for folder in folders:
+        data = read_shards(folder)
+        gallery.check_model(data.manifest.data["fingerprint"])
+        roots = data.manifest.data["inputs"]
+        skipped += data.skipped
+        keep = []
+        for i, (source, k) in enumerate(zip(data.sources, data.face_index)):
+            if k != 0:  # --all-faces rows past the largest: `gallery build` enrols one face per photo
+                continue
+            try:
+                if source in first:
+                    raise GalleryError(f"{source}: enrolled already from {first[source]}")
+                identity = identity_of(source, roots)
+            except GalleryError as e:
+                log.warning("skipped %s", e)
+                skipped.append({"name": source, "reason": str(e)})
+                continue
+            first[source] = str(folder)
+            keep.append(i)
+            identities.append(identity)
+            sources.append(source)
+            boxes.append(data.boxes[i])
+        rows.append(data.embeddings[keep])
+    if not sources:
+        raise DataError(f"{', '.join(map(str, folders))}: no face inside an identity folder (ROOT/<identity>/photo) "
+                        "to enrol")
+    embeddings = np.concatenate(rows)
     gallery.train(embeddings)
-    gallery.add_many(identities, embeddings, sources, _boxes([data.boxes[i] for i in rows]))
-    return {"faces": len(rows), "identities": len(set(identities)), "skipped": skipped}
+    gallery.add_many(identities, embeddings, sources, _boxes(boxes))
+    return {"faces": len(sources), "identities": len(set(identities)), "skipped": skipped}
 
 
-def build_from_embeddings(folder: str | Path, output: str | Path, *, templates: bool = False, index: str = "flat",
-                          params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """`irface gallery build --from-embeddings`: a new gallery file at `output` from an `irface embed --ray`
-    folder, for the model recorded there."""
+def build_from_embeddings(folders: Sequence[str | Path], output: str | Path, *, templates: bool = False,
+                          index: str = "flat", params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """`irface gallery build --from-embeddings`: a new gallery file at `output` from `irface embed --ray`
+    folders (one run, or one per part of an archive), for the model recorded there."""
     from irface.infer.shards import Manifest
 
-    manifest = Manifest.read(folder)
+    manifest = Manifest.read(folders[0])
     gallery = Gallery.create(output, fingerprint=manifest.data["fingerprint"],
                              embedding_size=int(manifest.data["embedding_size"]), index=index, templates=templates,
                              model=manifest.data["model"], params=params)
-    summary = enroll_embeddings(gallery, folder)
+    summary = enroll_embeddings(gallery, folders)
     gallery.save()
-    return {**summary, "gallery": str(output), "index": index, "templates": templates, "embeddings": str(folder)}
+    return {**summary, "gallery": str(output), "index": index, "templates": templates,
+            "embeddings": [str(f) for f in folders]}
 
 
 def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,
