@@ -76,6 +76,11 @@ EXPECT: dict[str, list[str]] = {
     # decides every pair of the fixtures right and verify then uses it.
     "irface detect tests/fixtures/realface/group/t1.jpg": ["6 face(s)"],
     "irface calibrate photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos": ["accuracy 1.0000"],
+    # docs/scaling.md: the photos in 3 Parquet shards on a local Ray; the same command again finds them done
+    # (the rerun's key comes first: the first run's is a substring of it); the gallery enrols them all.
+    "--ray --shard-size 8 --output photos_out/shards --no-progress --json": ["21 embeddings", "0 now, 3 done before"],
+    "--ray --shard-size 8 --output photos_out/shards --no-progress": ["21 embeddings", "3 Parquet shards (3 now, 0 done"],
+    "irface gallery build --from-embeddings photos_out/shards": ["21 faces of 10 identities"],
     "irface verify photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos/obama/obama.jpg "
     "tests/fixtures/realface/photos/biden/biden.jpg": ["different people", "from the calibration"],
 }

@@ -7,6 +7,7 @@ import argparse
 from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
+from irface.errors import ConfigError
 
 INDEX_HELP = ("flat: exact inner product (default); ivf or hnsw: approximate, for galleries of a million faces "
               "and more (benchmarks/README.md has recall and speed)")
@@ -29,8 +30,15 @@ def register(sub) -> None:
 
     b = gsub.add_parser("build", help="a new gallery from GALLERY_DIR/<identity>/*.jpg",
                         description="Detect, align and embed the largest face of every photo under "
-                                    "GALLERY_DIR/<identity>/ and write the gallery file OUTPUT (atomically).")
-    b.add_argument("folder", metavar="GALLERY_DIR", help="one folder of photos per identity (the folder name)")
+                                    "GALLERY_DIR/<identity>/ and write the gallery file OUTPUT (atomically); or, "
+                                    "with --from-embeddings, enrol what irface embed --ray wrote without "
+                                    "embedding again.")
+    b.add_argument("folder", metavar="GALLERY_DIR", nargs="?",
+                   help="one folder of photos per identity (the folder name)")
+    b.add_argument("--from-embeddings", metavar="DIR", nargs="+",
+                   help="the --output folder(s) of irface embed GALLERY_DIR --ray (one per part of an archive): the "
+                        "largest face per photo, under the photo's identity folder, for the model recorded there "
+                        "(no --model)")
     b.add_argument("--output", "-o", required=True, metavar="G", help="the gallery file to write (e.g. faces.gallery)")
     b.add_argument("--templates", action="store_true", help="also keep one mean template per identity, and search those")
     b.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help=INDEX_HELP)
@@ -40,7 +48,7 @@ def register(sub) -> None:
     k.add_argument("--m", type=int, help="hnsw: links per node")
     k.add_argument("--ef-construction", type=int, help="hnsw: candidates while building")
     k.add_argument("--ef-search", type=int, help="hnsw: candidates while searching")
-    _model_arguments(b, required=True)
+    _model_arguments(b, required=False)
     add_json_argument(b)
     b.set_defaults(func=run_build)
 
@@ -120,11 +128,29 @@ def run_build(args: argparse.Namespace) -> int:
     params = {k: getattr(args, k) for k in ("nlist", "nprobe", "m", "ef_construction", "ef_search")
               if getattr(args, k) is not None}
     index_params(args.index, params)  # refuse a wrong parameter before any work
+    if args.from_embeddings is not None:
+        return _build_from_embeddings(args, params)
+    if args.folder is None or args.model is None:
+        raise ConfigError("gallery build needs GALLERY_DIR and --model (or --from-embeddings DIR)")
     embedder = model_from_args(args)
     summary = build_from_folders(args.folder, embedder, args.output, templates=args.templates, index=args.index,
                                  params=params, model=args.model, **_options(args))
     emit(summary, args.json, f"wrote {args.output}: {summary['faces']} faces of {summary['identities']} identities "
                              f"({args.index} index{', templates' if args.templates else ''})" + _skips(summary))
+    return 0
+
+
+def _build_from_embeddings(args: argparse.Namespace, params: dict) -> int:
+    from irface.gallery.photos import build_from_embeddings
+
+    if args.folder is not None or args.model is not None:
+        raise ConfigError("--from-embeddings takes the photos and the model its folders record: "
+                          "leave out GALLERY_DIR and --model")
+    summary = build_from_embeddings(args.from_embeddings, args.output, templates=args.templates, index=args.index,
+                                    params=params)
+    emit(summary, args.json, f"wrote {args.output}: {summary['faces']} faces of {summary['identities']} identities "
+                             f"({args.index} index{', templates' if args.templates else ''}) from the embeddings in "
+                             f"{', '.join(args.from_embeddings)}" + _skips(summary))
     return 0
 
 

@@ -56,6 +56,11 @@ def default_detector():
     return load_detector()
 
 
+def face_name(name: str, k: int) -> str:
+    """The name of a photo's k-th face when every face is kept (`photo.jpg#0` is the largest)."""
+    return f"{name}#{k}"
+
+
 def no_face_error(name: str, detector=None) -> DataError:
     """The one line for a photo in which the detector found no face, with what it looked for."""
     detector = detector if detector is not None else default_detector()
@@ -97,7 +102,7 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
             log.warning("%s: %d faces found; using the largest (--all-faces embeds each)", name, len(faces))
         f = faces[0]
         return [PhotoFace(name, align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)]
-    return [PhotoFace(f"{name}#{k}", align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)
+    return [PhotoFace(face_name(name, k), align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)
             for k, f in enumerate(faces)]
 
 
