@@ -17,6 +17,7 @@ from irface.errors import DataError, GalleryError
 from irface.eval.identification import FPIRS, RANKS, rank_k, threshold_at_fpir, tpir_at_fpir
 from irface.gallery.fingerprint import model_fingerprint
 from irface.gallery.gallery import Gallery, decision, validate_identity
+from irface.gallery.opener import create_gallery
 from irface.infer.embed import EmbedResult, embed_sources
 from irface.infer.images import FaceSource, collect_faces
 from irface.infer.model_file import Embedder
@@ -92,14 +93,15 @@ def enroll_photos(gallery: Gallery, embedder: Embedder, identity: str, photos: S
 def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path, *, templates: bool = False,
                        index: str = "flat", params: Optional[dict[str, Any]] = None,
                        model: Optional[str] = None, **options: Any) -> dict[str, Any]:
-    """`irface gallery build`: a new gallery file at `output` from `root/<identity>/*` photos."""
+    """`irface gallery build`: a new gallery at `output` (a file or a postgresql:// URL) from `root/<identity>/*` photos."""
     folders, skipped = identity_folders(root, embedder.input_size)
-    gallery = Gallery.create(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
+    gallery = create_gallery(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
                              index=index, templates=templates, model=model or embedder.info.get("path"), params=params)
-    summary = enroll_folders(gallery, embedder, folders, **options)
-    gallery.save()
+    with gallery:
+        summary = enroll_folders(gallery, embedder, folders, **options)
+        gallery.save()
     summary["skipped"] = skipped + summary["skipped"]
-    return {**summary, "gallery": str(output), "index": index, "templates": templates}
+    return {**summary, "gallery": gallery.location, "index": index, "templates": templates}
 
 
 def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,
@@ -154,5 +156,5 @@ def evaluate_photos(gallery: Gallery, embedder: Embedder, probes_root: str | Pat
             nonmated.append(row[0].similarity if row else -np.inf)
     report = identification_figures(ranks, scores, nonmated)
     report.update({"probes": len(result.names), "skipped": skipped + result.skipped,
-                   "gallery": str(gallery.path), "gallery_identities": len(enrolled)})
+                   "gallery": gallery.location, "gallery_identities": len(enrolled)})
     return report
