@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import re
+import secrets
 import sqlite3
 import tempfile
 import threading
@@ -30,6 +31,7 @@ import numpy as np
 
 from irface.errors import GalleryError
 from irface.gallery.index import FaceIndex, index_params
+from irface.gallery.journal import Journal, generation_of, journal_path
 from irface.gallery.store import GalleryFile, write_gallery_file
 
 _SCHEMA = """
@@ -43,6 +45,8 @@ CREATE TABLE templates (identity TEXT PRIMARY KEY, count INTEGER NOT NULL, total
 # Galleries saved before this table existed get it when opened.
 _THUMBNAILS = "CREATE TABLE IF NOT EXISTS thumbnails (id INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);"
 _MAX_NAME = 128
+# The journal is folded into the file once it is larger than the file and than this.
+_COMPACT_MIN_BYTES = 4 << 20
 # Letters of any script, digits, space and . _ - ' ( ) ,  -- no path separators or control characters.
 _NAME_RE = re.compile(r"^[\w .'(),\-]+$")
 
@@ -161,6 +165,8 @@ class Gallery:
         self._db_lock = threading.Lock()  # one sqlite connection, used from many threads
         self._load_codes()
         self._template_cache: Optional[tuple[list[str], np.ndarray, dict[str, str]]] = None
+        self._journal: Optional[Journal] = None  # a file gallery on disk: its changes since the last save
+        self._file_bytes = self.path.stat().st_size if self.path is not None and self.path.is_file() else 0
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -197,18 +203,43 @@ class Gallery:
                 raise GalleryError(f"{path}: gallery metadata is unreadable ({e})") from None
             index = FaceIndex.read(header["index"], int(header["embedding_size"]), header.get("index_params", {}),
                                    gf.section_reader("index") if gf.has("index") else None)
+            digest = gf.digest
         gallery = cls(path, header, db, index)
         if len(index) != header.get("faces", len(index)) or len(index) != gallery._count_faces():
             raise GalleryError(f"{path}: gallery index and metadata disagree ({len(index)} vectors, "
                                f"{gallery._count_faces()} rows); rebuild it")
+        gallery._journal = Journal(journal_path(path), generation_of(digest))
+        gallery._replay(gallery._journal.replay())
         return gallery
+
+    def _replay(self, records: list[tuple[dict[str, Any], bytes]]) -> None:
+        """Apply the journal's changes made since the file was saved (`irface.gallery.journal`)."""
+        for header, blobs in records:
+            ids = np.array(header["ids"], np.int64)
+            if header["op"] == "remove":
+                self._apply_remove(ids)
+                continue
+            n, pos = len(ids), 0
+            if header.get("trained"):
+                self._index.load_trained(blobs[:header["trained"]])
+                pos = header["trained"]
+            x = np.frombuffer(blobs, np.float32, n * self.embedding_size, pos).reshape(n, self.embedding_size)
+            pos += x.nbytes
+            thumbs: list[Optional[bytes]] = []
+            for length in header["thumbs"]:
+                thumbs.append(None if length < 0 else blobs[pos:pos + length])
+                pos += max(length, 0)
+            boxes = [tuple(b) if b is not None else (None,) * 4 for b in header["boxes"]]
+            self._apply_add(ids, header["identities"], header["sources"], boxes, x.copy(), thumbs)
 
     def check_model(self, fingerprint: str) -> None:
         """Refuse (GalleryError, one line) to serve queries embedded by a model other than the gallery's."""
         _check_fingerprint(self.location, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
 
     def close(self) -> None:
-        """Release what the store holds (the file gallery has nothing open between calls)."""
+        """Fold the journal into the gallery file (a compaction) if it holds changes; nothing stays open."""
+        if self._journal is not None and self._journal.size():
+            self.save()
 
     def __enter__(self) -> "Gallery":
         return self
@@ -222,10 +253,30 @@ class Gallery:
 
     def _persist_add(self, ids: np.ndarray, names: list[str], sources: list[str], box_rows: list[tuple],
                      x: np.ndarray, thumbnails: list[Optional[bytes]]) -> None:
-        """Make an enrolment durable before it is applied in memory (a file gallery: at `save()`)."""
+        """Make an enrolment durable before it is applied in memory: a journal record beside the gallery
+        file (a gallery not saved yet is held in memory until `save()`). Callers hold the write lock."""
+        if self._journal is None:
+            return
+        trained = b""
+        if self._index.kind == "ivf" and self._index.index is None:
+            # The first add teaches an IVF its lists: the record carries them, so replay makes the same ones.
+            self._index.train(x)
+            trained = self._index.trained_bytes() or b""
+        header = {"op": "add", "ids": ids.tolist(), "identities": names, "sources": sources,
+                  "boxes": [None if b[0] is None else list(b) for b in box_rows],
+                  "thumbs": [-1 if t is None else len(t) for t in thumbnails], "trained": len(trained)}
+        self._journal.append(header, trained + x.tobytes() + b"".join(t for t in thumbnails if t is not None))
 
     def _persist_remove(self, identity: str, ids: np.ndarray) -> None:
-        """Make a removal durable before it is applied in memory (a file gallery: at `save()`)."""
+        """Make a removal durable before it is applied in memory (see `_persist_add`)."""
+        if self._journal is not None:
+            self._journal.append({"op": "remove", "identity": identity, "ids": ids.tolist()})
+
+    def _compact_if_due(self) -> None:
+        """Fold the journal into the file once it outgrows the file: each change then costs O(1) amortised."""
+        journal = self._journal
+        if journal is not None and self.path is not None and journal.size() > max(_COMPACT_MIN_BYTES, self._file_bytes):
+            self.save()
 
     # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -356,6 +407,7 @@ class Gallery:
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             self._persist_add(ids, names, sources, box_rows, x, thumbs)
             self._apply_add(ids, names, sources, box_rows, x, thumbs)
+        self._compact_if_due()
         return ids.tolist()
 
     def _apply_add(self, ids: np.ndarray, names: list[str], sources: list[str], box_rows: list[tuple],
@@ -412,7 +464,8 @@ class Gallery:
                 return 0
             self._persist_remove(identity, ids)
             self._apply_remove(ids)
-            return len(ids)
+        self._compact_if_due()
+        return len(ids)
 
     def _ids_of(self, identity: str) -> np.ndarray:
         with self._db_lock:
@@ -602,14 +655,23 @@ class Gallery:
         with self._save_lock, self._lock.read():
             with self._db_lock:
                 metadata = _db_bytes(self._db)
+            # `generation` makes every save's bytes, hence its digest (the journal's key), new.
             header = {"fingerprint": self.fingerprint, "embedding_size": self.embedding_size,
                       "templates": self.templates, "model": self.model, "created": self.created,
                       "saved": _now(), "next_id": self._next_id, "faces": len(self._index),
-                      "index": self._index.kind, "index_params": dict(self._index.params)}
+                      "index": self._index.kind, "index_params": dict(self._index.params),
+                      "generation": secrets.token_hex(8)}
             sections = [("metadata", lambda write: write(metadata))]
             if self._index.index is not None:
                 sections.append(("index", self._index.write))
-            write_gallery_file(target, header, sections)
+            digest = write_gallery_file(target, header, sections)
+            if self.path is not None and target.resolve() == self.path.resolve():
+                # The file now holds every change: an empty journal for its new generation (a leftover
+                # journal of an older gallery at this path is emptied too).
+                if self._journal is None:
+                    self._journal = Journal(journal_path(target), generation_of(digest))
+                self._journal.reset(generation_of(digest))
+                self._file_bytes = target.stat().st_size
         return target
 
 
