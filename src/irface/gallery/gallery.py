@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import re
 import secrets
 import sqlite3
@@ -29,7 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from irface.errors import GalleryError
+from irface.errors import GalleryError, UserError
 from irface.gallery.index import FaceIndex, index_params
 from irface.gallery.journal import Journal, generation_of, journal_path
 from irface.gallery.store import GalleryFile, write_gallery_file
@@ -44,6 +45,7 @@ CREATE TABLE templates (identity TEXT PRIMARY KEY, count INTEGER NOT NULL, total
 # face (a folder beside the gallery would keep a picture of a face whose enrolment never reached the file).
 # Galleries saved before this table existed get it when opened.
 _THUMBNAILS = "CREATE TABLE IF NOT EXISTS thumbnails (id INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);"
+log = logging.getLogger(__name__)
 _MAX_NAME = 128
 # The journal is folded into the file once it is larger than the file and than this.
 _COMPACT_MIN_BYTES = 4 << 20
@@ -276,7 +278,10 @@ class Gallery:
         """Fold the journal into the file once it outgrows the file: each change then costs O(1) amortised."""
         journal = self._journal
         if journal is not None and self.path is not None and journal.size() > max(_COMPACT_MIN_BYTES, self._file_bytes):
-            self.save()
+            try:
+                self.save()
+            except UserError as e:  # the change itself is in the journal: answer it, compact another time
+                log.warning("%s: compaction failed, the journal keeps the changes (%s)", self.path, e)
 
     # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -354,14 +359,15 @@ class Gallery:
         return "file"
 
     # ---- changes ------------------------------------------------------------------------------
-    def add(self, identity: str, embeddings: Any, sources: Sequence[str],
-            boxes: Optional[Any] = None) -> list[int]:
+    def add(self, identity: str, embeddings: Any, sources: Sequence[str], boxes: Optional[Any] = None,
+            thumbnails: Optional[Sequence[Optional[bytes]]] = None) -> list[int]:
         """Enrol faces of one identity (embeddings (N, E), one source file each); returns their row ids.
 
-        The embeddings are L2-normalised here. Not on disk until `save()`.
+        The embeddings are L2-normalised here. Durable on return for a gallery in a database or on disk
+        (its journal); a new gallery not saved yet is written by `save()`.
         """
         validate_identity(identity)
-        return self.add_many([identity] * len(sources), embeddings, sources, boxes)
+        return self.add_many([identity] * len(sources), embeddings, sources, boxes, thumbnails)
 
     def add_many(self, identities: Sequence[str], embeddings: Any, sources: Sequence[str],
                  boxes: Optional[Any] = None, thumbnails: Optional[Sequence[Optional[bytes]]] = None) -> list[int]:

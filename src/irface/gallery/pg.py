@@ -56,6 +56,10 @@ CREATE TABLE irface_changes (seq bigint PRIMARY KEY, op text NOT NULL CHECK (op 
 """
 
 
+class _CreatedMeanwhile(GalleryError):
+    """Two processes made a gallery in the same empty database at once; the later one opens the other's."""
+
+
 def is_url(spec: Any) -> bool:
     """Whether a gallery argument names a PostgreSQL database rather than a file."""
     return isinstance(spec, str) and spec.startswith(URL_SCHEMES)
@@ -153,23 +157,31 @@ class PgGallery(Gallery):
 
     # ---- open / create --------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str, *, fingerprint: Optional[str] = None, create: Optional[dict[str, Any]] = None
-             ) -> "PgGallery":
+    def open(cls, url: str, *, fingerprint: Optional[str] = None, create: Optional[dict[str, Any]] = None,
+             load: bool = True) -> "PgGallery":
         """Load the gallery in this database; with `create` (the settings of `Gallery.create`), an empty
-        database gets a new gallery instead of a refusal."""
+        database gets a new gallery instead of a refusal. `load=False`: check it (schema, model) without
+        reading its faces (the result is then only good for `close()`)."""
         where = redact(url)
         conn = _connect(url, where)
         try:
             state = _schema_state(conn)
             if state == "empty" and create is not None:
-                return cls._new(url, conn, **create)
+                gallery = cls._new(url, conn, **create)
+                try:
+                    gallery.save()  # its tables, now: every other process then finds a gallery here
+                    log.info("created an empty gallery in %s", where)
+                    return gallery
+                except _CreatedMeanwhile:
+                    conn = _connect(url, where)  # another process made it first: open that one
+                    state = _schema_state(conn)
             if state == "empty":
                 raise GalleryError(f"{where}: holds no irface gallery (an empty database); build one with "
                                    f"irface gallery build ... --output URL")
             if state != "irface":
                 raise GalleryError(f"{where}: holds no irface gallery but other tables ({state}); "
                                    "give an empty database or one irface made")
-            gallery = cls._load(url, conn, where)
+            gallery = cls._load(url, conn, where, rows=load)
         except BaseException:
             conn.close()
             raise
@@ -214,7 +226,7 @@ class PgGallery(Gallery):
         return cls(url, header, db, FaceIndex(index, int(embedding_size), params), conn, exists=False)
 
     @classmethod
-    def _load(cls, url: str, conn: Any, where: str) -> "PgGallery":
+    def _load(cls, url: str, conn: Any, where: str, rows: bool = True) -> "PgGallery":
         # One snapshot: the rows and the log position they hold agree.
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -240,6 +252,8 @@ class PgGallery(Gallery):
             db = sqlite3.connect(":memory:", check_same_thread=False)
             db.executescript(_SCHEMA)
             gallery = cls(url, header, db, index, conn, exists=True)
+            if not rows:
+                return gallery
             with conn.cursor(name="irface_load", binary=True) as cur:
                 cur.itersize = _LOAD_CHUNK
                 cur.execute("SELECT id, identity, source, x1, y1, x2, y2, embedding FROM irface_faces ORDER BY id")
@@ -274,7 +288,8 @@ class PgGallery(Gallery):
     def _write_schema(self, conn: Any) -> None:
         state = _schema_state(conn)
         if state == "irface":  # another process made it first (two servers starting on an empty database)
-            raise GalleryError(f"{self.location}: another process created a gallery here meanwhile; open it again")
+            raise _CreatedMeanwhile(f"{self.location}: another process created a gallery here meanwhile; "
+                                    "open it again")
         if state != "empty":
             raise GalleryError(f"{self.location}: holds other tables ({state}); give an empty database")
         conn.execute(_PG_SCHEMA)

@@ -5,6 +5,7 @@ and the types they name are imported inside `create_app` (FastAPI is an optional
 """
 
 import contextlib
+import os
 import secrets
 from importlib import resources
 from typing import Any, AsyncIterator, Callable, Optional
@@ -42,6 +43,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     from starlette.concurrency import run_in_threadpool
 
     static = resources.files("irface.serve") / "static"
+    worker = str(os.getpid())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -79,6 +81,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
                                 status_code=403)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Irface-Worker"] = worker  # which of `--workers N` processes answered
         return response
 
     def require_key(x_api_key: Optional[str] = Header(None),

@@ -2,15 +2,16 @@
 
 Every method is synchronous and safe to call from many threads at once (the app runs them in its
 thread pool, off the event loop). The model runs in one thread (`EmbedBatcher`). The gallery has
-its own readers-writer lock, so a search never sees an enrolment half applied; changes are also
-serialised here so that each is answered only after the gallery file on disk holds it.
+its own readers-writer lock, so a search never sees an enrolment half applied; a change returns only
+once its store holds it (the file's journal, synced; or the committed PostgreSQL transaction), so each
+is answered only then. With a PostgreSQL gallery several such processes serve one gallery.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -21,7 +22,7 @@ from irface.infer.model_file import Embedder
 from irface.infer.verify import choose_threshold
 from irface.serve.batcher import EmbedBatcher
 from irface.serve.limits import RequestError
-from irface.serve.thumbnails import ThumbnailStore
+from irface.serve.thumbnails import Thumbnails, thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,13 @@ class FaceService:
         self.batcher = EmbedBatcher(embedder)
         self.threshold, self.threshold_source = choose_threshold(embedder, threshold)
         self.gallery = gallery
-        self.thumbnails = ThumbnailStore.beside(gallery.path) if gallery is not None else None
-        self._change_lock = threading.Lock()
+        self.thumbnails = Thumbnails(gallery) if gallery is not None else None
 
     @classmethod
     def open(cls, embedder: Embedder, gallery: Optional[str | Path] = None, *, detector: Any = None,
              threshold: Optional[float] = None) -> "FaceService":
-        """Serve `embedder` (from `load_model`); the gallery is opened, or created empty if the file is new.
+        """Serve `embedder` (from `load_model`); the gallery (a file or a postgresql:// URL) is opened, or
+        created empty if the file is new or the database empty.
 
         A gallery built with another model, or damaged, is refused (GalleryError, one line).
         """
@@ -62,16 +63,12 @@ class FaceService:
             detector = load_detector()
         opened = None
         if gallery is not None:
-            from irface.gallery import Gallery, model_fingerprint
+            from irface.gallery import model_fingerprint, open_gallery
 
             fingerprint = model_fingerprint(embedder)
-            if Path(gallery).exists():
-                opened = Gallery.open(gallery, fingerprint=fingerprint)
-            else:
-                opened = Gallery.create(gallery, fingerprint=fingerprint, embedding_size=embedder.embedding_size,
-                                        model=embedder.info.get("path"))
-                opened.save()
-                log.info("created an empty gallery at %s", gallery)
+            opened = open_gallery(gallery, fingerprint=fingerprint,
+                                  create={"fingerprint": fingerprint, "embedding_size": embedder.embedding_size,
+                                          "model": embedder.info.get("path")})
         return cls(embedder, detector, opened, threshold)
 
     def start(self) -> None:
@@ -79,6 +76,8 @@ class FaceService:
 
     def close(self) -> None:
         self.batcher.close()
+        if self.gallery is not None:
+            self.gallery.close()  # a file gallery folds its journal in; a database connection is closed
 
     def _threshold(self, threshold: Optional[float]) -> tuple[float, str]:
         if threshold is None:
@@ -140,21 +139,15 @@ class FaceService:
         face = self._faces(photo, name)[0]
         emb = self.batcher.embed(face.crop[None])
         matches = gallery.search(emb, top_k=top_k, threshold=t)[0]
+        # Each match carries its face's id: its picture's URL needs no look-up per match.
         rows = [{"identity": m.identity, "similarity": float(m.similarity), "source": m.source,
-                 "accepted": bool(m.accepted), "thumbnail": self._thumbnail_url(gallery, m)} for m in matches]
+                 "accepted": bool(m.accepted), "thumbnail": Thumbnails.url(m)} for m in matches]
         return {"identity": decision(matches), "threshold": t, "threshold_source": source, "matches": rows,
                 "face": _face_json(face, photo, name)}
 
-    def _thumbnail_url(self, gallery: Any, match: Any) -> Optional[str]:
-        if match.source is None:
-            return None
-        box = None
-        if not match.source.startswith(UPLOAD_PREFIX):  # a photo file: its picture is cut at the face's box
-            box = next((row["box"] for row in gallery.faces(match.identity) if row["source"] == match.source), None)
-        return self.thumbnails.url(match.source, box)
-
     def enroll(self, identity: str, photos: Sequence[tuple[str, np.ndarray]]) -> dict[str, Any]:
-        """Add the largest face of each photo under `identity`; returns once the gallery file holds them.
+        """Add the largest face of each photo under `identity`, with its picture; returns once the gallery's
+        store holds them (a failed write changes nothing, in memory or on disk).
 
         A photo without a face is a reported skip; none at all is an error and changes nothing.
         """
@@ -177,16 +170,8 @@ class FaceService:
         if not crops:
             raise RequestError(f"{identity}: no face found in any of the {len(photos)} photo(s)", 422)
         emb = self.batcher.embed(np.stack(crops))
-        with self._change_lock:
-            written = [self.thumbnails.put(s, c) for s, c in zip(sources, crops)]
-            try:
-                gallery.add(identity, emb, sources, boxes=boxes)
-                gallery.save()
-            except BaseException:
-                for path in written:
-                    path.unlink(missing_ok=True)
-                self._reload()
-                raise
+        # The pictures go in the same change as the faces: none is stored without its face, or outlives it.
+        gallery.add(identity, emb, sources, boxes=boxes, thumbnails=[thumbnail_jpeg(c) for c in crops])
         return {"identity": identity, "added": len(crops), "faces": faces, "skipped": skipped}
 
     def remove(self, identity: str) -> dict[str, Any]:
@@ -194,23 +179,10 @@ class FaceService:
 
         gallery = self._need_gallery()
         identity = validate_identity(identity)
-        with self._change_lock:
-            sources = [row["source"] for row in gallery.faces(identity)]
-            removed = gallery.remove(identity)
-            if removed:
-                try:
-                    gallery.save()
-                except BaseException:
-                    self._reload()
-                    raise
-                self.thumbnails.remove(sources)
+        removed = gallery.remove(identity)  # the faces' pictures with them, in the same change
         if not removed:
             raise RequestError(f"{identity}: not in the gallery", 404)
         return {"identity": identity, "removed": removed}
-
-    def _reload(self) -> None:
-        # A change that could not be saved: what is on disk is the truth, the change is dropped from memory.
-        self.gallery = type(self.gallery).open(self.gallery.path, fingerprint=self.gallery.fingerprint)
 
     def gallery_info(self) -> dict[str, Any]:
         gallery = self._need_gallery()
@@ -221,6 +193,7 @@ class FaceService:
 
     def health(self) -> dict[str, Any]:
         gallery = None if self.gallery is None else self.gallery.info()
-        return {"status": "ok", "model": self.embedder.info.get("path"),
+        # `pid`: which worker answered (`irface serve --workers N` runs N processes behind one port).
+        return {"status": "ok", "pid": os.getpid(), "model": self.embedder.info.get("path"),
                 "embedding_size": self.embedder.embedding_size, "input_size": self.embedder.input_size,
                 "threshold": self.threshold, "threshold_source": self.threshold_source, "gallery": gallery}
