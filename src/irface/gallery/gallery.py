@@ -485,6 +485,7 @@ class Gallery:
         ids = ids[self._identity_of[ids] >= 0]  # faces this memory holds
         if not len(ids):
             return
+        names = {self._names[c] for c in set(self._identity_of[ids].tolist())}
         self._index.remove(ids)
         with self._db_lock, self._db:
             # In chunks: SQLite limits the parameters of one statement.
@@ -493,7 +494,9 @@ class Gallery:
                 marks = ",".join("?" * len(chunk))
                 self._db.execute(f"DELETE FROM faces WHERE id IN ({marks})", chunk)
                 self._db.execute(f"DELETE FROM thumbnails WHERE id IN ({marks})", chunk)
-            self._db.execute("DELETE FROM templates WHERE identity NOT IN (SELECT identity FROM faces)")
+            for who in names:
+                if self._db.execute("SELECT 1 FROM faces WHERE identity = ? LIMIT 1", (who,)).fetchone() is None:
+                    self._db.execute("DELETE FROM templates WHERE identity = ?", (who,))
         self._identity_of[ids] = -1
         self._template_cache = None
 
@@ -604,17 +607,18 @@ class Gallery:
                 all_ids = [r[0] for r in self._db.execute("SELECT id FROM faces ORDER BY id")]
             for a in range(0, len(all_ids), chunk):
                 ids = np.array(all_ids[a:a + chunk], np.int64)
+                lo, hi = int(ids[0]), int(ids[-1])
                 with self._db_lock:
-                    lo, hi = int(ids[0]), int(ids[-1])
                     rows = self._db.execute("SELECT identity, source, x1, y1, x2, y2, fingerprint FROM faces "
                                             "WHERE id BETWEEN ? AND ? ORDER BY id", (lo, hi)).fetchall()
-                    thumbs = dict(self._db.execute("SELECT id, jpeg FROM thumbnails WHERE id BETWEEN ? AND ?",
-                                                   (lo, hi)).fetchall())
-                yield ids, rows, self._index.vectors(ids), [self._thumbnail_for_export(int(i), thumbs) for i in ids]
+                thumbs = self._thumbnails_between(lo, hi)
+                yield ids, rows, self._index.vectors(ids), [thumbs.get(int(i)) for i in ids]
 
-    def _thumbnail_for_export(self, face_id: int, local: dict[int, bytes]) -> Optional[bytes]:
-        t = local.get(face_id)
-        return None if t is None else bytes(t)
+    def _thumbnails_between(self, lo: int, hi: int) -> dict[int, bytes]:
+        """face id -> picture, for the faces with ids in [lo, hi] that have one."""
+        with self._db_lock:
+            return {r[0]: bytes(r[1]) for r in
+                    self._db.execute("SELECT id, jpeg FROM thumbnails WHERE id BETWEEN ? AND ?", (lo, hi))}
 
     def set_template_totals(self, totals: dict[str, tuple[int, bytes]]) -> None:
         """Replace the templates of these identities (None: drop it) with stored sums; callers hold the write lock."""

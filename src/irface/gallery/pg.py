@@ -146,7 +146,7 @@ class PgGallery(Gallery):
                     self._conn.close()
                 self._conn = None
                 raise GalleryUnavailable(f"{self.location}: the database is unavailable ({_libpq_reason(e)}); "
-                                         "nothing was changed by this request") from None
+                                         "try again") from None
 
     def close(self) -> None:
         with self._conn_lock:
@@ -322,18 +322,21 @@ class PgGallery(Gallery):
         """IVF: the database's lists if it has them, else this process's (stored for every other one)."""
         if self._index.kind != "ivf":
             return
+        shared = None
         with self._change() as conn:
             row = conn.execute("SELECT blob FROM irface_meta WHERE key = 'ivf_trained'").fetchone()
             if row is not None:
-                if self._index.index is None:
-                    with self._lock.write():
-                        self._index.load_trained(bytes(row[0]))
-                return
-            trained = self._index.trained_bytes()
-            if trained is not None:
-                conn.execute("INSERT INTO irface_meta (key, blob) VALUES ('ivf_trained', %s)", (trained,))
-                conn.execute("UPDATE irface_meta SET value = %s WHERE key = 'index_params'",
-                             (json.dumps(self._index.params),))
+                shared = bytes(row[0])
+            else:
+                trained = self._index.trained_bytes()
+                if trained is not None:
+                    conn.execute("INSERT INTO irface_meta (key, blob) VALUES ('ivf_trained', %s)", (trained,))
+                    conn.execute("UPDATE irface_meta SET value = %s WHERE key = 'index_params'",
+                                 (json.dumps(self._index.params),))
+        if shared is not None and self._index.index is None:
+            # Taken after the transaction: never wait for the gallery's lock while holding the connection.
+            with self._lock.write():
+                self._index.load_trained(shared)
 
     def _commit_add(self, names: list[str], x: np.ndarray, sources: list[str], box_rows: list[tuple],
                     thumbs: list[Optional[bytes]]) -> list[int]:
@@ -361,8 +364,16 @@ class PgGallery(Gallery):
             conn.execute("INSERT INTO irface_changes (seq, op, identity, face_ids) "
                          "SELECT coalesce(max(seq), 0) + 1, 'add', %s, %s FROM irface_changes",
                          (names[0] if len(set(names)) == 1 else None, ids.tolist()))
-        self._sync()
+        self._sync_after_commit()
         return ids.tolist()
+
+    def _sync_after_commit(self) -> None:
+        # The change is committed: a database lost just now must not turn it into an error (every later
+        # read catches up first, or fails itself).
+        try:
+            self._sync()
+        except GalleryUnavailable as e:
+            log.warning("%s", e)
 
     def _write_identities(self, conn: Any, names: list[str], x: np.ndarray) -> None:
         """Each identity's face count, and with templates its float64 sum, updated as the file gallery sums."""
@@ -391,7 +402,7 @@ class PgGallery(Gallery):
                 conn.execute("INSERT INTO irface_changes (seq, op, identity, face_ids) "
                              "SELECT coalesce(max(seq), 0) + 1, 'remove', %s, %s FROM irface_changes",
                              (identity, ids))
-        self._sync()
+        self._sync_after_commit()
         return len(ids)
 
     # ---- reading: catch up on the change log ----------------------------------------------------------
@@ -443,8 +454,12 @@ class PgGallery(Gallery):
             row = conn.execute("SELECT jpeg FROM irface_thumbnails WHERE face_id = %s", (int(face_id),)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def _thumbnail_for_export(self, face_id: int, local: dict[int, bytes]) -> Optional[bytes]:
-        return self.thumbnail(face_id)
+    def _thumbnails_between(self, lo: int, hi: int) -> dict[int, bytes]:
+        if not self._exists:
+            return {}
+        with self._session() as conn:
+            return {r[0]: bytes(r[1]) for r in conn.execute(
+                "SELECT face_id, jpeg FROM irface_thumbnails WHERE face_id BETWEEN %s AND %s", (lo, hi))}
 
     def check_model(self, fingerprint: str) -> None:
         _check_fingerprint(self.location, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
