@@ -197,3 +197,21 @@ def test_a_lost_server_is_unavailable_then_reconnects(pg_url):
     with pytest.raises(GalleryUnavailable, match="unavailable"):
         g.search(_faces(1, 1))
     assert g.search(_faces(1, 1))[0][0].identity == "a"  # the next call reconnects
+
+
+def test_two_processes_creating_a_gallery_in_one_empty_database_share_it(pg_url, monkeypatch):
+    import irface.gallery.pg as pg
+
+    settings = {"fingerprint": FP, "embedding_size": E}
+    first = open_gallery(pg_url, create=settings)  # made the tables
+    real, calls = pg._schema_state, []
+
+    def found_empty_first(conn):  # the second process looked just before the first one made them
+        calls.append(1)
+        return "empty" if len(calls) == 1 else real(conn)
+
+    monkeypatch.setattr(pg, "_schema_state", found_empty_first)
+    second = open_gallery(pg_url, create=settings)
+    monkeypatch.undo()
+    first.add("a", _faces(1, 1), ["a.jpg"])
+    assert second.identities() == ["a"] and len(calls) == 3

@@ -173,8 +173,7 @@ class PgGallery(Gallery):
                     log.info("created an empty gallery in %s", where)
                     return gallery
                 except _CreatedMeanwhile:
-                    conn = _connect(url, where)  # another process made it first: open that one
-                    state = _schema_state(conn)
+                    state = _schema_state(conn)  # another process made it first (rolled back): open that one
             if state == "empty":
                 raise GalleryError(f"{where}: holds no irface gallery (an empty database); build one with "
                                    f"irface gallery build ... --output URL")
@@ -186,7 +185,11 @@ class PgGallery(Gallery):
             conn.close()
             raise
         if fingerprint is not None:
-            gallery.check_model(fingerprint)
+            try:
+                gallery.check_model(fingerprint)
+            except GalleryError:
+                gallery.close()
+                raise
         return gallery
 
     @classmethod
