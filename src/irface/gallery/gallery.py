@@ -643,6 +643,12 @@ class Gallery:
             self.set_template_totals(source.template_totals())
             self._next_id = max(self._next_id, settings["next_id"])
 
+    def identity_counts(self) -> dict[str, int]:
+        """identity -> how many faces it has."""
+        self._sync()
+        with self._lock.read(), self._db_lock:
+            return dict(self._db.execute("SELECT identity, count(*) FROM faces GROUP BY identity").fetchall())
+
     def template_totals(self) -> dict[str, tuple[int, bytes]]:
         """identity -> (faces, float64 sum of its unit embeddings as bytes): the templates, exactly."""
         with self._lock.read(), self._db_lock:

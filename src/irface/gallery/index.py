@@ -209,8 +209,7 @@ class FaceIndex:
             # dense), dropped after (faiss's IVF removes by a batch of ids only without one).
             self.index.set_direct_map_type(self.faiss.DirectMap.Hashtable)
         try:
-            for r, i in enumerate(ids):
-                out[r] = self.index.reconstruct(int(i))
+            out[:] = self.index.reconstruct_batch(np.ascontiguousarray(ids, np.int64))
         finally:
             if self.kind == "ivf":
                 self.index.set_direct_map_type(self.faiss.DirectMap.NoMap)

@@ -357,10 +357,8 @@ class PgGallery(Gallery):
             conn.execute("UPDATE irface_meta SET value = %s WHERE key = 'next_id'", (str(next_id + n),))
             self._write_identities(conn, names, x)
             with conn.cursor() as cur:
-                with cur.copy("COPY irface_faces (id, identity, source, x1, y1, x2, y2, fingerprint, embedding) "
-                              "FROM STDIN") as copy:
-                    for i, who, src, box, vec in zip(ids, names, sources, box_rows, x):
-                        copy.write_row((int(i), who, src, *box, self.fingerprint, vec.tobytes()))
+                _copy_faces(cur, ((int(i), who, src, *box, self.fingerprint, vec.tobytes())
+                                  for i, who, src, box, vec in zip(ids, names, sources, box_rows, x)))
                 pictures = [(int(i), t) for i, t in zip(ids, thumbs) if t is not None]
                 if pictures:
                     cur.executemany("INSERT INTO irface_thumbnails (face_id, jpeg) VALUES (%s, %s)", pictures)
@@ -472,30 +470,33 @@ class PgGallery(Gallery):
         """Fill this new, empty gallery with every face, picture and template of `source`, in one transaction."""
         settings = source.settings()
         totals = source.template_totals()
-        counts: dict[str, int] = {}
         with self._change() as conn:
             with conn.cursor() as cur:
+                with cur.copy("COPY irface_identities (name, faces, total) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["text", "int4", "bytea"])
+                    for who, n in source.identity_counts().items():
+                        copy.write_row((who, n, totals.get(who, (0, None))[1]))
                 for ids, rows, x, thumbs in source.export_rows():
-                    for r in rows:
-                        if r[0] not in counts:
-                            cur.execute("INSERT INTO irface_identities (name, faces, total) VALUES (%s, 0, %s)",
-                                        (r[0], totals.get(r[0], (0, None))[1]))
-                        counts[r[0]] = counts.get(r[0], 0) + 1
-                    with cur.copy("COPY irface_faces (id, identity, source, x1, y1, x2, y2, fingerprint, embedding) "
-                                  "FROM STDIN") as copy:
-                        for i, r, vec in zip(ids, rows, x):
-                            copy.write_row((int(i), *r, vec.tobytes()))
+                    _copy_faces(cur, ((int(i), *r, vec.tobytes()) for i, r, vec in zip(ids, rows, x)))
                     pictures = [(int(i), t) for i, t in zip(ids, thumbs) if t is not None]
                     if pictures:
                         cur.executemany("INSERT INTO irface_thumbnails (face_id, jpeg) VALUES (%s, %s)", pictures)
-                cur.executemany("UPDATE irface_identities SET faces = %s WHERE name = %s",
-                                [(n, who) for who, n in counts.items()])
             conn.execute("UPDATE irface_meta SET value = %s WHERE key = 'next_id'", (str(settings["next_id"]),))
             conn.execute("UPDATE irface_meta SET value = %s WHERE key = 'index_params'", (json.dumps(settings["params"]),))
             if settings["trained"] is not None:
                 conn.execute("DELETE FROM irface_meta WHERE key = 'ivf_trained'")
                 conn.execute("INSERT INTO irface_meta (key, blob) VALUES ('ivf_trained', %s)", (settings["trained"],))
         super().import_all(source)  # and this process's memory (the log has nothing for it: no change was logged)
+
+
+def _copy_faces(cur: Any, rows: Iterator[tuple]) -> None:
+    """Rows (id, identity, source, x1, y1, x2, y2, fingerprint, embedding bytes) into irface_faces: one
+    binary COPY (bytea as is: text COPY would escape every embedding byte)."""
+    with cur.copy("COPY irface_faces (id, identity, source, x1, y1, x2, y2, fingerprint, embedding) "
+                  "FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "text", "text", "float8", "float8", "float8", "float8", "text", "bytea"])
+        for row in rows:
+            copy.write_row(row)
 
 
 def _schema_state(conn: Any) -> str:
