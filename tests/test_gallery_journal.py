@@ -98,3 +98,14 @@ def test_the_journal_is_folded_in_once_it_outgrows_the_file(tmp_path, monkeypatc
         g.add(f"p{i}", _x(3, i), [f"{i}-{j}" for j in range(3)])
         assert journal.stat().st_size <= (tmp_path / "g.gallery").stat().st_size + 1000
     assert _state(Gallery.open(tmp_path / "g.gallery")) == _state(g)
+
+
+def test_a_reader_writes_nothing_on_close(tmp_path):
+    g = _saved(tmp_path)
+    g.add("b", _x(1, 1), ["b1"])  # a journal record, not compacted (no close)
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    reader = Gallery.open(tmp_path / "g.gallery")
+    reader.search(_x(1, 2))
+    reader.close()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == files
+    assert "b" in Gallery.open(tmp_path / "g.gallery").identities()

@@ -239,8 +239,9 @@ class Gallery:
         _check_fingerprint(self.location, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
 
     def close(self) -> None:
-        """Fold the journal into the gallery file (a compaction) if it holds changes; nothing stays open."""
-        if self._journal is not None and self._journal.size():
+        """Fold the journal into the gallery file (a compaction) if this process changed the gallery; nothing
+        stays open. A process that only read it writes nothing (a search may run on a read-only disk)."""
+        if self._journal is not None and self._journal.appended:
             self.save()
 
     def __enter__(self) -> "Gallery":

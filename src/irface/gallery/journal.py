@@ -74,6 +74,7 @@ class Journal:
         self._end = 0              # where the next record goes
         self._keep: list[bytes] = []  # this generation's records, when the file also holds others
         self._rewrite = False      # the file holds stale records (another generation) to drop first
+        self.appended = 0          # records this process wrote (a reader that only replayed writes nothing)
 
     def replay(self) -> list[tuple[dict[str, Any], bytes]]:
         """This generation's whole records, in order (a torn tail and other generations' records left out)."""
@@ -122,6 +123,7 @@ class Journal:
                                "the change was not made") from None
         self._end += len(record)
         self.seq += 1
+        self.appended += 1
 
     def size(self) -> int:
         return self._end
@@ -129,7 +131,7 @@ class Journal:
     def reset(self, generation: str) -> None:
         """After a compaction: the file holds everything; start an empty journal for its new generation."""
         self.generation = generation
-        self.seq, self._end, self._keep, self._rewrite = 0, 0, [], False
+        self.seq, self._end, self._keep, self._rewrite, self.appended = 0, 0, [], False, 0
         try:
             if self.path.exists():
                 with open(self.path, "r+b") as f:
