@@ -93,7 +93,7 @@ class PgServer:
 
     def close(self) -> None:
         try:
-            self.stop()
+            self.stop("immediate")  # a throwaway server: no shutdown checkpoint to wait for
         except (RuntimeError, subprocess.TimeoutExpired):
             pass
         shutil.rmtree(self.folder, ignore_errors=True)

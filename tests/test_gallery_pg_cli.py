@@ -39,6 +39,7 @@ def _people(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_every_gallery_command_on_postgres(tmp_path, capsys, pg_server):
     db = pg_server.new_database()
     url = pg_server.url(db, tcp=True)  # with its password: it must never be printed
