@@ -412,6 +412,11 @@ class PgGallery(Gallery):
         if not self._exists:
             return
         with self._sync_lock:
+            with self._session() as conn:
+                # The usual answer, "nothing new", in one round trip (a transaction would take four).
+                if not conn.execute("SELECT EXISTS (SELECT 1 FROM irface_changes WHERE seq > %s)",
+                                    (self._seen,)).fetchone()[0]:
+                    return
             with self._session() as conn, conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 changes = conn.execute("SELECT seq, op, identity, face_ids FROM irface_changes WHERE seq > %s "
