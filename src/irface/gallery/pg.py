@@ -180,7 +180,7 @@ class PgGallery(Gallery):
             if state != "irface":
                 raise GalleryError(f"{where}: holds no irface gallery but other tables ({state}); "
                                    "give an empty database or one irface made")
-            gallery = cls._load(url, conn, where, rows=load)
+            gallery = cls._load(url, conn, where, faces=load)
         except BaseException:
             conn.close()
             raise
@@ -229,7 +229,7 @@ class PgGallery(Gallery):
         return cls(url, header, db, FaceIndex(index, int(embedding_size), params), conn, exists=False)
 
     @classmethod
-    def _load(cls, url: str, conn: Any, where: str, rows: bool = True) -> "PgGallery":
+    def _load(cls, url: str, conn: Any, where: str, faces: bool = True) -> "PgGallery":
         # One snapshot: the rows and the log position they hold agree.
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -255,7 +255,7 @@ class PgGallery(Gallery):
             db = sqlite3.connect(":memory:", check_same_thread=False)
             db.executescript(_SCHEMA)
             gallery = cls(url, header, db, index, conn, exists=True)
-            if not rows:
+            if not faces:
                 return gallery
             with conn.cursor(name="irface_load", binary=True) as cur:
                 cur.itersize = _LOAD_CHUNK
@@ -355,29 +355,45 @@ class PgGallery(Gallery):
             next_id = int(conn.execute("SELECT value FROM irface_meta WHERE key = 'next_id'").fetchone()[0])
             ids = np.arange(next_id, next_id + n, dtype=np.int64)
             conn.execute("UPDATE irface_meta SET value = %s WHERE key = 'next_id'", (str(next_id + n),))
-            self._write_identities(conn, names, x)
+            totals = self._write_identities(conn, names, x)
             with conn.cursor() as cur:
                 _copy_faces(cur, ((int(i), who, src, *box, self.fingerprint, vec.tobytes())
                                   for i, who, src, box, vec in zip(ids, names, sources, box_rows, x)))
                 pictures = [(int(i), t) for i, t in zip(ids, thumbs) if t is not None]
                 if pictures:
                     cur.executemany("INSERT INTO irface_thumbnails (face_id, jpeg) VALUES (%s, %s)", pictures)
-            conn.execute("INSERT INTO irface_changes (seq, op, identity, face_ids) "
-                         "SELECT coalesce(max(seq), 0) + 1, 'add', %s, %s FROM irface_changes",
-                         (names[0] if len(set(names)) == 1 else None, ids.tolist()))
-        self._sync_after_commit()
+            seq = conn.execute("INSERT INTO irface_changes (seq, op, identity, face_ids) "
+                               "SELECT coalesce(max(seq), 0) + 1, 'add', %s, %s FROM irface_changes RETURNING seq",
+                               (names[0] if len(set(names)) == 1 else None, ids.tolist())).fetchone()[0]
+
+        def apply() -> None:
+            self._apply_add(ids, names, sources, box_rows, x, [None] * n, sum_templates=False)
+            if self.templates:
+                self.set_template_totals(totals)
+
+        self._after_commit(seq, apply)
         return ids.tolist()
 
-    def _sync_after_commit(self) -> None:
-        # The change is committed: a database lost just now must not turn it into an error (every later
-        # read catches up first, or fails itself).
+    def _after_commit(self, seq: int, apply: Any) -> None:
+        """This process's memory after its own committed change: applied from what it just wrote when the
+        change is the next in the log (no read back), else by catching up on the log."""
+        with self._sync_lock:
+            if seq == self._seen + 1:
+                with self._lock.write():
+                    apply()
+                    self._seen = seq
+                return
+        # A database lost just now must not turn a committed change into an error: every later read
+        # catches up first (or fails itself).
         try:
             self._sync()
         except GalleryUnavailable as e:
             log.warning("%s", e)
 
-    def _write_identities(self, conn: Any, names: list[str], x: np.ndarray) -> None:
-        """Each identity's face count, and with templates its float64 sum, updated as the file gallery sums."""
+    def _write_identities(self, conn: Any, names: list[str], x: np.ndarray) -> dict[str, tuple[int, bytes]]:
+        """Each identity's face count, and with templates its float64 sum, updated as the file gallery sums;
+        returns the new (count, sum) of each (templates only)."""
+        out = {}
         order = np.argsort(np.array(names, dtype=object), kind="stable")
         sorted_names = [names[i] for i in order]
         starts = [0] + [i for i in range(1, len(order)) if sorted_names[i] != sorted_names[i - 1]] + [len(order)]
@@ -393,17 +409,27 @@ class PgGallery(Gallery):
             conn.execute("INSERT INTO irface_identities (name, faces, total) VALUES (%s, %s, %s) "
                          "ON CONFLICT (name) DO UPDATE SET faces = irface_identities.faces + excluded.faces, "
                          "total = excluded.total", (who, len(rows), total))
+            if total is not None:
+                out[who] = ((0 if row is None else row[0]) + len(rows), total)
+        return out
 
     def _commit_remove(self, identity: str) -> int:
         with self._change() as conn:
             ids = [r[0] for r in conn.execute("DELETE FROM irface_faces WHERE identity = %s RETURNING id",
                                               (identity,))]
-            if ids:
-                conn.execute("DELETE FROM irface_identities WHERE name = %s", (identity,))
-                conn.execute("INSERT INTO irface_changes (seq, op, identity, face_ids) "
-                             "SELECT coalesce(max(seq), 0) + 1, 'remove', %s, %s FROM irface_changes",
-                             (identity, ids))
-        self._sync_after_commit()
+            if not ids:
+                return 0
+            conn.execute("DELETE FROM irface_identities WHERE name = %s", (identity,))
+            seq = conn.execute("INSERT INTO irface_changes (seq, op, identity, face_ids) "
+                               "SELECT coalesce(max(seq), 0) + 1, 'remove', %s, %s FROM irface_changes RETURNING seq",
+                               (identity, ids)).fetchone()[0]
+
+        def apply() -> None:
+            self._apply_remove(np.array(ids, np.int64))
+            if self.templates:
+                self.set_template_totals({identity: None})
+
+        self._after_commit(seq, apply)
         return len(ids)
 
     # ---- reading: catch up on the change log ----------------------------------------------------------
