@@ -47,7 +47,9 @@ class PgServer:
     def __init__(self, bin_dir: Path):
         self.bin_dir = bin_dir
         self.as_root = os.geteuid() == 0
-        self.folder = Path(tempfile.mkdtemp(prefix="irface-pg-"))
+        # Under /tmp when root: the `postgres` user must reach the folder (a $TMPDIR under /root it could
+        # not), and a Unix socket's path must stay under ~100 characters.
+        self.folder = Path(tempfile.mkdtemp(prefix="irface-pg-", dir="/tmp" if self.as_root else None))
         self.data = self.folder / "data"
         self.port = _free_port()
         self._names = itertools.count()

@@ -32,7 +32,7 @@ def register(sub) -> None:
                    help="checkpoint, run folder, .pth, .safetensors, .onnx or TorchScript")
     p.add_argument("--gallery", metavar="G", help="gallery to search and enroll into (created empty if new): a file, "
                                                   "or a PostgreSQL database postgresql://USER@HOST/DB (docs/gallery.md)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes behind the port (default 1); more than one needs a PostgreSQL gallery")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
