@@ -26,7 +26,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -388,7 +388,7 @@ class Gallery:
             validate_identity(name)
         what = f"faces of '{identities[0]}'" if len(set(identities)) == 1 else "faces"
         if not len(identities) and not len(sources):
-            return []
+            return None
         x = _unit_rows(embeddings, self.embedding_size, what)
         n = len(x)
         sources = [str(s) for s in sources]
@@ -528,7 +528,7 @@ class Gallery:
             rows = self._rows(wanted)
 
         def match(name: str, sim: float, fid: Optional[int]) -> Match:
-            source, box = rows.get(fid, (None, None))
+            source, box = rows[fid] if fid in rows else (None, None)
             return Match(name, sim, source, threshold is None or sim > threshold, fid, box)
 
         return [[match(*hit) for hit in row] for row in ranked]
@@ -621,7 +621,7 @@ class Gallery:
             return {r[0]: bytes(r[1]) for r in
                     self._db.execute("SELECT id, jpeg FROM thumbnails WHERE id BETWEEN ? AND ?", (lo, hi))}
 
-    def set_template_totals(self, totals: dict[str, tuple[int, bytes]]) -> None:
+    def set_template_totals(self, totals: Mapping[str, Optional[tuple[int, bytes]]]) -> None:
         """Replace the templates of these identities (None: drop it) with stored sums; callers hold the write lock."""
         with self._db_lock, self._db:
             for who, value in totals.items():

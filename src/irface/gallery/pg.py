@@ -157,8 +157,8 @@ class PgGallery(Gallery):
 
     # ---- open / create --------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str, *, fingerprint: Optional[str] = None, create: Optional[dict[str, Any]] = None,
-             load: bool = True) -> "PgGallery":
+    def open(cls, url: str, *, fingerprint: Optional[str] = None,  # type: ignore[override]
+             create: Optional[dict[str, Any]] = None, load: bool = True) -> "PgGallery":
         """Load the gallery in this database; with `create` (the settings of `Gallery.create`), an empty
         database gets a new gallery instead of a refusal. `load=False`: check it (schema, model) without
         reading its faces (the result is then only good for `close()`)."""
@@ -457,7 +457,7 @@ class PgGallery(Gallery):
                 if self._index.kind == "ivf" and self._index.index is None:
                     found = conn.execute("SELECT blob FROM irface_meta WHERE key = 'ivf_trained'").fetchone()
                     trained = None if found is None else bytes(found[0])
-                totals: dict[str, Any] = {}
+                totals: dict[str, Optional[tuple[int, bytes]]] = {}
                 if self.templates:
                     touched = {r[1] for r in rows} | {who for _, op, who, _ in changes if op == "remove" and who}
                     totals = dict.fromkeys(touched)
