@@ -215,3 +215,18 @@ def test_two_processes_creating_a_gallery_in_one_empty_database_share_it(pg_url,
     monkeypatch.undo()
     first.add("a", _faces(1, 1), ["a.jpg"])
     assert second.identities() == ["a"] and len(calls) == 3
+
+
+def test_an_ivf_trained_before_its_first_add_shares_its_lists(tmp_path, pg_url):
+    """`irface gallery build --index ivf` trains on everything first: every process then uses those lists."""
+    x = _faces(200, 4)
+    names = [f"p{i % 50}" for i in range(200)]
+    g = create_gallery(pg_url, fingerprint=FP, embedding_size=E, index="ivf")
+    f = Gallery.create(tmp_path / "g.gallery", fingerprint=FP, embedding_size=E, index="ivf")
+    for gallery in (g, f):
+        gallery.train(x)
+        gallery.add_many(names, x, [f"{i}.jpg" for i in range(200)])
+    other = open_gallery(pg_url)
+    assert other.settings()["trained"] == g.settings()["trained"] == f.settings()["trained"]
+    q = _faces(5, 5)
+    assert other.search(q, top_k=3) == f.search(q, top_k=3)
