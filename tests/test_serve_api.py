@@ -184,7 +184,6 @@ def test_identity_names_with_path_or_control_characters_are_refused(client, serv
                     headers={"X-API-Key": API_KEY})
     assert r.status_code == 422, r.text
     assert service.gallery.info()["faces"] == before
-    assert all(p.parent == service.thumbnails.folder for p in service.thumbnails.folder.rglob("*"))
 
 
 def test_enrol_skips_a_photo_without_a_face_and_keeps_the_rest(client):
@@ -323,4 +322,5 @@ def test_a_gallery_built_by_irface_gallery_is_served_with_pictures_cut_from_its_
         cut.thumbnail((160, 160))
         assert Image.open(io.BytesIO(pic.content)).size == cut.size != (128, 160)
         assert c.get("/v1/gallery/thumbnail/" + "0" * 24).status_code == 404
+        assert c.get("/v1/gallery/thumbnail/999999").status_code == 404
         assert c.get("/v1/gallery/thumbnail/..%2F..%2Fetc").status_code == 404

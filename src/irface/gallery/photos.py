@@ -18,6 +18,7 @@ from irface.eval.identification import FPIRS, RANKS, rank_k, tpir_at_fpir
 from irface.eval.rates import threshold_at_rate
 from irface.gallery.fingerprint import model_fingerprint
 from irface.gallery.gallery import Gallery, decision, validate_identity
+from irface.gallery.opener import create_gallery
 from irface.infer.embed import EmbedResult, embed_sources
 from irface.infer.images import FaceSource, collect_faces
 from irface.infer.model_file import Embedder
@@ -115,14 +116,15 @@ def enroll_photos(gallery: Gallery, embedder: Embedder, identity: str, photos: S
 def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path, *, templates: bool = False,
                        index: str = "flat", params: Optional[dict[str, Any]] = None,
                        model: Optional[str] = None, **options: Any) -> dict[str, Any]:
-    """`irface gallery build`: a new gallery file at `output` from `root/<identity>/*` photos."""
+    """`irface gallery build`: a new gallery at `output` (a file or a postgresql:// URL) from `root/<identity>/*` photos."""
     folders, skipped = identity_folders(root, embedder.input_size)
-    gallery = Gallery.create(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
+    gallery = create_gallery(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
                              index=index, templates=templates, model=model or embedder.info.get("path"), params=params)
-    summary = enroll_folders(gallery, embedder, folders, **options)
-    gallery.save()
+    with gallery:
+        summary = enroll_folders(gallery, embedder, folders, **options)
+        gallery.save()
     summary["skipped"] = skipped + summary["skipped"]
-    return {**summary, "gallery": str(output), "index": index, "templates": templates}
+    return {**summary, "gallery": gallery.location, "index": index, "templates": templates}
 
 
 def enroll_embeddings(gallery: Gallery, folders: Sequence[str | Path]) -> dict[str, Any]:
@@ -171,17 +173,19 @@ def enroll_embeddings(gallery: Gallery, folders: Sequence[str | Path]) -> dict[s
 
 def build_from_embeddings(folders: Sequence[str | Path], output: str | Path, *, templates: bool = False,
                           index: str = "flat", params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """`irface gallery build --from-embeddings`: a new gallery file at `output` from `irface embed --ray`
-    folders (one run, or one per part of an archive), for the model recorded there."""
+    """`irface gallery build --from-embeddings`: a new gallery at `output` (a file or an empty PostgreSQL
+    database) from `irface embed --ray` folders (one run, or one per part of an archive), for the model
+    recorded there."""
     from irface.infer.shards import Manifest
 
     manifest = Manifest.read(folders[0])
-    gallery = Gallery.create(output, fingerprint=manifest.data["fingerprint"],
+    gallery = create_gallery(output, fingerprint=manifest.data["fingerprint"],
                              embedding_size=int(manifest.data["embedding_size"]), index=index, templates=templates,
                              model=manifest.data["model"], params=params)
-    summary = enroll_embeddings(gallery, folders)
-    gallery.save()
-    return {**summary, "gallery": str(output), "index": index, "templates": templates,
+    with gallery:
+        summary = enroll_embeddings(gallery, folders)
+        gallery.save()
+    return {**summary, "gallery": gallery.location, "index": index, "templates": templates,
             "embeddings": [str(f) for f in folders]}
 
 
@@ -237,5 +241,5 @@ def evaluate_photos(gallery: Gallery, embedder: Embedder, probes_root: str | Pat
             nonmated.append(row[0].similarity if row else -np.inf)
     report = identification_figures(ranks, scores, nonmated)
     report.update({"probes": len(result.names), "skipped": skipped + result.skipped,
-                   "gallery": str(gallery.path), "gallery_identities": len(enrolled)})
+                   "gallery": gallery.location, "gallery_identities": len(enrolled)})
     return report

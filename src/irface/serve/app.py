@@ -7,6 +7,7 @@ and the types they name are imported inside `create_app` (FastAPI is an optional
 import contextlib
 import hmac
 import logging
+import os
 from importlib import resources
 from typing import Any, AsyncIterator, Callable, Optional
 from urllib.parse import urlsplit
@@ -51,6 +52,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     from starlette.concurrency import run_in_threadpool
 
     static = resources.files("irface.serve") / "static"
+    worker = str(os.getpid())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -94,6 +96,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
                                 status_code=403)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Irface-Worker"] = worker  # which of `--workers N` processes answered
         return response
 
     # The key as the bytes a client sends: UTF-8 (headers reach us decoded as Latin-1, byte for byte).

@@ -9,11 +9,22 @@ opens or its last answer was sent, to deliver a whole request head; otherwise it
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, Optional
 
 HEADER_TIMEOUT_S = 10.0
+# The protocol with the default deadline by import path, for uvicorn's `--workers` (spawned processes
+# import it; a class made in a function cannot be sent to them).
+HEADER_DEADLINE_PROTOCOL = "irface.serve.http:HeaderDeadlineProtocol"
 
 
+def __getattr__(name: str) -> Any:
+    if name == "HeaderDeadlineProtocol":
+        return _header_deadline_protocol(HEADER_TIMEOUT_S)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.lru_cache(maxsize=None)
 def _header_deadline_protocol(timeout: float) -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 

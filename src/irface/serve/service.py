@@ -2,14 +2,16 @@
 
 Every method is synchronous and safe to call from many threads at once (the app runs them in its
 thread pool, off the event loop). The model runs in one thread (`EmbedBatcher`). The gallery has
-its own readers-writer lock, so a search never sees an enrolment half applied; changes are also
-serialised here so that each is answered only after the gallery file on disk holds it.
+its own readers-writer lock, so a search never sees an enrolment half applied; a change returns only
+once its store holds it (the file's journal, synced; or the committed PostgreSQL transaction), so each
+is answered only then. With a PostgreSQL gallery several such processes serve one gallery.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from irface.infer.model_file import Embedder
 from irface.infer.verify import choose_threshold
 from irface.serve.batcher import EmbedBatcher
 from irface.serve.limits import RequestError
-from irface.serve.thumbnails import ThumbnailStore
+from irface.serve.thumbnails import Thumbnails, thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,21 @@ UPLOAD_PREFIX = "upload:"
 
 
 def public_path(path: Optional[str | Path]) -> Optional[str]:
-    """A server-side path as an answer may show it: as the operator gave it when relative, else its name.
+    """A server-side path as an answer may show it: as the operator gave it when relative, else its name;
+    a database URL as scheme, host and database only (no user, password, socket folder or options).
 
     Answers go to whoever reaches the port; where this machine keeps its files is none of theirs.
     """
     if path is None:
         return None
+    from irface.gallery import is_url
+
+    if is_url(path):
+        from urllib.parse import urlsplit
+
+        url = urlsplit(str(path))
+        host = url.hostname if url.hostname and not url.hostname.startswith("/") else ""
+        return f"{url.scheme}://{host}{url.path}"
     p = Path(path)
     return str(p) if not p.is_absolute() and ".." not in p.parts else p.name
 
@@ -80,13 +91,15 @@ class FaceService:
         self.batcher = EmbedBatcher(embedder)
         self.threshold, self.threshold_source = choose_threshold(embedder, threshold)
         self.gallery = gallery
-        self.thumbnails = ThumbnailStore.beside(gallery.path) if gallery is not None else None
+        self.thumbnails = Thumbnails(gallery) if gallery is not None else None
+        # Serialises this process's changes, so the name checks of `enrolment_name` hold until the change is made.
         self._change_lock = threading.Lock()
 
     @classmethod
     def open(cls, embedder: Embedder, gallery: Optional[str | Path] = None, *, detector: Any = None,
              threshold: Optional[float] = None) -> "FaceService":
-        """Serve `embedder` (from `load_model`); the gallery is opened, or created empty if the file is new.
+        """Serve `embedder` (from `load_model`); the gallery (a file or a postgresql:// URL) is opened, or
+        created empty if the file is new or the database empty.
 
         A gallery built with another model, or damaged, is refused (GalleryError, one line).
         """
@@ -96,17 +109,14 @@ class FaceService:
             detector = load_detector()
         opened = None
         if gallery is not None:
-            from irface.gallery import Gallery, model_fingerprint
+            from irface.gallery import is_url, model_fingerprint, open_gallery
 
             fingerprint = model_fingerprint(embedder)
-            _remove_crash_leftovers(gallery)
-            if Path(gallery).exists():
-                opened = Gallery.open(gallery, fingerprint=fingerprint)
-            else:
-                opened = Gallery.create(gallery, fingerprint=fingerprint, embedding_size=embedder.embedding_size,
-                                        model=embedder.info.get("path"))
-                opened.save()
-                log.info("created an empty gallery at %s", gallery)
+            if not is_url(gallery):
+                _remove_crash_leftovers(gallery)
+            opened = open_gallery(gallery, fingerprint=fingerprint,
+                                  create={"fingerprint": fingerprint, "embedding_size": embedder.embedding_size,
+                                          "model": embedder.info.get("path")})
         return cls(embedder, detector, opened, threshold)
 
     def start(self) -> None:
@@ -114,6 +124,8 @@ class FaceService:
 
     def close(self) -> None:
         self.batcher.close()
+        if self.gallery is not None:
+            self.gallery.close()  # a file gallery folds its journal in; a database connection is closed
 
     def _threshold(self, threshold: Optional[float]) -> tuple[float, str]:
         if threshold is None:
@@ -185,18 +197,11 @@ class FaceService:
         face = self._faces(photo, name)[0]
         emb = self.batcher.embed(face.crop[None])
         matches = gallery.search(emb, top_k=top_k, threshold=t)[0]
+        # Each match carries its face's id: its picture's URL needs no look-up per match.
         rows = [{"identity": m.identity, "similarity": float(m.similarity), "source": _public_source(m.source),
-                 "accepted": bool(m.accepted), "thumbnail": self._thumbnail_url(gallery, m)} for m in matches]
+                 "accepted": bool(m.accepted), "thumbnail": Thumbnails.url(m)} for m in matches]
         return {"identity": decision(matches), "threshold": t, "threshold_source": source, "matches": rows,
                 "face": _face_json(face, photo, name)}
-
-    def _thumbnail_url(self, gallery: Any, match: Any) -> Optional[str]:
-        if match.source is None:
-            return None
-        box = None
-        if not match.source.startswith(UPLOAD_PREFIX):  # a photo file: its picture is cut at the face's box
-            box = next((row["box"] for row in gallery.faces(match.identity) if row["source"] == match.source), None)
-        return self.thumbnails.url(match.source, box)
 
     def enrolment_name(self, identity: str) -> str:
         """The name `identity` is enrolled under: checked, NFKC-normalised, free of look-alike letters.
@@ -223,7 +228,8 @@ class FaceService:
             return {"image": name, "reason": str(e)}
 
     def enroll(self, identity: str, photos: Sequence[tuple[str, np.ndarray]]) -> dict[str, Any]:
-        """Add the largest face of each photo under `identity`; returns once the gallery file holds them.
+        """Add the largest face of each photo under `identity`, with its picture; returns once the gallery's
+        store holds them (a failed write changes nothing, in memory or on disk).
 
         A photo without a face is a reported skip; none at all is an error and changes nothing.
         """
@@ -248,15 +254,8 @@ class FaceService:
         emb = self.batcher.embed(np.stack(crops))
         with self._change_lock:
             self.enrolment_name(identity)  # again: another spelling of the name may have been enrolled meanwhile
-            written = [self.thumbnails.put(s, c) for s, c in zip(sources, crops)]
-            try:
-                gallery.add(identity, emb, sources, boxes=boxes)
-                gallery.save()
-            except BaseException:
-                for path in written:
-                    path.unlink(missing_ok=True)
-                self._reload()
-                raise
+            # The pictures go in the same change as the faces: none is stored without its face, or outlives it.
+            gallery.add(identity, emb, sources, boxes=boxes, thumbnails=[thumbnail_jpeg(c) for c in crops])
         return {"identity": identity, "added": len(crops), "faces": faces, "skipped": skipped}
 
     def remove(self, identity: str) -> dict[str, Any]:
@@ -269,22 +268,10 @@ class FaceService:
             # The name as enrolled now (NFKC), or as an older gallery may hold it.
             if normalize_identity(identity) in gallery.identities():
                 identity = normalize_identity(identity)
-            sources = [row["source"] for row in gallery.faces(identity)]
-            removed = gallery.remove(identity)
-            if removed:
-                try:
-                    gallery.save()
-                except BaseException:
-                    self._reload()
-                    raise
-                self.thumbnails.remove(sources)
+            removed = gallery.remove(identity)  # the faces' pictures with them, in the same change
         if not removed:
             raise RequestError(f"{identity}: not in the gallery", 404)
         return {"identity": identity, "removed": removed}
-
-    def _reload(self) -> None:
-        # A change that could not be saved: what is on disk is the truth, the change is dropped from memory.
-        self.gallery = type(self.gallery).open(self.gallery.path, fingerprint=self.gallery.fingerprint)
 
     def gallery_info(self) -> dict[str, Any]:
         return {**self._gallery_summary(), "names": self._need_gallery().identities()}
@@ -298,6 +285,7 @@ class FaceService:
 
     def health(self) -> dict[str, Any]:
         gallery = None if self.gallery is None else self._gallery_summary()
-        return {"status": "ok", "model": public_path(self.embedder.info.get("path")),
+        # `pid`: which worker answered (`irface serve --workers N` runs N processes behind one port).
+        return {"status": "ok", "pid": os.getpid(), "model": public_path(self.embedder.info.get("path")),
                 "embedding_size": self.embedder.embedding_size, "input_size": self.embedder.input_size,
                 "threshold": self.threshold, "threshold_source": self.threshold_source, "gallery": gallery}
