@@ -1,0 +1,141 @@
+"""Faces into people: scikit-learn's DBSCAN over a k-nearest-neighbour graph built with faiss.
+
+The graph: each face's `NEIGHBOURS` most similar faces (`irface.gallery.index.FaceIndex`: exact search
+up to `EXACT_LIMIT` faces, IVF beyond), of which only those **above** the similarity threshold are kept
+(the rule of `irface verify`: same person when the cosine similarity is strictly above it). DBSCAN
+(`metric="precomputed"` on that sparse graph, its radius wide enough for every kept edge) then makes
+people: a face with at least `min_faces - 1` kept neighbours is a core face; cores joined by an edge are
+one person; a face next to a core without being one joins that person; every other face is noise (-1).
+
+Memory is N x NEIGHBOURS, never N x N. Why this and not DBSCAN or HDBSCAN on the whole cosine matrix:
+benchmarks/README.md ("Face clustering"), measured by benchmarks/cluster_scale.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import numpy as np
+
+from irface.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Neighbours per face in the graph: enough that a person's faces stay joined (a face's nearest faces
+# are its own person's first), few enough that the graph is small (N x 32 edges).
+NEIGHBOURS = 32
+# Up to this many faces the graph is exact (flat index); beyond, IVF (approximate, benchmarks/README.md).
+EXACT_LIMIT = 50_000
+# IVF lists searched per face when the graph is approximate.
+IVF_NPROBE = 8
+# Queries per search call: an exact batch holds QUERY_BATCH x 65536 scores (256 MB).
+QUERY_BATCH = 1024
+# The smallest distance stored: an edge of distance 0 (the same photo twice) would vanish from a sparse matrix.
+_MIN_DISTANCE = 1e-6
+
+
+def check_knobs(threshold: float, min_faces: int) -> None:
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise ConfigError(f"--threshold {threshold}: a cosine similarity lies in [-1, 1]")
+    if not isinstance(min_faces, int) or min_faces < 1:
+        raise ConfigError(f"--min-faces {min_faces}: must be a whole number, at least 1")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    from irface.infer.embed import l2_normalize
+
+    return np.ascontiguousarray(l2_normalize(x))
+
+
+def nearest(base: np.ndarray, queries: np.ndarray, k: int, index: Optional[str] = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, row numbers in `base`), each (Q, k'), best first, k' = min(k, len(base)); -1 past the end."""
+    from irface.gallery.index import FaceIndex
+
+    base, queries = _unit(base), _unit(queries)
+    n, dim = base.shape
+    kind = index or ("flat" if n <= EXACT_LIMIT else "ivf")
+    faces = FaceIndex(kind, dim, {"nprobe": IVF_NPROBE} if kind == "ivf" else None)
+    faces.add(np.arange(n, dtype=np.int64), base)  # IVF learns its lists from `base` here
+    k = max(1, min(k, n))
+    sims = np.empty((len(queries), k), np.float32)
+    ids = np.empty((len(queries), k), np.int64)
+    for a in range(0, len(queries), QUERY_BATCH):
+        sims[a:a + QUERY_BATCH], ids[a:a + QUERY_BATCH] = faces.search(queries[a:a + QUERY_BATCH], k)
+    return sims, ids
+
+
+def similarity_graph(x: np.ndarray, threshold: float, neighbours: int = NEIGHBOURS, index: Optional[str] = None):
+    """The symmetric sparse (N, N) graph of cosine distances (1 - similarity) between each face and those of
+    its `neighbours` nearest that are above `threshold`."""
+    from scipy import sparse
+
+    n = len(x)
+    sims, ids = nearest(x, x, neighbours + 1, index)  # + 1: a face finds itself first
+    rows = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
+    sims, ids = sims.ravel(), ids.ravel()
+    keep = (ids >= 0) & (ids != rows) & (sims > threshold)
+    dist = np.maximum(1.0 - sims[keep], _MIN_DISTANCE).astype(np.float32)
+    graph = sparse.csr_matrix((dist, (rows[keep], ids[keep])), shape=(n, n))
+    return graph.maximum(graph.T).tocsr()  # b near a means a near b
+
+
+def by_size(labels: np.ndarray, start: int = 0) -> np.ndarray:
+    """Clusters renumbered start, start + 1, ... from the largest (ties: the one met first); noise stays -1."""
+    labels = np.asarray(labels, np.int64)
+    out = np.full(len(labels), -1, np.int64)
+    kept = labels >= 0
+    if not kept.any():
+        return out
+    values, first, counts = np.unique(labels[kept], return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))
+    new = np.empty(len(values), np.int64)
+    new[order] = np.arange(start, start + len(values))
+    out[kept] = new[np.searchsorted(values, labels[kept])]
+    return out
+
+
+def cluster_embeddings(x: np.ndarray, threshold: float, min_faces: int = 2, neighbours: int = NEIGHBOURS,
+                       index: Optional[str] = None) -> np.ndarray:
+    """A person number for each row of `x` (N, E): 0 the person with most faces, -1 noise."""
+    from sklearn.cluster import DBSCAN
+
+    check_knobs(threshold, min_faces)
+    x = np.asarray(x, np.float32)
+    if len(x) == 0:
+        return np.zeros(0, np.int64)
+    graph = similarity_graph(x, threshold, neighbours, index)
+    # Every stored edge is already above the threshold: DBSCAN's radius (a distance, at most 2) takes them all.
+    labels = DBSCAN(eps=2.0, min_samples=min_faces, metric="precomputed").fit(graph).labels_
+    return by_size(labels)
+
+
+def assign(old: np.ndarray, old_labels: np.ndarray, new: np.ndarray, threshold: float, min_faces: int = 2,
+           neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """New faces into an earlier clustering without changing its people: (labels of old, labels of new).
+
+    A new face whose most similar earlier face in a person is above `threshold` joins that person. The
+    rest, with the earlier noise, are clustered among themselves (`cluster_embeddings`); the people they
+    make are numbered after the earlier ones (largest first). Earlier noise may so become a new person;
+    an earlier person never changes number, never loses a face and is never merged with another.
+    """
+    check_knobs(threshold, min_faces)
+    old_labels = np.asarray(old_labels, np.int64).copy()
+    new_labels = np.full(len(new), -1, np.int64)
+    placed = np.where(old_labels >= 0)[0]
+    if len(placed) and len(new):
+        sims, ids = nearest(old[placed], new, 1)
+        hit = sims[:, 0] > threshold
+        new_labels[hit] = old_labels[placed[ids[hit, 0]]]
+    rest_old = np.where(old_labels < 0)[0]
+    rest_new = np.where(new_labels < 0)[0]
+    pool = np.concatenate([np.asarray(old, np.float32)[rest_old], np.asarray(new, np.float32)[rest_new]])
+    if len(pool):
+        first = int(old_labels.max(initial=-1)) + 1
+        labels = cluster_embeddings(pool, threshold, min_faces, neighbours)
+        labels = np.where(labels >= 0, labels + first, -1)
+        old_labels[rest_old] = labels[:len(rest_old)]
+        new_labels[rest_new] = labels[len(rest_old):]
+    return old_labels, new_labels
