@@ -1,7 +1,7 @@
 """Faces into people: scikit-learn's DBSCAN over a k-nearest-neighbour graph built with faiss.
 
-The graph: each face's `NEIGHBOURS` most similar faces (`irface.gallery.index.FaceIndex`: exact search
-up to `EXACT_LIMIT` faces, IVF beyond), of which only those **above** the similarity threshold are kept
+The graph: each face's `NEIGHBOURS` most similar faces (exact search, `irface.gallery.index.FaceIndex`, up
+to `EXACT_LIMIT` faces; a faiss IVF index beyond), of which only those **above** the similarity threshold are kept
 (the rule of `irface verify`: same person when the cosine similarity is strictly above it). DBSCAN
 (`metric="precomputed"` on that sparse graph, its radius wide enough for every kept edge) then makes
 people: a face with at least `min_faces - 1` kept neighbours is a core face; cores joined by an edge are
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
-
 import numpy as np
 
 from irface.errors import ConfigError
@@ -26,14 +24,29 @@ log = logging.getLogger(__name__)
 # Neighbours per face in the graph: enough that a person's faces stay joined (a face's nearest faces
 # are its own person's first), few enough that the graph is small (N x 32 edges).
 NEIGHBOURS = 32
-# Up to this many faces the graph is exact (flat index); beyond, IVF (approximate, benchmarks/README.md).
-EXACT_LIMIT = 50_000
-# IVF lists searched per face when the graph is approximate.
-IVF_NPROBE = 8
+# Exact search while queries x faces is at most EXACT_LIMIT^2 (N faces against themselves: N <= 20,000;
+# 18 s at 512-d on two busy cores); beyond, IVF. benchmarks/README.md ("Face clustering") has the figures.
+EXACT_LIMIT = 20_000
+# IVF for the graph (not the gallery's defaults: every face is a query here, so many small lists and few
+# probed is cheapest): 4 sqrt(N) lists learnt by 10 k-means rounds on 32 faces a list, 4 probed. At 100,000
+# synthetic 512-d faces it found 99.1% of the links above 0.5 that exact search finds.
+IVF_LISTS_PER_SQRT_N = 4
+IVF_NPROBE = 4
+_IVF_TRAIN_PER_LIST = 32
+_IVF_ITERATIONS = 10
 # Queries per search call: an exact batch holds QUERY_BATCH x 65536 scores (256 MB).
 QUERY_BATCH = 1024
 # The smallest distance stored: an edge of distance 0 (the same photo twice) would vanish from a sparse matrix.
 _MIN_DISTANCE = 1e-6
+
+
+def _dbscan():
+    try:
+        from scipy import sparse  # noqa: F401
+        from sklearn.cluster import DBSCAN
+    except ImportError:
+        raise ConfigError("irface cluster needs scikit-learn and scipy: pip install 'irface[cluster]'") from None
+    return DBSCAN
 
 
 def check_knobs(threshold: float, min_faces: int) -> None:
@@ -49,31 +62,52 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(l2_normalize(x))
 
 
-def nearest(base: np.ndarray, queries: np.ndarray, k: int, index: Optional[str] = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, row numbers in `base`), each (Q, k'), best first, k' = min(k, len(base)); -1 past the end."""
+def _ivf(base: np.ndarray):
+    """A faiss IVF index of `base` (unit rows), tuned for the graph (see IVF_LISTS_PER_SQRT_N)."""
+    from irface.gallery.index import import_faiss
+
+    faiss = import_faiss()
+    n, dim = base.shape
+    nlist = max(1, min(int(IVF_LISTS_PER_SQRT_N * math.sqrt(n)), n // _IVF_TRAIN_PER_LIST))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.max_points_per_centroid = _IVF_TRAIN_PER_LIST
+    index.cp.niter = _IVF_ITERATIONS
+    index.train(base)
+    index.add(base)
+    index.nprobe = min(IVF_NPROBE, nlist)
+    log.info("k-NN graph: IVF index of %d lists over %d faces, %d probed", nlist, n, index.nprobe)
+    return index
+
+
+def nearest(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, row numbers in `base`), each (Q, k'), best first, k' = min(k, len(base)); -1 past the end.
+
+    Exact (`irface.gallery.index.FaceIndex`, flat) while the work is small, else approximate (IVF)."""
     from irface.gallery.index import FaceIndex
 
     base, queries = _unit(base), _unit(queries)
     n, dim = base.shape
-    kind = index or ("flat" if n <= EXACT_LIMIT else "ivf")
-    faces = FaceIndex(kind, dim, {"nprobe": IVF_NPROBE} if kind == "ivf" else None)
-    faces.add(np.arange(n, dtype=np.int64), base)  # IVF learns its lists from `base` here
     k = max(1, min(k, n))
+    if n * len(queries) <= EXACT_LIMIT ** 2:
+        index = FaceIndex("flat", dim)
+        index.add(np.arange(n, dtype=np.int64), base)
+        search, batch = index.search, QUERY_BATCH
+    else:
+        search, batch = _ivf(base).search, 16 * QUERY_BATCH  # IVF holds no score matrix: bigger batches
     sims = np.empty((len(queries), k), np.float32)
     ids = np.empty((len(queries), k), np.int64)
-    for a in range(0, len(queries), QUERY_BATCH):
-        sims[a:a + QUERY_BATCH], ids[a:a + QUERY_BATCH] = faces.search(queries[a:a + QUERY_BATCH], k)
+    for a in range(0, len(queries), batch):
+        sims[a:a + batch], ids[a:a + batch] = search(queries[a:a + batch], k)
     return sims, ids
 
 
-def similarity_graph(x: np.ndarray, threshold: float, neighbours: int = NEIGHBOURS, index: Optional[str] = None):
+def similarity_graph(x: np.ndarray, threshold: float, neighbours: int = NEIGHBOURS):
     """The symmetric sparse (N, N) graph of cosine distances (1 - similarity) between each face and those of
     its `neighbours` nearest that are above `threshold`."""
     from scipy import sparse
 
     n = len(x)
-    sims, ids = nearest(x, x, neighbours + 1, index)  # + 1: a face finds itself first
+    sims, ids = nearest(x, x, neighbours + 1)  # + 1: a face finds itself first
     rows = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
     sims, ids = sims.ravel(), ids.ravel()
     keep = (ids >= 0) & (ids != rows) & (sims > threshold)
@@ -97,16 +131,15 @@ def by_size(labels: np.ndarray, start: int = 0) -> np.ndarray:
     return out
 
 
-def cluster_embeddings(x: np.ndarray, threshold: float, min_faces: int = 2, neighbours: int = NEIGHBOURS,
-                       index: Optional[str] = None) -> np.ndarray:
+def cluster_embeddings(x: np.ndarray, threshold: float, min_faces: int = 2, neighbours: int = NEIGHBOURS
+                       ) -> np.ndarray:
     """A person number for each row of `x` (N, E): 0 the person with most faces, -1 noise."""
-    from sklearn.cluster import DBSCAN
-
+    DBSCAN = _dbscan()
     check_knobs(threshold, min_faces)
     x = np.asarray(x, np.float32)
     if len(x) == 0:
         return np.zeros(0, np.int64)
-    graph = similarity_graph(x, threshold, neighbours, index)
+    graph = similarity_graph(x, threshold, neighbours)
     # Every stored edge is already above the threshold: DBSCAN's radius (a distance, at most 2) takes them all.
     labels = DBSCAN(eps=2.0, min_samples=min_faces, metric="precomputed").fit(graph).labels_
     return by_size(labels)
