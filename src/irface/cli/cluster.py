@@ -93,7 +93,7 @@ def _text(report: dict) -> list[str]:
         lines.append(f"{'noise' if c < 0 else f'person {c}'}: {len(members)} face(s)")
         lines += [f"  {f['source']} #{f['face']}" for f in members]
     photos = len({f["source"] for f in faces})
-    added = f" ({report['added']} new)" if "added" in report else ""
+    added = f" ({report['added']} new)" if report.get("state") else ""
     lines.append(f"{len(faces)} faces{added} in {photos} photos: {report['clusters']} people, {report['noise']} "
                  f"faces of no one (noise); threshold {report['threshold']:g} ({report['threshold_source']}), "
                  f"min {report['min_faces']} faces a person")

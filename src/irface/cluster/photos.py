@@ -64,14 +64,14 @@ def _no_face(sources: Sequence[FaceSource], result: EmbedResult) -> DataError:
     return DataError(f"no face found in any of the {len(sources)} photos{first}")
 
 
-def report(state: ClusterState, skipped: list[dict], added: Optional[int] = None) -> dict[str, Any]:
-    """The output object: model, people, every face with its person (-1 noise), what was skipped."""
+def report(state: ClusterState, skipped: list[dict], added: int) -> dict[str, Any]:
+    """The output object: model, people, every face with its person (-1 noise), the faces this run added
+    (all of them but with an earlier state), what was skipped."""
     faces = [{**f, "cluster": int(c)} for f, c in zip(state.faces, state.labels)]
     out = {"model": state.model, "clusters": len(state.people()), "faces": faces,
            "noise": int((state.labels < 0).sum()), "threshold": state.threshold,
-           "threshold_source": state.threshold_source, "min_faces": state.min_faces, "skipped": skipped}
-    if added is not None:
-        out["added"] = added
+           "threshold_source": state.threshold_source, "min_faces": state.min_faces, "added": added,
+           "skipped": skipped}
     return out
 
 
@@ -105,7 +105,7 @@ def cluster_photos(embedder: Embedder, inputs: Sequence[str], *, model: str, fin
                        np.zeros(len(rows), np.int64), rows, looked_at)
     if state is None:
         new.labels = cluster_embeddings(new.embeddings, value, min_faces)
-        return report(new, result.skipped), new
+        return report(new, result.skipped, len(rows)), new
     merged = ClusterState(model, fingerprint, value, source, min_faces,
                           np.concatenate([state.embeddings, new.embeddings]), np.zeros(0, np.int64),
                           state.faces + rows, state.photos + looked_at)
@@ -114,7 +114,7 @@ def cluster_photos(embedder: Embedder, inputs: Sequence[str], *, model: str, fin
     else:
         old_labels, new_labels = assign(state.embeddings, state.labels, new.embeddings, value, min_faces)
         merged.labels = np.concatenate([old_labels, new_labels])
-    return report(merged, result.skipped, added=len(rows)), merged
+    return report(merged, result.skipped, len(rows)), merged
 
 
 def evaluate_folders(embedder: Embedder, root: str | Path, *, threshold: Optional[float] = None,
