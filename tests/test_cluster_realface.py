@@ -183,3 +183,17 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys):
     _one_line_error(capsys, ["cluster", "evaluate", str(PHOTOS), "--model", MODEL, "--into", str(state), *CPU],
                     "--into does not apply")
     assert state.read_bytes() == kept and not out.exists()
+
+
+def test_the_threshold_comes_from_the_calibration_file(tmp_path):
+    from irface.cluster.photos import DEFAULT_THRESHOLD, cluster_threshold
+    from irface.export.metadata import calibration_path
+    from irface.infer import load_model
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(MODEL, model)
+    assert cluster_threshold(load_model(model)) == (DEFAULT_THRESHOLD, "default")
+    calibration_path(model).write_text(json.dumps({"threshold": 0.61, "rule": "best accuracy"}))
+    embedder = load_model(model)
+    assert cluster_threshold(embedder) == (0.61, "calibration")
+    assert cluster_threshold(embedder, 0.3) == (0.3, "argument")

@@ -57,8 +57,12 @@ def check_knobs(threshold: float, min_faces: int) -> None:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows of unit length, float32, contiguous: `x` itself when it is so already (no copy of a million faces)."""
     from irface.infer.embed import l2_normalize
 
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4):
+        return x
     return np.ascontiguousarray(l2_normalize(x))
 
 
@@ -85,7 +89,9 @@ def nearest(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, 
     Exact (`irface.gallery.index.FaceIndex`, flat) while the work is small, else approximate (IVF)."""
     from irface.gallery.index import FaceIndex
 
-    base, queries = _unit(base), _unit(queries)
+    same = queries is base
+    base = _unit(base)
+    queries = base if same else _unit(queries)
     n, dim = base.shape
     k = max(1, min(k, n))
     if n * len(queries) <= EXACT_LIMIT ** 2:
