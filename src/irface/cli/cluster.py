@@ -13,6 +13,8 @@ EVALUATE = "evaluate"
 
 
 def register(sub) -> None:
+    from irface.cluster.graph import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD
+
     p = sub.add_parser(
         "cluster", help="Group every face of unlabelled photos by person (or evaluate that on labelled folders)",
         usage="irface cluster PHOTO... --model MODEL [--into STATE [--recluster]] [--output FILE.json] [--json]\n"
@@ -25,11 +27,12 @@ def register(sub) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders of photos (or: evaluate DIR)")
     p.add_argument("--model", required=True, metavar="MODEL", help="the model that embeds the faces")
     p.add_argument("--threshold", type=float,
-                   help="cosine similarity above which two faces are linked (default: the model's calibrated "
-                        "threshold, else the one stored in it, else 0.5)")
+                   help="cosine similarity above which two faces are linked (default: the state's, else the "
+                        "model's calibrated threshold, else the one stored in it, else "
+                        f"{DEFAULT_THRESHOLD:g})")
     p.add_argument("--min-faces", type=int,
                    help="faces a person needs, counting the face itself, for its neighbourhood to form a person "
-                        "(DBSCAN's min_samples; default 2, or the state's)")
+                        f"(DBSCAN's min_samples; default {DEFAULT_MIN_FACES}, or the state's)")
     p.add_argument("--into", metavar="STATE",
                    help="keep the result in STATE (.npz); if it exists, new photos join its people")
     p.add_argument("--recluster", action="store_true", help="with --into: cluster every face of STATE again")

@@ -21,11 +21,18 @@ from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Without a calibrated threshold: above every different-person pair measured with the fixture MobileFaceNet
+# (49 photos of 21 people: highest 0.408, tests/fixtures/realface/README.md), with a margin because in a
+# clustering one false link merges two people; same-person pairs below it still join through other photos.
+# Immich clusters ArcFace embeddings with the same value (maximum cosine distance 0.5).
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_FACES = 2
+
 # Neighbours per face in the graph: enough that a person's faces stay joined (a face's nearest faces
 # are its own person's first), few enough that the graph is small (N x 32 edges).
 NEIGHBOURS = 32
-# Exact search while queries x faces is at most EXACT_LIMIT^2 (N faces against themselves: N <= 20,000;
-# 18 s at 512-d on two busy cores); beyond, IVF. benchmarks/README.md ("Face clustering") has the figures.
+# Exact search while queries x faces is at most EXACT_LIMIT^2 (N faces against themselves: N <= 20,000,
+# four times the 10,000-face time of benchmarks/README.md, as it grows as N^2); beyond, IVF. benchmarks/README.md ("Face clustering") has the figures.
 EXACT_LIMIT = 20_000
 # IVF for the graph (not the gallery's defaults: every face is a query here, so many small lists and few
 # probed is cheapest): 4 sqrt(N) lists learnt by 10 k-means rounds on 32 faces a list, 4 probed. At 100,000
@@ -137,7 +144,7 @@ def by_size(labels: np.ndarray, start: int = 0) -> np.ndarray:
     return out
 
 
-def cluster_embeddings(x: np.ndarray, threshold: float, min_faces: int = 2, neighbours: int = NEIGHBOURS
+def cluster_embeddings(x: np.ndarray, threshold: float, min_faces: int = DEFAULT_MIN_FACES, neighbours: int = NEIGHBOURS
                        ) -> np.ndarray:
     """A person number for each row of `x` (N, E): 0 the person with most faces, -1 noise."""
     DBSCAN = _dbscan()
@@ -151,7 +158,8 @@ def cluster_embeddings(x: np.ndarray, threshold: float, min_faces: int = 2, neig
     return by_size(labels)
 
 
-def assign(old: np.ndarray, old_labels: np.ndarray, new: np.ndarray, threshold: float, min_faces: int = 2,
+def assign(old: np.ndarray, old_labels: np.ndarray, new: np.ndarray, threshold: float,
+           min_faces: int = DEFAULT_MIN_FACES,
            neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """New faces into an earlier clustering without changing its people: (labels of old, labels of new).
 

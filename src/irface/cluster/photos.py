@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from irface.cluster.graph import assign, check_knobs, cluster_embeddings
+from irface.cluster.graph import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD, assign, check_knobs, cluster_embeddings
 from irface.cluster.metrics import clustering_scores
 from irface.cluster.state import ClusterState
 from irface.errors import DataError
@@ -24,12 +24,6 @@ from irface.infer.model_file import Embedder
 
 log = logging.getLogger(__name__)
 
-# Without a calibrated threshold: above every different-person pair measured with the fixture MobileFaceNet
-# (49 photos of 21 people: highest 0.408, tests/fixtures/realface/README.md), with a margin because in a
-# clustering one false link merges two people; same-person pairs below it still join through other photos.
-# Immich clusters ArcFace embeddings with the same value (maximum cosine distance 0.5).
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MIN_FACES = 2
 
 
 def cluster_threshold(embedder: Embedder, threshold: Optional[float] = None) -> tuple[float, str]:
