@@ -197,3 +197,15 @@ def test_the_threshold_comes_from_the_calibration_file(tmp_path):
     embedder = load_model(model)
     assert cluster_threshold(embedder) == (0.61, "calibration")
     assert cluster_threshold(embedder, 0.3) == (0.3, "argument")
+
+
+def test_unreadable_and_faceless_photos_are_reported_and_skipped(tmp_path, capsys):
+    from PIL import Image
+
+    lib = _library(tmp_path / "lib", {"biden": 2})
+    (lib / "biden" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    Image.new("RGB", (320, 240), (120, 130, 140)).save(lib / "wall.png")
+    report = _json(capsys, ["cluster", str(lib), "--model", MODEL, *CPU])
+    assert report["clusters"] == 1 and [f["cluster"] for f in report["faces"]] == [0, 0]
+    reasons = sorted(s["reason"] for s in report["skipped"])
+    assert len(reasons) == 2 and "broken.jpg" in reasons[0] and "wall.png: no face found" in reasons[1], reasons
