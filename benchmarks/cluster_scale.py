@@ -13,7 +13,8 @@ Methods (threshold 0.5, min 2 faces, as `irface cluster` by default):
 - graph: `irface.cluster.graph.cluster_embeddings`: faiss k-NN graph (32 neighbours, exact up to 20,000
   faces, IVF beyond) + scikit-learn DBSCAN on the sparse graph;
 - dbscan: scikit-learn DBSCAN(metric="cosine", algorithm="brute") on the embeddings (all pairs, chunked);
-- hdbscan: scikit-learn HDBSCAN(metric="cosine", min_cluster_size=2): an N x N float64 matrix.
+- hdbscan: scikit-learn HDBSCAN(metric="cosine", min_cluster_size=2): an N x N float64 matrix;
+- graph-exact (only when asked for): the graph with exact search at any size, to see what IVF costs.
 A dense method is not run where its N x N work or memory would not fit (`--dense-max`), and says so.
 
     PYTHONPATH=src python benchmarks/cluster_scale.py [--sizes 10000 100000 1000000] [--dim 512] [--json F]
@@ -37,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.5
 MIN_FACES = 2
 METHODS = ("graph", "dbscan", "hdbscan")
+# Not run by default: the graph with exact search at every size (what IVF costs in quality), N^2 in time.
+EXTRA_METHODS = ("graph-exact",)
 FIXTURES = ROOT / "tests" / "fixtures" / "realface"
 
 
@@ -74,6 +77,11 @@ def run_method(method: str, x: np.ndarray) -> np.ndarray:
     from irface.cluster.graph import by_size, cluster_embeddings
 
     if method == "graph":
+        return cluster_embeddings(x, THRESHOLD, MIN_FACES)
+    if method == "graph-exact":
+        from irface.cluster import graph
+
+        graph.EXACT_LIMIT = len(x)
         return cluster_embeddings(x, THRESHOLD, MIN_FACES)
     if method == "dbscan":
         from sklearn.cluster import DBSCAN
@@ -173,7 +181,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHODS + EXTRA_METHODS, default=list(METHODS))
     p.add_argument("--dense-max", type=int, default=10_000, help="largest N the all-pairs methods are run at")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inline", action="store_true", help="run in this process (no per-method peak memory)")
