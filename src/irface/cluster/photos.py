@@ -62,11 +62,10 @@ def report(state: ClusterState, skipped: list[dict], added: int) -> dict[str, An
     """The output object: model, people, every face with its person (-1 noise), the faces this run added
     (all of them but with an earlier state), what was skipped."""
     faces = [{**f, "cluster": int(c)} for f, c in zip(state.faces, state.labels)]
-    out = {"model": state.model, "clusters": len(state.people()), "faces": faces,
-           "noise": int((state.labels < 0).sum()), "threshold": state.threshold,
-           "threshold_source": state.threshold_source, "min_faces": state.min_faces, "added": added,
-           "skipped": skipped}
-    return out
+    return {"model": state.model, "clusters": len(state.people()), "faces": faces,
+            "noise": int((state.labels < 0).sum()), "threshold": state.threshold,
+            "threshold_source": state.threshold_source, "min_faces": state.min_faces, "added": added,
+            "skipped": skipped}
 
 
 def cluster_photos(embedder: Embedder, inputs: Sequence[str], *, model: str, fingerprint: str,
@@ -94,7 +93,8 @@ def cluster_photos(embedder: Embedder, inputs: Sequence[str], *, model: str, fin
         result, rows = EmbedResult([], np.zeros((0, embedder.embedding_size), np.float32), np.zeros(0)), []
     if state is None and not rows:
         raise _no_face(sources, result)
-    looked_at = [s.name for s in sources if s.name not in {k["name"] for k in result.skipped}]
+    retry = {k["name"] for k in result.skipped}  # unreadable or faceless: looked at again next time
+    looked_at = [s.name for s in sources if s.name not in retry]
     new = ClusterState(model, fingerprint, value, source, min_faces, result.embeddings,
                        np.zeros(len(rows), np.int64), rows, looked_at)
     if state is None:
