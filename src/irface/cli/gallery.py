@@ -56,10 +56,12 @@ def register(sub) -> None:
     add_json_argument(b)
     b.set_defaults(func=run_build)
 
-    a = gsub.add_parser("add", help="add photos of one identity to a gallery")
+    a = gsub.add_parser("add", help="add photos of one identity (or a person of irface cluster) to a gallery")
     a.add_argument("gallery", metavar="G", help=GALLERY_HELP)
     a.add_argument("identity", metavar="IDENTITY", help="the person's name (letters, digits, spaces, . _ - ' ( ) ,)")
-    a.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders of photos")
+    a.add_argument("photos", nargs="*", metavar="PHOTO", help="photos or folders of photos")
+    a.add_argument("--from-cluster", metavar="STATE:C", help="instead of photos: the faces of person C of an "
+                                                             "'irface cluster --into STATE' (docs/cluster.md)")
     _model_arguments(a, required=False)
     add_json_argument(a)
     a.set_defaults(func=run_add)
@@ -173,9 +175,22 @@ def run_add(args: argparse.Namespace) -> int:
     from irface.gallery.photos import enroll_photos
 
     validate_identity(args.identity)  # before the model is loaded
-    gallery, embedder = _open(args)
+    if bool(args.photos) == bool(args.from_cluster):
+        from irface.errors import ConfigError
+
+        raise ConfigError("give the person's photos or --from-cluster STATE:C (one of them)")
+    if args.from_cluster:
+        from irface.cluster.state import enroll_cluster
+        from irface.gallery import open_gallery
+
+        gallery = open_gallery(args.gallery)
+    else:
+        gallery, embedder = _open(args)
     with gallery:
-        summary = enroll_photos(gallery, embedder, args.identity, args.photos, **_options(args))
+        if args.from_cluster:
+            summary = enroll_cluster(gallery, args.identity, args.from_cluster)  # embedded already, by the same model
+        else:
+            summary = enroll_photos(gallery, embedder, args.identity, args.photos, **_options(args))
         gallery.save()
         summary.update(gallery=gallery.location, identity=args.identity, total_faces=len(gallery))
     emit(summary, args.json, f"added {summary['faces']} faces of '{args.identity}' to {gallery.location} "
