@@ -89,42 +89,46 @@ def fill_file(path: Path, n: int) -> float:
 
 
 # ---- one worker process ---------------------------------------------------------------------------
-def worker(spec: str, tag: str, rounds: int) -> None:
-    """A worker: open the gallery, say so, wait for "go" on stdin, time the rounds, print the figures."""
+def worker(specs: list[str], tag: str, rounds: int) -> None:
+    """A worker: open the gallery (or galleries), say so, wait for "go" on stdin, time the rounds (one
+    enrolment and one search in each gallery per round, interleaved), print the figures."""
     import faiss
 
     from irface.gallery import open_gallery
 
     faiss.omp_set_num_threads(1)
-    t0 = time.perf_counter()
-    g = open_gallery(spec)
-    load_s = time.perf_counter() - t0
+    galleries, load_s = [], []
+    for spec in specs:
+        t0 = time.perf_counter()
+        galleries.append(open_gallery(spec))
+        load_s.append(time.perf_counter() - t0)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("ready", flush=True)
     sys.stdin.readline()
-    enrol, search = [], []
+    enrol: list[list[float]] = [[] for _ in specs]
+    search: list[list[float]] = [[] for _ in specs]
     q = faces(1, 99)
+    seed = 10_000_000 + zlib.crc32(tag.encode()) % 1000 * 1000
     for i in range(rounds):
-        start = time.perf_counter()
-        g.add(f"new-{tag}-{i}", faces(1, 10_000_000 + zlib.crc32(tag.encode()) % 1000 * 1000 + i), [f"upload:{tag}/{i}"],
-              thumbnails=[PICTURE])
-        enrol.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        g.search(q, top_k=5)
-        search.append(time.perf_counter() - start)
-    print(json.dumps({"load_s": load_s, "rss_mb": rss_mb, "faces": len(g),
-                      "enrol_ms": 1000 * statistics.median(enrol), "search_ms": 1000 * statistics.median(search)}),
-          flush=True)
-    sys.stdout.flush()
+        for k, g in enumerate(galleries):
+            start = time.perf_counter()
+            g.add(f"new-{tag}-{i}", faces(1, seed + i), [f"upload:{tag}/{i}"], thumbnails=[PICTURE])
+            enrol[k].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            g.search(q, top_k=5)
+            search[k].append(time.perf_counter() - start)
+    print(json.dumps([{"load_s": t, "rss_mb": rss_mb, "faces": len(g), "enrol_ms": 1000 * statistics.median(e),
+                       "search_ms": 1000 * statistics.median(s)}
+                      for t, g, e, s in zip(load_s, galleries, enrol, search)]), flush=True)
     os._exit(0)  # no close(): a file gallery would compact its journal, which is not what is timed
 
 
-def run_workers(spec: str, count: int, rounds: int, tag: str) -> list[dict[str, Any]]:
-    """`count` worker processes on one gallery, timed together; each one's figures."""
+def run_workers(specs: list[str], count: int, rounds: int, tag: str) -> list[list[dict[str, Any]]]:
+    """`count` worker processes on the same galleries, timed together; each one's figures per gallery."""
     src = str(_HERE.parents[1] / "src")  # this checkout's irface, in the workers too
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    procs = [subprocess.Popen([sys.executable, str(_HERE), "--worker", spec, "--tag", f"{tag}{k}",
+    procs = [subprocess.Popen([sys.executable, str(_HERE), "--worker", *specs, "--tag", f"{tag}{k}",
                                "--rounds", str(rounds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env=env) for k in range(count)]
     try:
@@ -144,12 +148,14 @@ def run_workers(spec: str, count: int, rounds: int, tag: str) -> list[dict[str, 
 
 
 # ---- one size ---------------------------------------------------------------------------------------
-def measure(n: int, rounds: int, worker_counts: list[int], folder: Path, pg_server: Any = None) -> list[dict]:
+def measure(n: int, rounds: int, worker_counts: list[int], folder: Path, pg_server: Any = None,
+            keep: bool = False) -> tuple[list[dict], Optional[str]]:
+    """The rows of one size; with `keep`, the PostgreSQL database is left for the caller (its URL)."""
     rows = []
 
     def row(store: str, workers: int, fill_s: float, results: list[dict]) -> dict:
         r = {"faces": n, "store": store, "workers": workers, "fill_s": round(fill_s, 1),
-             "load_s": round(max(x["load_s"] for x in results), 2),
+             "load_s": round(max(x["load_s"] for x in results), 2),  # the slowest of workers loading at once
              "worker_mb": round(max(x["rss_mb"] for x in results)),
              "enrol_ms": round(statistics.median(x["enrol_ms"] for x in results), 2),
              "search_ms": round(statistics.median(x["search_ms"] for x in results), 2)}
@@ -157,18 +163,23 @@ def measure(n: int, rounds: int, worker_counts: list[int], folder: Path, pg_serv
         print(json.dumps(r), flush=True)
         return r
 
-    path = folder / f"g{n}.gallery"
-    fill_s = fill_file(path, n)
-    rows.append(row("file", 1, fill_s, run_workers(str(path), 1, rounds, "f")))
-    for p in (path, path.with_name(path.name + ".journal")):
-        p.unlink(missing_ok=True)
+    if worker_counts:
+        path = folder / f"g{n}.gallery"
+        fill_s = fill_file(path, n)
+        rows.append(row("file", 1, fill_s, [w[0] for w in run_workers([str(path)], 1, rounds, "f")]))
+        for p in (path, path.with_name(path.name + ".journal")):
+            p.unlink(missing_ok=True)
+    url = None
     if pg_server is not None:
         url = pg_server.url(pg_server.new_database())
         fill_s = fill_postgres(url, n)
+        print(json.dumps({"faces": n, "store": "postgresql", "fill_s": round(fill_s, 1)}), flush=True)
         for k in worker_counts:
-            rows.append(row("postgresql", k, fill_s, run_workers(url, k, rounds, f"p{k}w")))
-        _drop(pg_server, url)
-    return rows
+            rows.append(row("postgresql", k, fill_s, [w[0] for w in run_workers([url], k, rounds, f"p{k}w")]))
+        if not keep:
+            _drop(pg_server, url)
+            url = None
+    return rows, url
 
 
 def _drop(pg_server: Any, url: str) -> None:
@@ -181,16 +192,31 @@ def _drop(pg_server: Any, url: str) -> None:
 
 def run(sizes: list[int], rounds: int, worker_counts: list[int], pg_server: Any = None,
         folder: Optional[Path] = None) -> dict[str, Any]:
-    """Every size, file and (with a server) PostgreSQL; the report that --json writes."""
+    """Every size, file and (with a server) PostgreSQL; then PostgreSQL's enrolment at the smallest size
+    against the largest, in one worker holding both, enrolments interleaved (a busy machine slows both
+    alike, so their ratio holds); the report that --json writes."""
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="irface-store-", dir=folder) as tmp:
-        for n in sizes:
-            rows += measure(n, rounds, worker_counts, Path(tmp), pg_server)
-    pg = {r["faces"]: r["enrol_ms"] for r in rows if r["store"] == "postgresql" and r["workers"] == 1}
-    ratio = None
-    if len(pg) >= 2:
-        ratio = round(pg[max(pg)] / pg[min(pg)], 2)
-    return {"rows": rows, "postgres_enrol_ratio_largest_to_smallest": ratio, "machine": _cpu(),
+    kept: dict[int, str] = {}
+    sizes = sorted(sizes)
+    try:
+        with tempfile.TemporaryDirectory(prefix="irface-store-", dir=folder) as tmp:
+            for n in sizes:
+                keep = pg_server is not None and len(sizes) > 1 and n in (sizes[0], sizes[-1])
+                got, url = measure(n, rounds, worker_counts, Path(tmp), pg_server, keep=keep)
+                rows += got
+                if url is not None:
+                    kept[n] = url
+        ratio = None
+        if len(kept) == 2:
+            small, large = run_workers([kept[sizes[0]], kept[sizes[-1]]], 1, 2 * rounds, "r")[0]
+            ratio = {"faces": [sizes[0], sizes[-1]], "enrol_ms": [round(small["enrol_ms"], 2),
+                                                                  round(large["enrol_ms"], 2)],
+                     "ratio": round(large["enrol_ms"] / small["enrol_ms"], 2)}
+            print(json.dumps({"postgres_enrol_interleaved": ratio}), flush=True)
+    finally:
+        for url in kept.values():
+            _drop(pg_server, url)
+    return {"rows": rows, "postgres_enrol_interleaved": ratio, "machine": _cpu(),
             "load": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
             "python": platform.python_version(), "command": " ".join(sys.argv)}
 
@@ -202,11 +228,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="PostgreSQL worker counts (default 1 2)")
     ap.add_argument("--no-pg", action="store_true", help="the file gallery only")
     ap.add_argument("--json", help="write the figures here")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run as one worker on this gallery
+    ap.add_argument("--ratio-only", action="store_true",
+                    help="only PostgreSQL's enrolment at the smallest against the largest size, interleaved")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # internal: run as one worker on this gallery
     ap.add_argument("--tag", default="w", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args.worker, args.tag, args.rounds)
+    if args.ratio_only and args.no_pg:
+        ap.error("--ratio-only measures PostgreSQL: drop --no-pg")
     server = None
     if not args.no_pg:
         sys.path.insert(0, str(_HERE.parents[1] / "tests"))
@@ -214,7 +244,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
         server = start_server()
     try:
-        report = run(args.sizes, args.rounds, args.workers, server)
+        report = run(args.sizes, args.rounds, [] if args.ratio_only else args.workers, server)
     finally:
         if server is not None:
             server.close()
