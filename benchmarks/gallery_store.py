@@ -16,7 +16,7 @@ For each size N (random 512-d unit faces, 4 per identity):
   checksummed record appended to the journal and fsynced.
 
 Each worker searches with one faiss thread, so 1000 / search_ms is searches per second per core. The
-memory is the worker's peak resident set (ru_maxrss) after loading. Figures: benchmarks/README.md.
+memory is the worker's resident set once loaded (VmRSS) and its peak while loading (ru_maxrss). Figures: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ def fill_postgres(url: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def database_mb(url: str) -> float:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return round(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 1e6, 1)
+
+
 def fill_file(path: Path, n: int) -> float:
     """A saved gallery file of `n` faces; seconds."""
     from irface.gallery import Gallery
@@ -102,7 +109,8 @@ def worker(specs: list[str], tag: str, rounds: int) -> None:
         t0 = time.perf_counter()
         galleries.append(open_gallery(spec))
         load_s.append(time.perf_counter() - t0)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the peak, while loading
+    held_mb = _resident_mb()  # what stays once loaded
     print("ready", flush=True)
     sys.stdin.readline()
     enrol: list[list[float]] = [[] for _ in specs]
@@ -117,10 +125,15 @@ def worker(specs: list[str], tag: str, rounds: int) -> None:
             start = time.perf_counter()
             g.search(q, top_k=5)
             search[k].append(time.perf_counter() - start)
-    print(json.dumps([{"load_s": t, "rss_mb": rss_mb, "faces": len(g), "enrol_ms": 1000 * statistics.median(e),
+    print(json.dumps([{"load_s": t, "rss_mb": rss_mb, "held_mb": held_mb, "faces": len(g), "enrol_ms": 1000 * statistics.median(e),
                        "search_ms": 1000 * statistics.median(s)}
                       for t, g, e, s in zip(load_s, galleries, enrol, search)]), flush=True)
     os._exit(0)  # no close(): a file gallery would compact its journal, which is not what is timed
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def run_workers(specs: list[str], count: int, rounds: int, tag: str) -> list[list[dict[str, Any]]]:
@@ -156,7 +169,8 @@ def measure(n: int, rounds: int, worker_counts: list[int], folder: Path, pg_serv
     def row(store: str, workers: int, fill_s: float, results: list[dict]) -> dict:
         r = {"faces": n, "store": store, "workers": workers, "fill_s": round(fill_s, 1),
              "load_s": round(max(x["load_s"] for x in results), 2),  # the slowest of workers loading at once
-             "worker_mb": round(max(x["rss_mb"] for x in results)),
+             "worker_mb": round(max(x["held_mb"] for x in results)),
+             "worker_peak_mb": round(max(x["rss_mb"] for x in results)),
              "enrol_ms": round(statistics.median(x["enrol_ms"] for x in results), 2),
              "search_ms": round(statistics.median(x["search_ms"] for x in results), 2)}
         r["searches_per_s_per_core"] = round(1000 / r["search_ms"], 1)
@@ -173,9 +187,12 @@ def measure(n: int, rounds: int, worker_counts: list[int], folder: Path, pg_serv
     if pg_server is not None:
         url = pg_server.url(pg_server.new_database())
         fill_s = fill_postgres(url, n)
-        print(json.dumps({"faces": n, "store": "postgresql", "fill_s": round(fill_s, 1)}), flush=True)
+        db_mb = database_mb(url)
+        print(json.dumps({"faces": n, "store": "postgresql", "fill_s": round(fill_s, 1), "database_mb": db_mb}),
+              flush=True)
         for k in worker_counts:
-            rows.append(row("postgresql", k, fill_s, [w[0] for w in run_workers([url], k, rounds, f"p{k}w")]))
+            rows.append({**row("postgresql", k, fill_s, [w[0] for w in run_workers([url], k, rounds, f"p{k}w")]),
+                         "database_mb": db_mb})
         if not keep:
             _drop(pg_server, url)
             url = None

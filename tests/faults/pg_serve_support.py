@@ -90,13 +90,15 @@ class Served:
         return seen - set(exclude)
 
     def each_worker(self, method: str, path: str, count: int, **kw: Any) -> dict[str, httpx.Response]:
-        """One answer from each of `count` workers to the same request (asked until all have answered)."""
+        """One answer from each of `count` workers to the same request (asked until all have answered).
+        Each request on a new connection: a kept-alive one stays with the worker that accepted it."""
         got: dict[str, httpx.Response] = {}
         deadline = time.monotonic() + 120
         with ThreadPoolExecutor(2 * count) as pool:
             while len(got) < count:
-                assert time.monotonic() < deadline, f"only workers {sorted(got)} answered"
-                for r in pool.map(lambda _: self.client.request(method, path, **kw), range(2 * count)):
+                assert time.monotonic() < deadline, f"only workers {sorted(got)} answered: {self.log()[-2000:]}"
+                for r in pool.map(lambda _: httpx.request(method, self.base + path, timeout=120, **kw),
+                                  range(2 * count)):
                     got.setdefault(r.headers["x-irface-worker"], r)
         return got
 
