@@ -102,6 +102,21 @@ class Served:
                     got.setdefault(r.headers["x-irface-worker"], r)
         return got
 
+    def pinned_clients(self, count: int) -> dict[str, httpx.Client]:
+        """A client per worker, for `count` workers: each keeps one connection, which stays with the worker
+        that accepted it (while kept alive: uvicorn closes it after 5 s idle, so use them at once)."""
+        pinned: dict[str, httpx.Client] = {}
+        deadline = time.monotonic() + 120
+        while len(pinned) < count:
+            assert time.monotonic() < deadline, f"only workers {sorted(pinned)} accepted a connection"
+            client = httpx.Client(base_url=self.base, timeout=120, limits=httpx.Limits(max_connections=1))
+            pid = client.get("/v1/health").headers["x-irface-worker"]
+            if pid in pinned:
+                client.close()
+            else:
+                pinned[pid] = client
+        return pinned
+
     def enroll(self, identity: str, crops: list[bytes], client: Optional[httpx.Client] = None) -> httpx.Response:
         files = [("images", (f"{identity}-{k}.png", c, "image/png")) for k, c in enumerate(crops)]
         return (client or self.client).post("/v1/gallery/enroll", data={"identity": identity}, files=files,
