@@ -345,3 +345,23 @@ def test_a_gallery_from_the_runs_of_two_parts(ray_cluster, tmp_path, capsys):
                                "--output", str(tmp_path / "g2")])
     assert (twice["faces"], len(twice["skipped"])) == (4, 4)
     assert all(s["reason"].endswith(f"enrolled already from {folders[0]}") for s in twice["skipped"])
+
+
+
+def test_quieting_ray_data_leaves_other_log_handlers_alone():
+    # Ray Data hangs the handlers the process already had (irface's console, pytest's capture) on its own
+    # logger; quieting Ray's console once set those to ERROR too, hiding irface's warnings for the rest
+    # of the process (a later `irface embed` in the suite lost its "6 faces found" warning).
+    import logging
+    import types
+
+    from irface.infer.ray_embed import _quiet_ray_data
+
+    ours = logging.StreamHandler()
+    logger = logging.getLogger("ray.data")
+    logger.addHandler(ours)
+    try:
+        _quiet_ray_data(types.SimpleNamespace(), verbose=False)
+        assert ours.level == logging.NOTSET
+    finally:
+        logger.removeHandler(ours)

@@ -202,7 +202,9 @@ def _quiet_ray_data(ctx, verbose: bool) -> None:
     ctx.print_on_execution_start = verbose
     if not verbose:
         for handler in logging.getLogger("ray.data").handlers:
-            if not hasattr(handler, "baseFilename"):  # the console handler; its log file keeps everything
+            # Ray's console handler only: Ray Data's logging set-up also hangs the handlers the process had
+            # (irface's console, a test's capture) on its logger, and those must keep their levels.
+            if type(handler).__module__.startswith("ray.") and not hasattr(handler, "baseFilename"):
                 handler.setLevel(logging.ERROR)
 
 
