@@ -25,7 +25,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from irface.errors import GalleryError
+from irface.errors import GalleryError, OutputError
 from irface.utils import atomic_write
 
 MAGIC = b"IRFJ"
@@ -119,8 +119,9 @@ class Journal:
             if new:
                 _sync_folder(self.path.parent)
         except OSError as e:
-            raise GalleryError(f"{self.path}: could not write the gallery's journal ({e.strerror}); "
-                               "the change was not made") from None
+            # The disk's failure (full, read-only, too large), not the caller's: a server answers 507.
+            raise OutputError(f"{self.path}: could not write the gallery's journal ({e.strerror}); "
+                              "the change was not made", e.strerror or "") from None
         self._end += len(record)
         self.seq += 1
         self.appended += 1
@@ -140,8 +141,8 @@ class Journal:
         except OSError as e:
             # The new file is written; stale records are skipped at the next open (their generation is gone).
             self._rewrite = True
-            raise GalleryError(f"{self.path}: the gallery was saved but its journal could not be emptied "
-                               f"({e.strerror})") from None
+            raise OutputError(f"{self.path}: the gallery was saved but its journal could not be emptied "
+                              f"({e.strerror})", e.strerror or "") from None
 
 
 def _sync_folder(folder: Path) -> None:
