@@ -235,10 +235,10 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
         notes = {"runtime": f"onnxruntime {ort.__version__}", "providers": sess.get_providers(),
                  "model_mb": round(path.stat().st_size / 2 ** 20, 1)}
         if int8:
-            from irface.export.quantize import INT8_FORMS
+            from irface.export.quantize import INT8_FORMS, INT8_METHOD
 
             spec = INT8_FORMS[int8_form]
-            notes["quantisation"] = f"{spec.description}; {spec.method} calibration on {len(calib_faces)} faces"
+            notes["quantisation"] = f"{spec.description}; {INT8_METHOD} calibration on {len(calib_faces)} faces"
         return Prepared(step=lambda: sess.run(None, {input_name: x}), embed=embed, notes=notes)
 
     return Variant(name, build, flop, "int8" if int8 else "fp32", description)

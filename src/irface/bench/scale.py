@@ -3,8 +3,7 @@
 Measured: one rank's share of the head (its C/R class centres, the global batch of R x N
 embeddings, forward + backward + SGD step), in one process: with R ranks every rank does this same
 work plus two small all-reduces, so one rank's time and memory are the cluster's per-rank figures
-without the communication. Partial FC (`irface.heads.PartialFC`) is used when it is installed;
-otherwise the plain head stands in for sample rate 1 and the sampled rows are left out.
+without the communication (`irface.heads.PartialFC` with rank 0 of R).
 
 Computed ("paper" table): the same per-rank memory model at a cluster's sizes (8 x 80 GB, 512-d,
 128 images per GPU), next to the backbone's work, and the sample rate that keeps the per-rank
@@ -105,20 +104,11 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _make_head(opts: ScaleOptions, classes: int, ranks: int, rate: float, device: torch.device) -> tuple[nn.Module, int]:
-    """One rank's head and the number of classes its labels are drawn from."""
-    try:
-        from irface.heads import PartialFC  # type: ignore[attr-defined]
-    except ImportError:
-        PartialFC = None
-    if PartialFC is not None:
-        return PartialFC(opts.head, opts.embedding_size, classes, None, rate, rank=0, world_size=ranks).to(device), classes
-    if rate < 1.0:
-        raise RuntimeError("sample rate below 1 needs irface.heads.PartialFC (not installed)")
-    from irface.heads import create_head
+def _make_head(opts: ScaleOptions, classes: int, ranks: int, rate: float, device: torch.device) -> nn.Module:
+    """One rank's share of the head: Partial FC's shard of `classes` across `ranks`."""
+    from irface.heads import PartialFC
 
-    per_rank, _ = used_classes(classes, ranks, 1.0)
-    return create_head(opts.head, embedding_size=opts.embedding_size, num_classes=per_rank).to(device), per_rank
+    return PartialFC(opts.head, opts.embedding_size, classes, None, rate, rank=0, world_size=ranks).to(device)
 
 
 def measure_row(opts: ScaleOptions, classes: int, ranks: int, rate: float, device: torch.device) -> dict[str, Any]:
@@ -141,24 +131,20 @@ def measure_row(opts: ScaleOptions, classes: int, ranks: int, rate: float, devic
         before = _rss_mb()
         reset_peak_memory(device)
     try:
-        head, label_range = _make_head(opts, classes, ranks, rate, device)
+        head = _make_head(opts, classes, ranks, rate, device)
     except (RuntimeError, ValueError) as e:
         row["note"] = f"skipped: {e}"
         return row
     head.train()
     opt = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    restrict = getattr(head, "restrict_update", None)
     global_batch = opts.batch_size * ranks
     emb = torch.randn(global_batch, opts.embedding_size, device=device, requires_grad=True)
-    labels = torch.randint(0, label_range, (global_batch,), device=device)
+    labels = torch.randint(0, classes, (global_batch,), device=device)
 
     def step() -> None:
         loss = head(emb, labels)
         loss.backward()
-        if restrict is not None:
-            with restrict(opt):
-                opt.step()
-        else:
+        with head.restrict_update(opt):
             opt.step()
         opt.zero_grad(set_to_none=True)
         emb.grad = None
