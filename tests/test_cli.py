@@ -30,3 +30,15 @@ def test_python_dash_m(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "irface", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("irface ")
+
+
+def test_parser_imports_no_torch():
+    # A fresh interpreter: in this one, other tests have imported torch already and would hide it. numpy and
+    # Pillow stay out too (the detector's and exporter's defaults live in modules that import neither).
+    import subprocess
+    import sys
+
+    probe = ("import sys; from irface.cli import build_parser; build_parser(); "
+             "print(' '.join(m for m in ('torch', 'numpy', 'PIL', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []

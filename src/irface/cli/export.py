@@ -21,10 +21,9 @@ def batch_size_arg(text: str):
 
 
 def register(sub) -> None:
-    from irface.export.api import FORMATS
-    from irface.export.calibration import DEFAULT_CALIB_COUNT
-    from irface.export.onnx_export import DEFAULT_OPSET
-    from irface.export.quantize import CALIB_METHODS, INT8_FORMS
+    from irface.export.options import (
+        CALIB_METHODS, DEFAULT_CALIB_COUNT, DEFAULT_OPSET, FORMATS, INT8_FORMS, INT8_METHOD, Int8Options,
+    )
 
     p = sub.add_parser(
         "export", help="Export a model to ONNX, TorchScript, .pth or safetensors (checked against PyTorch)",
@@ -41,14 +40,14 @@ def register(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="half-precision weights (input/output stay float32)")
     p.add_argument("--int8", action="store_true", help="ONNX int8 (onnxruntime static quantisation, per-channel weights); "
                    "needs --calib")
-    p.add_argument("--int8-form", choices=tuple(INT8_FORMS), default="qdq",
+    p.add_argument("--int8-form", choices=tuple(INT8_FORMS), default=Int8Options.form,
                    help="qdq: portable QDQ (default; any ONNX Runtime provider, TensorRT, OpenVINO); cpu: ONNX "
                         "Runtime's CPU operators, uint8 activations, faster there")
     p.add_argument("--calib", metavar="DIR_OR_BIN", help="int8 calibration faces: a RecordIO training folder, an image folder or a .bin")
     p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT,
                    help=f"calibration images, spread over the source (default {DEFAULT_CALIB_COUNT})")
     p.add_argument("--calib-method", choices=CALIB_METHODS, default=None,
-                   help="int8 range estimation (default percentile)")
+                   help=f"int8 range estimation (default {INT8_METHOD})")
     p.add_argument("--network", help="check that the model is this backbone (e.g. iresnet100)")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="keep BatchNorm layers instead of folding them into the convs (ONNX, TorchScript)")

@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from irface.errors import ConfigError, UserError, first_line
-from irface.export.calibration import DEFAULT_CALIB_COUNT, load_calibration_images
+from irface.export.calibration import load_calibration_images
 from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
     reference_embeddings,
@@ -27,46 +26,20 @@ from irface.export.check import (
 from irface.export.fold import fold_batchnorm
 from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
-    DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
+    INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
 )
-from irface.export.quantize import INT8_FORMS, INT8_METHOD, normalised_batch, write_int8_onnx
+from irface.export.options import (  # noqa: F401 (FORMATS and the options are re-exported)
+    DEFAULT_OPSET, FORMATS, INT8_FORMS, INT8_METHOD, INT8_MIN_COSINE, ExportOptions, Int8Options,
+)
+from irface.export.quantize import normalised_batch, write_int8_onnx
 from irface.models.loading import load_backbone
 from irface.utils import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "pth", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pth": ".pth", "safetensors": ".safetensors"}
 _FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
                      ".pth": "pth", ".safetensors": "safetensors"}
-# Mean cosine similarity int8 vs fp32 embeddings of the calibration faces below which int8 is refused.
-INT8_MIN_COSINE = 0.95
-
-
-@dataclass
-class Int8Options:
-    """`--int8`: the faces to calibrate on (RecordIO folder, image folder or `.bin`), how many, the
-    calibration method (None: the form's), the form, and the least mean cosine to fp32 accepted."""
-
-    calib: Optional[str | Path] = None
-    count: int = DEFAULT_CALIB_COUNT
-    method: Optional[str] = None
-    form: str = "qdq"
-    min_cosine: float = INT8_MIN_COSINE
-
-
-@dataclass
-class ExportOptions:
-    """How `export_model` writes: `fmt` (None: from the suffix), `network` (to check the file against),
-    ONNX `opset`, `batch_size` (None: dynamic), `fp16` weights, `fold_bn`, and `int8` (ONNX only)."""
-
-    fmt: Optional[str] = None
-    network: Optional[str] = None
-    opset: int = DEFAULT_OPSET
-    batch_size: Optional[int] = None
-    fp16: bool = False
-    fold_bn: bool = True
-    int8: Optional[Int8Options] = None
 MIN_OPSET = 11
 
 
