@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
 
 
@@ -18,7 +18,7 @@ def register(sub) -> None:
                     "or .parquet (needs pyarrow). An image of exactly the model's input size (112x112) is taken as "
                     "an aligned crop; any other is detected and aligned (largest face, or each with --all-faces). "
                     "Photos without a face or unreadable are reported and skipped. See docs/inference.md.")
-    p.add_argument("model", metavar="MODEL", help="checkpoint, run folder, .pth, .safetensors, .onnx or TorchScript")
+    add_model_argument(p, positional=True, spill="inputs")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, image folders, or a folder with train.rec")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="emb.npy, emb.npz or emb.parquet")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")

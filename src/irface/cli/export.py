@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from irface.cli._model import add_model_argument
 from irface.cli._output import add_json_argument, emit
 
 
@@ -30,8 +31,7 @@ def register(sub) -> None:
         description="Export a backbone to ONNX, TorchScript, a bare state dict (.pth) or safetensors. The file "
                     "is checked (onnx.checker; outputs vs PyTorch at batch 1 and 7) before it is put in place; "
                     "a failed check leaves no file and exits 1. See docs/export.md.")
-    p.add_argument("--ckpt", required=True, metavar="MODEL",
-                   help="checkpoint, run folder, bare state dict, safetensors or MindSpore .ckpt")
+    add_model_argument(p, weights_only=True, aliases=("--ckpt",))
     p.add_argument("--format", choices=FORMATS, type=str.lower, help="output format (default: from --output's suffix)")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     int8 = Int8Options(args.calib, args.calib_count, args.calib_method, args.int8_form) if args.int8 else None
     opts = ExportOptions(args.format, args.network, args.opset, args.batch_size, args.fp16, args.fold_bn, int8)
     try:
-        report = export_model(args.ckpt, args.output, opts)
+        report = export_model(args.model, args.output, opts)
     except ParityError as e:
         print(f"irface export: check failed: {e}", file=sys.stderr)
         return 1
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         from irface.infer import load_model
         from irface.infer.accuracy import compare_accuracy
 
-        reference = load_model(args.ckpt, args.network, fold_bn=False)
+        reference = load_model(args.model, args.network, fold_bn=False)
         report["accuracy"] = compare_accuracy(reference, load_model(args.output), args.eval_bin, args.eval_batch_size)
     emit(report, args.json, _summary(report))
     return 0
