@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 def measure(args) -> int:
     from irface.export import ExportOptions, Int8Options, export_model
     from irface.infer import load_model
-    from irface.infer.accuracy import compare_accuracy
+    from irface.export.accuracy import compare_accuracy
 
     reference = load_model(args.model, fold_bn=False)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")

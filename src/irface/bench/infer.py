@@ -103,7 +103,7 @@ def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, 
     size = base.input_size
 
     def build() -> Prepared:
-        from irface.export.fold import fold_batchnorm
+        from irface.models.fold import fold_batchnorm
 
         model = fold_batchnorm(base, leading=fold == "all") if fold != "none" else copy.deepcopy(base).eval()
         model = model.to(device)
@@ -191,7 +191,7 @@ def _onnx_file(base: nn.Module, workdir: Path) -> Path:
     """The BN-folded fp32 export, as `irface export` writes it, made once per run."""
     path = workdir / "fp32.onnx"
     if not path.exists():
-        from irface.export.fold import fold_batchnorm
+        from irface.models.fold import fold_batchnorm
         from irface.export.onnx_export import export_onnx
 
         export_onnx(fold_batchnorm(base), path, base.input_size)

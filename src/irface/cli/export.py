@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.eval_bin:
         from irface.infer import load_model
-        from irface.infer.accuracy import compare_accuracy
+        from irface.export.accuracy import compare_accuracy
 
         reference = load_model(args.model, args.network, fold_bn=False)
         report["accuracy"] = compare_accuracy(reference, load_model(args.output), args.eval_bin, args.eval_batch_size)

@@ -23,8 +23,8 @@ from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
     reference_embeddings,
 )
-from irface.export.fold import fold_batchnorm
-from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
+from irface.models.fold import fold_batchnorm
+from irface.models.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
     INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
 )

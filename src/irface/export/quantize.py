@@ -105,7 +105,7 @@ def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: s
 
     `fold_bn=False` keeps every BatchNorm (as `irface export --no-fold-bn`); otherwise the form decides.
     """
-    from irface.export.fold import fold_batchnorm
+    from irface.models.fold import fold_batchnorm
     from irface.export.graph import prelu_as_max
     from irface.export.onnx_export import DEFAULT_OPSET, export_onnx
 

@@ -7,7 +7,7 @@ of identity folders (`people/alice/*.jpg`, `people/bob/*.jpg`, ...: photos are d
 The threshold is a cosine similarity ("same person" when the similarity is strictly above it), chosen
 for the best accuracy over all pairs (the middle of the widest gap that achieves it), or as the lowest
 threshold whose false accept rate on the different-person pairs is at most a target FAR. It is written
-with how it was found to `<model>.irface.json` (`irface.export.metadata.calibration_path`), which
+with how it was found to `<model>.irface.json` (`irface.models.metadata.calibration_path`), which
 `load_model` reads: `irface verify` then uses it.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from irface.errors import ConfigError, DataError
-from irface.export.metadata import THRESHOLD_KEY, calibration_path
+from irface.models.metadata import THRESHOLD_KEY, calibration_path
 from irface.infer.embed import l2_normalize
 from irface.infer.model_file import Embedder
 from irface.utils import atomic_write

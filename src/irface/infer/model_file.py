@@ -24,8 +24,8 @@ import torch
 from irface.data.transforms import MEAN, STD, embed_images
 from irface.device import precision_dtype, resolve_device
 from irface.errors import ModelFileError, first_line
-from irface.export.fold import fold_batchnorm
-from irface.export.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
+from irface.models.fold import fold_batchnorm
+from irface.models.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
                                     threshold_from)
 from irface.models.loading import is_torchscript_archive, load_backbone
 

@@ -1,0 +1,107 @@
+"""The layers of docs/architecture.md, checked: no module imports from a higher layer.
+
+Every `import irface.x` / `from irface.x import ...` in src/irface is read with ast, at module level and
+inside functions alike (a lazy import is still a dependency). Packages in one row are independent: they
+may import the rows above, never each other.
+"""
+
+import ast
+import functools
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "irface"
+
+# Lowest first; the table in docs/architecture.md, row for row. `irface` is the package's __init__ (__version__).
+LAYERS = [
+    {"irface", "errors"},
+    {"utils"},
+    {"config", "dist"},
+    {"device"},
+    {"data"},
+    {"models", "heads"},
+    {"interop"},
+    {"eval", "detect"},
+    {"engine", "infer"},
+    {"export", "gallery"},
+    {"cluster"},
+    {"serve"},
+    {"bench"},
+    {"demo_settings"},
+    {"demo"},
+    {"cli"},
+    {"__main__"},
+]
+# (importing file, imported unit): the known exceptions, each with its reason.
+EXCEPTIONS = {
+    # A MindSpore .ckpt is converted in memory when a model is loaded; interop builds on models.
+    ("models/loading.py", "interop"),
+    # The synthetic IJB set places aligned faces in loose photos with the aligner's own template and warp.
+    ("data/synth_ijb.py", "infer"),
+}
+LAYER_OF = {unit: i for i, row in enumerate(LAYERS) for unit in row}
+
+
+def _unit(path: Path) -> str:
+    """The package or top-level module a file belongs to: data/images.py -> data, utils.py -> utils."""
+    rel = path.relative_to(SRC)
+    return "irface" if rel.parts == ("__init__.py",) else rel.parts[0].removesuffix(".py")
+
+
+def _imported_units(tree: ast.AST) -> set[str]:
+    units = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from irface import dist` imports the unit `dist`; `from irface.data import x` the unit `data`.
+            names = [f"irface.{a.name}" for a in node.names] if node.module == "irface" else [node.module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "irface":
+                units.add(parts[1] if len(parts) > 1 and (SRC / parts[1]).exists() or
+                          len(parts) > 1 and (SRC / f"{parts[1]}.py").exists() else "irface")
+    return units
+
+
+@functools.lru_cache(maxsize=None)
+def _imports() -> list[tuple[str, str, str]]:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        unit = _unit(path)
+        for target in _imported_units(ast.parse(path.read_text(), str(path))):
+            if target != unit:
+                found.append((path.relative_to(SRC).as_posix(), unit, target))
+    return found
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(p) for p in SRC.rglob("*.py")}
+    assert units - LAYER_OF.keys() == set(), "add these to LAYERS here and to docs/architecture.md"
+
+
+def test_no_import_from_a_higher_layer():
+    wrong = [f"{file} imports irface.{target} ({unit}: row {LAYER_OF[unit]}, {target}: row {LAYER_OF[target]})"
+             for file, unit, target in _imports()
+             if LAYER_OF[target] >= LAYER_OF[unit] and (file, target) not in EXCEPTIONS]
+    assert wrong == []
+
+
+def test_exceptions_are_still_needed():
+    # An exception that the code no longer needs is removed here, so that it cannot hide a new import.
+    used = {(file, target) for file, _, target in _imports()}
+    assert EXCEPTIONS - used == set()
+
+
+@pytest.mark.parametrize("source, units", [
+    ("from irface import dist\n", {"dist"}),
+    ("def f():\n    from irface.infer.align import warp_affine\n", {"infer"}),
+    ("import irface.models.fold\n", {"models"}),
+    ("from irface import __version__\n", {"irface"}),
+    ("from . import x\nimport numpy\n", set()),
+])
+def test_imports_are_read_at_every_level(source, units):
+    assert _imported_units(ast.parse(source)) == units
