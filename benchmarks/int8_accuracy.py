@@ -105,8 +105,8 @@ def measure(args) -> int:
             noisy = NoisyEmbedder(reference, relative, seed)
             rows += rows_of(f"fp32 + noise (seed {seed})", compare_accuracy(reference, noisy, bins,
                                                                              reference_cache=cache))
-    print(f"| model | set | pairs | fp32 | other | protocol delta (points) | decisions changed (right/wrong) "
-          f"| paired delta (points) |\n|---|---|---:|---:|---:|---:|---|---:|")
+    print("| model | set | pairs | fp32 | other | protocol delta (points) | decisions changed (right/wrong) "
+          "| paired delta (points) |\n|---|---|---:|---:|---:|---:|---|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['set']} | {r['pairs']} | {r['fp32']:.4f} | {r['other']:.4f} | "
               f"{r['delta_points']:+.2f} | {r['changed']} ({r['now_right']}/{r['now_wrong']}) | "

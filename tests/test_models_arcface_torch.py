@@ -3,7 +3,6 @@ FLOPs as documented, their options, and each family through train / resume / exp
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch

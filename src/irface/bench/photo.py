@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from irface.bench.options import PhotoOptions

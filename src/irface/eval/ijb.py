@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from irface.eval.identification import FPIRS, RANKS, mate_ranks, rank_k, tpir_at_fpir
-from irface.eval.protocol import l2_normalize
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 POOL_CHUNK = 1 << 15      # images gathered at once while pooling (bounded memory)
