@@ -43,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
     written = align_photo(args.image, args.output, largest=args.largest, size=args.size,
                           detector=detector_from_args(args))
     for path, face in written:
+        assert face.box is not None  # a detected face
         print(f"wrote {path} (score {face.score:.3f}, box [{', '.join(f'{v:.0f}' for v in face.box)}])")
     return 0

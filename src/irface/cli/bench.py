@@ -74,7 +74,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="Measure training, inference, data and eval speed", description=DESCRIPTION)
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
 
-    d = TrainOptions()
+    d: Any = TrainOptions()  # each command's options in turn (Train, Infer, Data, ... Options)
     t = bsub.add_parser("train", help="a training step (forward, head, backward, SGD)",
                         description="Time a training step of backbone and head on random data; defaults are "
                                     "`irface train`'s.")

@@ -114,7 +114,7 @@ def _resize_center(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    pil = Image.fromarray(img).resize((nw, nh), Image.BILINEAR)
+    pil = Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.uint8)
 

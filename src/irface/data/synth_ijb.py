@@ -79,7 +79,7 @@ def write_synth_ijb(out_dir: str | Path, target: str = "IJBC", subjects: int = 1
     rng = np.random.default_rng([seed, _STREAM_IJB])
     traits_all = identity_traits(seed, list(range(subjects)))
     lmk_lines, tid_lines = [], []
-    gallery_rows = {g: [] for g in GALLERIES[target]}
+    gallery_rows: dict[str, list[list]] = {g: [] for g in GALLERIES[target]}
     probe_rows, probe_tids, subject_of = [], [], {}
     image_no, template_id, media_id = 0, 0, 0
     for subj in range(subjects):

@@ -97,7 +97,7 @@ def segment_sums(x: np.ndarray, segments: np.ndarray, n: int) -> np.ndarray:
     return acc
 
 
-def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.ndarray, medias: np.ndarray,
+def pool_templates(features: Callable[[np.ndarray | slice], np.ndarray], templates: np.ndarray, medias: np.ndarray,
                    chunk: int = POOL_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique template ids, float64 (T, E) unnormalised template features).
 

@@ -100,6 +100,7 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
     import onnx
 
     q, batch_size = opts.int8, opts.batch_size
+    assert q is not None  # export_model calls this only with --int8
     try:
         write_int8_onnx(reference, tmp, calib_images, q.form, batch_size=batch_size, opset=opts.opset, method=q.method,
                         fold_bn=opts.fold_bn)
@@ -131,7 +132,7 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
         got.append(run(chunk))
         ref.append(reference_embeddings(reference, chunk))
     if not got:  # fewer faces than one fixed batch
-        chunk = np.resize(faces, (batch_size,) + faces.shape[1:])
+        chunk = np.resize(faces, (step,) + faces.shape[1:])
         got, ref = [run(chunk)], [reference_embeddings(reference, chunk)]
     cos = cosine_similarity(np.concatenate(got), np.concatenate(ref))
     agreement = {"faces": int(len(cos)), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
@@ -204,9 +205,9 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
         raise ConfigError("--fp16 and --int8 exclude each other")
     if int8 and fmt != "onnx":
         raise ConfigError(f"--int8 needs --format onnx (onnxruntime quantisation), not {fmt}")
-    if int8 and q.calib is None:
+    if q is not None and q.calib is None:
         raise ConfigError("--int8 needs --calib (a RecordIO training folder, a folder of aligned faces or a .bin)")
-    if int8 and q.form not in INT8_FORMS:
+    if q is not None and q.form not in INT8_FORMS:
         raise ConfigError(f"unknown int8 form '{q.form}'; known: {', '.join(INT8_FORMS)}")
     if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
@@ -221,7 +222,7 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     meta = export_metadata(info, model.input_size, model.embedding_size, precision,
                            batch_size if fmt == "onnx" else None)
-    calib_images = load_calibration_images(q.calib, q.count, model.input_size) if int8 else None
+    calib_images = load_calibration_images(q.calib, q.count, model.input_size) if q is not None and q.calib else None
     tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     batches = (batch_size,) if batch_size and fmt == "onnx" else CHECK_BATCHES
     label = str(output)
@@ -238,7 +239,7 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
     }
     log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or info.get("family"), output, fmt, precision)
     with atomic_path(output, f".partial{output.suffix}") as tmp:
-        if fmt == "onnx" and int8:
+        if fmt == "onnx" and q is not None and calib_images is not None:
             checks, agreement = _export_int8(model, tmp, label, meta, opts, batches, calib_images)
             report["int8_agreement"] = agreement
             report["int8_form"] = {"name": q.form, "description": INT8_FORMS[q.form].description}

@@ -144,7 +144,7 @@ class Gallery:
         self._save_lock = threading.Lock()
         self._db_lock = threading.Lock()  # one sqlite connection, used from many threads
         self._load_codes()
-        self._template_cache: Optional[tuple[list[str], np.ndarray, dict[str, str]]] = None
+        self._template_cache: Optional[tuple[list[str], np.ndarray, dict[str, int]]] = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -357,7 +357,7 @@ class Gallery:
                 ranked = self._search_faces(q, top_k)
             wanted = {fid for row in ranked for _, _, fid in row if fid is not None}
             sources = self._sources(wanted)
-        return [[Match(name, sim, sources.get(fid), threshold is None or sim > threshold) for name, sim, fid in row]
+        return [[Match(name, sim, None if fid is None else sources.get(fid), threshold is None or sim > threshold) for name, sim, fid in row]
                 for row in ranked]
 
     def nearest(self, embeddings: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -380,7 +380,8 @@ class Gallery:
         k = min(n, top_k * 4 + 16)
         while True:
             sims, ids = self._index.search(q, k)
-            rows, short = [], False
+            rows: list[list[tuple[str, float, Optional[int]]]] = []
+            short = False
             for srow, irow in zip(sims, ids):
                 seen: dict[int, tuple[float, int]] = {}
                 codes = self._identity_of[np.where(irow >= 0, irow, 0)]

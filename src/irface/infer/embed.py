@@ -19,7 +19,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -158,7 +158,7 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[s
             norms_path(path).unlink(missing_ok=True)  # an earlier run's norms would not belong to these rows
             return [path, names_path(path)]
         return [path, norms_path(path), names_path(path)]
-    extra = {} if norms is None else {"norm": norms}
+    extra: dict[str, Any] = {} if norms is None else {"norm": norms}
     if suffix == ".npz":
         with atomic_write(path, "wb") as f:
             np.savez(f, embeddings=embeddings.astype(np.float32), names=np.asarray(list(names), dtype=str), **extra)

@@ -177,7 +177,8 @@ def embed_ijb(model, meta: IJBMeta, features: Optional[str | Path] = None, batch
                 with atomic_write(parts / f"{c:06d}.npz") as f:
                     np.savez(f, features=np.stack([r[1] for r in rows]), present=np.array([r[2] for r in rows]),
                              skipped=np.array([r[3] for r in rows if r[3]], dtype=str))
-    if parts is None:
+    if parts is None or cache is None:
+        assert memory is not None, "an IJB set with no image"
         return IJBFeatures(memory, flip, present_all, skipped)
     return _join_parts(parts, cache, chunks, info)
 
@@ -194,6 +195,7 @@ def _join_parts(parts: Path, cache: Path, chunks: list, info: dict) -> IJBFeatur
             feats[lo:hi] = part
             present[lo:hi] = z["present"]
             skipped += [str(s) for s in z["skipped"]]
+    assert feats is not None, "an IJB set with no image"
     with atomic_write(cache) as f:
         np.savez(f, features=feats, present=present, skipped=np.array(skipped, dtype=str),
                  info=np.array(json.dumps(info)))

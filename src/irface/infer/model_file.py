@@ -182,11 +182,12 @@ class OnnxEmbedder(Embedder):
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threshold = threshold_from(meta.get(THRESHOLD_KEY), str(path))
         self.info = {"kind": "onnx", "path": str(path), "metadata": meta}
-        self.norm = norm or norm_from_metadata(meta, str(path))
-        if self.norm is None:
-            self.norm, why = guess_onnx_norm(path)
+        stored = norm or norm_from_metadata(meta, str(path))
+        if stored is None:
+            stored, why = guess_onnx_norm(path)
             log.info("%s: no input normalisation stored with the model; assumed %s (%s). "
-                     "Give --input-mean/--input-std/--bgr if the model wants otherwise.", path, self.norm.describe(), why)
+                     "Give --input-mean/--input-std/--bgr if the model wants otherwise.", path, stored.describe(), why)
+        self.norm = stored
         self.info["input"] = self.norm.describe()
 
     def _run(self, x: np.ndarray) -> np.ndarray:

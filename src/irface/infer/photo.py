@@ -38,7 +38,7 @@ class PhotoFace:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
-        if self.box is not None:
+        if self.box is not None and self.score is not None and self.landmarks is not None:  # found by the detector
             out["box"] = [round(float(v), 2) for v in self.box]
             out["score"] = round(float(self.score), 5)
             out["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]

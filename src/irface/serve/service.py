@@ -151,6 +151,7 @@ class FaceService:
         box = None
         if not match.source.startswith(UPLOAD_PREFIX):  # a photo file: its picture is cut at the face's box
             box = next((row["box"] for row in gallery.faces(match.identity) if row["source"] == match.source), None)
+        assert self.thumbnails is not None  # made with the gallery this match came from
         return self.thumbnails.url(match.source, box)
 
     def enroll(self, identity: str, photos: Sequence[tuple[str, np.ndarray]]) -> dict[str, Any]:
@@ -177,6 +178,7 @@ class FaceService:
         if not crops:
             raise RequestError(f"{identity}: no face found in any of the {len(photos)} photo(s)", 422)
         emb = self.batcher.embed(np.stack(crops))
+        assert self.thumbnails is not None  # made with the gallery
         with self._change_lock:
             written = [self.thumbnails.put(s, c) for s, c in zip(sources, crops)]
             try:
@@ -194,6 +196,7 @@ class FaceService:
 
         gallery = self._need_gallery()
         identity = validate_identity(identity)
+        assert self.thumbnails is not None  # made with the gallery
         with self._change_lock:
             sources = [row["source"] for row in gallery.faces(identity)]
             removed = gallery.remove(identity)
