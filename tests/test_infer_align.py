@@ -6,7 +6,7 @@ from PIL import Image
 
 from irface.cli import main
 from irface.errors import DataError
-from irface.infer.align import (
+from irface.data.align import (
     ARCFACE_TEMPLATE,
     align_face,
     parse_landmarks,

@@ -86,11 +86,12 @@ def check_writable(path: str | os.PathLike) -> Path:
 def lazy_exports(package: str, homes: dict[str, str]) -> Callable[[str], Any]:
     """A package's module `__getattr__` (PEP 562) that imports each name from its submodule on first use,
     so the package's light modules (defaults the CLI reads) load without its heavy ones (torch, numpy).
-    `homes` maps each exported name to its submodule."""
+    `homes` maps each exported name to its submodule (or to a module's full dotted name)."""
 
     def __getattr__(name: str) -> Any:
         if name not in homes:
             raise AttributeError(f"module '{package}' has no attribute '{name}'")
-        return getattr(importlib.import_module(f"{package}.{homes[name]}"), name)
+        home = homes[name]
+        return getattr(importlib.import_module(home if "." in home else f"{package}.{home}"), name)
 
     return __getattr__

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from irface.errors import ConfigError
-    from irface.infer.align import align_face, parse_landmarks
+    from irface.data.align import align_face, parse_landmarks
     from irface.infer.images import open_rgb, save_image
     from irface.infer.photo import align_photo
 

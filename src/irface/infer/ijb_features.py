@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from irface.data.ijb import IJBMeta
 from irface.data.progress import progress_bar
 from irface.errors import DataError, ModelFileError
-from irface.infer.align import align_face
+from irface.data.align import align_face
 from irface.infer.images import open_rgb
 from irface.utils import atomic_write
 

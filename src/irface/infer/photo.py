@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from irface.errors import ConfigError, DataError
-from irface.infer.align import align_face
+from irface.data.align import align_face
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from irface.errors import ConfigError
-from irface.infer.align import align_face, parse_landmarks
+from irface.data.align import align_face, parse_landmarks
 from irface.infer.embed import l2_normalize
 from irface.infer.images import open_rgb
 from irface.infer.model_file import Embedder
