@@ -119,7 +119,7 @@ def embed_ijb(model, meta: IJBMeta, features: Optional[str | Path] = None, batch
     if cache is not None and cache.exists():
         return _load_cache(cache, meta, flip)
     if model is None:
-        raise ModelFileError("no model given and no features file to read (--ckpt MODEL or an existing --features FILE)")
+        raise ModelFileError("no model given and no features file to read (--model MODEL or an existing --features FILE)")
     n = len(meta.names)
     chunks = [(lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)]
     parts = cache.with_name(cache.name + ".parts") if cache else None
