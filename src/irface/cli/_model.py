@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from irface.errors import ConfigError
 
-# What a model file may be, said once: `irface.infer.load_model` reads all of these; export and convert take
+# What a model file may be, said once: `irface.infer.load_model` reads all of these; export takes
 # only the PyTorch ones (`models.loading.load_backbone`).
 MODEL_HELP = ("an irface checkpoint or run folder, a bare state dict (.pth), .safetensors, a MindSpore .ckpt, "
               "ONNX or TorchScript")
