@@ -57,7 +57,6 @@ def _rank_worker(rank, port, out, kind):
     os._exit(0)
 
 
-@pytest.mark.slow  # two forked training processes
 @pytest.mark.faults
 @pytest.mark.parametrize("kind", HEADS)
 def test_two_processes_train_and_one_resumes(tmp_path, kind):

@@ -189,7 +189,6 @@ def two_rank_results(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow  # two forked ranks
 @pytest.mark.faults
 @pytest.mark.parametrize("index", range(len(TWO_RANK_KINDS)), ids=[f"{k}-{i}" for i, (k, _) in enumerate(TWO_RANK_KINDS)])
 def test_two_ranks_equal_the_plain_head_on_the_global_batch(two_rank_results, index):
