@@ -29,3 +29,34 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the session (tests/pg_support.py); skipped without the binaries,
+    except under CI=true, where that is a failure."""
+    import os
+
+    from pg_support import start_server
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        reason = "psycopg is not installed (pip install 'irface[postgres]')"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        server = start_server()
+    except LookupError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs PostgreSQL: {e}")
+        pytest.skip(str(e))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A URL to a fresh, empty database of the session's PostgreSQL server."""
+    return pg_server.url(pg_server.new_database())

@@ -13,6 +13,8 @@ MODEL = REALFACE / "models" / "mobilefacenet_128d.onnx"
 PHOTOS = REALFACE / "photos"
 GROUP = REALFACE / "group" / "t1.jpg"
 API_KEY = "test-key"
+# The address a default server answers to: TestClient's own "testserver" is not an allowed host.
+BASE_URL = "http://127.0.0.1:8000"
 
 
 def photo(identity: str, name: str) -> Path:
@@ -31,11 +33,13 @@ def make_service(gallery_path: Path) -> Any:
 
 
 @contextlib.contextmanager
-def live_server(app: Any) -> Iterator[str]:
+def live_server(app: Any, header_timeout: float = 10.0) -> Iterator[str]:
     """Run `app` under uvicorn in a thread on a free port of 127.0.0.1; yields its base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    from irface.serve.http import server_config
+
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, header_timeout=header_timeout))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -81,3 +81,25 @@ def test_fast_decoder_and_pillow_agree(monkeypatch):
     monkeypatch.setattr(images, "_FAST_JPEG", False)  # force Pillow
     slow = decode_image(data)
     assert np.array_equal(fast, slow)
+
+
+@pytest.mark.faults
+def test_photos_crops_and_uploads_decode_through_one_path_with_one_wording(tmp_path):
+    from irface.infer.images import open_rgb
+    from irface.serve.limits import Limits, RequestError, decode_upload
+
+    truncated = encoded(Image.new("RGB", (300, 200), (1, 2, 3)), "PNG")[:60]  # header fine, pixels cut off
+    (tmp_path / "t.png").write_bytes(truncated)
+    lines = []
+    for decode in (lambda: decode_image(truncated, source="t.png"), lambda: open_rgb(tmp_path / "t.png"),
+                   lambda: decode_upload(truncated, "t.png", Limits())):
+        with pytest.raises((DataError, RequestError)) as e:
+            decode()
+        lines.append(str(e.value).replace(str(tmp_path) + "/", ""))
+    assert lines[0].startswith("t.png: cannot decode image (") and lines == [lines[0]] * 3
+    # The same pixels whichever entry point: a photo at its size, a crop resized to the model's.
+    arr = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    (tmp_path / "ok.png").write_bytes(encoded(Image.fromarray(arr)))
+    assert np.array_equal(open_rgb(tmp_path / "ok.png"), arr)
+    assert np.array_equal(decode_upload(encoded(Image.fromarray(arr)), "ok.png", Limits()), arr)
+    assert np.array_equal(decode_image(encoded(Image.fromarray(arr))), arr)

@@ -76,8 +76,25 @@ EXPECT: dict[str, list[str]] = {
     # decides every pair of the fixtures right and verify then uses it.
     "irface detect tests/fixtures/realface/group/t1.jpg": ["6 face(s)"],
     "irface calibrate photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos": ["accuracy 1.0000"],
+    # docs/scaling.md: the photos in 3 Parquet shards on a local Ray; the same command again finds them done
+    # (the rerun's key comes first: the first run's is a substring of it); the gallery enrols them all.
+    "--ray --shard-size 8 --output photos_out/shards --no-progress --json": ["21 embeddings", "0 now, 3 done before"],
+    "--ray --shard-size 8 --output photos_out/shards --no-progress": ["21 embeddings", "3 Parquet shards (3 now, 0 done"],
+    "irface gallery build --from-embeddings photos_out/shards": ["21 faces of 10 identities"],
     "irface verify photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos/obama/obama.jpg "
     "tests/fixtures/realface/photos/biden/biden.jpg": ["different people", "from the calibration"],
+    # Clustering (README, docs/cluster.md): the fixture people found, the group photo's strangers noise, a
+    # library that grows keeps its people, person 0 named into a gallery and found there.
+    "irface cluster tests/fixtures/realface/photos tests/fixtures/realface/group": [
+        "27 faces in 22 photos: 7 people, 9 faces of no one"],
+    "irface cluster evaluate tests/fixtures/realface/photos --model tests/fixtures/realface/models/"
+    "mobilefacenet_128d.onnx --json": ['"people_found": 7', '"f1": 1.0'],
+    "irface cluster evaluate tests/fixtures/realface/photos": ["21 faces of 10 people: 7 people found"],
+    "irface cluster tests/fixtures/realface/photos/obama tests/fixtures/realface/photos/kit_harington": [
+        "13 faces (13 new) in 8 photos: 2 people, 6 faces of no one"],
+    "irface cluster tests/fixtures/realface/photos --model": ["27 faces (14 new) in 22 photos: 7 people", "(state)"],
+    "--from-cluster library.npz:0": ["added 4 faces of 'Barack Obama'"],
+    "irface gallery search people.gallery": ["obama.jpg: Barack Obama"],
 }
 
 

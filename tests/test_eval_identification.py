@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from irface.eval.identification import mate_ranks, rank_k, threshold_at_fpir, tpir_at_fpir
+from irface.eval.identification import mate_ranks, rank_k, tpir_at_fpir
+from irface.eval.rates import threshold_at_rate
 
 
 def _slow(sim, mates, ks, fpirs):
@@ -56,5 +57,5 @@ def test_unmeasurable_fpir_and_ties_with_the_mate():
     assert ranks.tolist() == [1, 1, 0]  # a tie with the mate does not push it down
     assert top.tolist() == [0.9, 0.3, 0.5]
     assert tpir_at_fpir(score, ranks, top[2:], (0.5,)) == {0.5: None}  # one non-mated probe: 1e-0 at best
-    assert threshold_at_fpir(top[2:], 1.0) == -np.inf
+    assert threshold_at_rate(top[2:], 1.0) == -np.inf
     assert tpir_at_fpir(score, ranks, top[2:], (1.0,)) == {1.0: 1.0}

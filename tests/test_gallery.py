@@ -221,3 +221,11 @@ def test_batched_exact_search_equals_one_query_at_a_time(tmp_path):
         alone = g.search(q, top_k=3)[0]
         assert [(m.identity, m.source) for m in together] == [(m.identity, m.source) for m in alone]
         np.testing.assert_allclose([m.similarity for m in together], [m.similarity for m in alone], atol=1e-5)
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_an_empty_enrolment_changes_nothing(tmp_path, saved):
+    g = Gallery.create(tmp_path / "g.gallery", fingerprint="sha256:a", embedding_size=E)
+    if saved:
+        g.save()
+    assert g.add_many([], np.zeros((0, E)), []) == [] and len(g) == 0

@@ -126,3 +126,37 @@ def test_arcface_equals_the_widely_used_formulation():
 def test_unknown_head():
     with pytest.raises(KeyError, match="arcface"):
         create_head("sphereface", embedding_size=4, num_classes=3)
+
+
+def test_the_registry_and_the_config_name_the_same_heads():
+    from irface.config import HEADS, TrainConfig
+    from irface.heads import head_class, head_kind, list_heads
+
+    assert list_heads() == list(HEADS)
+    for kind in list_heads():
+        head = create_head(kind, embedding_size=4, num_classes=3)
+        assert isinstance(head, head_class(kind)) and head_kind(head) == kind
+        assert TrainConfig(head=kind, sample_rate=1.0).head == kind
+    # The config's documented list (docs/config.md, from the field's comment) names each of them.
+    import inspect
+
+    from irface import config
+
+    line = next(line for line in inspect.getsource(config).splitlines() if line.strip().startswith("head: str ="))
+    assert all(kind in line for kind in list_heads())
+
+
+@pytest.mark.parametrize("kind", ["softmax", "arcface", "adaface", "magface", "subcenter", "curricularface"])
+def test_every_head_answers_the_hooks_partial_fc_calls(kind):
+    # Partial FC computes a head's logits as margin_logits(cosine_to(x, weight, bias), ...) * s on its
+    # shard, with no branch per kind: for the whole head that must be the head's own logits.
+    torch.manual_seed(0)
+    head = create_head(kind, embedding_size=E, num_classes=C).eval()
+    emb, labels = torch.randn(8, E) * 20, torch.randint(0, C, (8,))
+    rows = torch.arange(8)
+    norms = emb.norm(dim=1)
+    got = head.margin_logits(head.cosine_to(emb, head.weight, getattr(head, "bias", None)), rows, labels, norms) * head.s
+    torch.testing.assert_close(got.float(), head.logits(emb, labels).float(), rtol=0, atol=0)
+    assert tuple(head.weight.shape) == tuple(head.centre_shape(C))
+    assert tuple(head.init_rows(head.centre_shape(C)).shape) == tuple(head.weight.shape)
+    assert (head.regularizer(norms) is None) == (kind != "magface")

@@ -87,6 +87,19 @@ def test_adaface_equals_the_paper_formula_and_updates_its_ema():
     assert head.batch_mean.item() == pytest.approx(mean2, rel=1e-12)
 
 
+def test_adaface_defaults_are_the_papers():
+    # A default head against the formula with the published values written out: h = 0.333 and
+    # t_alpha = 0.01 (Kim et al. 2022; mk-minchul/AdaFace's scripts and config.py), m = 0.4, s = 64, and the
+    # reference's starting statistics, mean 20 and std 100. Norms far from 20 give z of about +-0.25.
+    emb, weight, labels = _scaled_inputs([95.0, 2.0, 60.0, 80.0, 5.0, 40.0, 99.0, 1.0])
+    head = _with_weight("adaface", weight)
+    loss = head(emb, labels)
+    expected, mean, std = naive_adaface(emb, weight, labels, 20.0, 100.0, s=64.0, m=0.4, h=0.333, alpha=0.01)
+    assert head.batch_mean.item() == pytest.approx(mean, rel=1e-12)
+    assert head.batch_std.item() == pytest.approx(std, rel=1e-12)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
 def test_adaface_eval_mode_and_single_sample_batches_leave_the_statistics():
     emb, weight, labels = _scaled_inputs([20.0] * 8)
     head = _with_weight("adaface", weight)

@@ -153,3 +153,86 @@ def test_template_is_the_references_float32_template():
                     [62.7299, 92.2041]], dtype=np.float32)
     src[:, 0] += 8.0
     np.testing.assert_array_equal(ARCFACE_TEMPLATE, src)
+
+
+# Crops of other sizes: each family's reference convention (see irface.data.align's docstring).
+
+def test_other_families_templates():
+    from irface.data.align import crop_family
+
+    written = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
+                        [70.7299, 92.2041]], dtype=np.float32)
+    # insightface estimate_norm for multiples of 128: arcface_dst * size/128, x + 8 * size/128, float32.
+    for size in (128, 256):
+        expected = written * (size / 128.0)
+        expected[:, 0] += np.float32(8.0 * size / 128.0)
+        np.testing.assert_array_equal(template(size), expected)
+        assert crop_family(size) == "insightface-128"
+    # SphereFace / CosFace: their 96x112 template, i.e. ArcFace's 8 px to the left.
+    np.testing.assert_allclose(template((112, 96)), ARCFACE_TEMPLATE - [8, 0], atol=1e-5)
+    np.testing.assert_allclose(template((224, 192)), template((112, 96)) * 2)
+    # No published 5-point convention (FaceNet's 160): ArcFace's scaled to the shorter side, centred.
+    np.testing.assert_allclose(template(160), ARCFACE_TEMPLATE * 160 / 112)
+    np.testing.assert_allclose(template((120, 100)), ARCFACE_TEMPLATE * 100 / 112 + [0, 10])
+    assert [crop_family(s) for s in (112, 224, (112, 96), 160)] == ["arcface", "arcface", "sphereface", "scaled"]
+
+
+def test_cp2tform_is_the_inverse_of_the_fit_from_template_to_landmarks():
+    from irface.data.align import cp2tform_similarity
+
+    rng = np.random.default_rng(3)
+    tpl = template((112, 96))
+    m = _similarity(0.3, 1.6, 40.0, 25.0)
+    landmarks = _apply(np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2], tpl) + rng.normal(0, 1.5, (5, 2))
+    got = cp2tform_similarity(landmarks, tpl)
+    # Independently: landmarks ~ a * template + b in complex numbers (a rotation + scale), least squares.
+    z_t, z_l = tpl[:, 0] + 1j * tpl[:, 1], landmarks[:, 0] + 1j * landmarks[:, 1]
+    (a, b), *_ = np.linalg.lstsq(np.c_[z_t, np.ones(5)], z_l, rcond=None)
+    # Its inverse: template = (landmarks - b) / a.
+    inv_a = 1 / a
+    expected = np.array([[inv_a.real, -inv_a.imag, (-b * inv_a).real], [inv_a.imag, inv_a.real, (-b * inv_a).imag]])
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    # Measured in the other space than Umeyama's: with noise the two differ (a little).
+    assert 1e-4 < np.abs(got - similarity_transform(landmarks, tpl)).max() < 1.0
+
+
+def test_each_familys_crop_is_opencvs_warp_of_its_matrix_on_real_faces():
+    """On the fixture photos' detected landmarks: the crop is cv2.warpAffine(img, M, (W, H)) of the
+    family's matrix, bit for bit (SphereFace's M as its Python port computes it: checked by value above)."""
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("retinaface")
+    if int(cv2.__version__.split(".")[0]) >= 5:
+        pytest.skip("OpenCV 5 changed warpAffine; the reference results come from OpenCV 4")
+    from pathlib import Path
+
+    from irface.data.align import crop_transform
+    from irface.infer.images import open_rgb
+    from irface.infer.photo import default_detector
+
+    photos = Path(__file__).parent / "fixtures" / "realface" / "photos"
+    for path in sorted(photos.glob("*/*"))[:6]:
+        image = open_rgb(path)
+        points = default_detector().detect(image)[0].landmarks
+        for size in ((112, 96), 128, 160):
+            h, w = (size, size) if isinstance(size, int) else size
+            crop = align_face(image, points, size)
+            assert crop.shape == (h, w, 3)
+            np.testing.assert_array_equal(crop, cv2.warpAffine(image, crop_transform(points, size), (w, h),
+                                                               borderValue=0.0))
+
+
+def test_cli_align_size_height_by_width(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    photo = rng.integers(0, 256, size=(200, 180, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    text = ",".join(f"{v:.6f}" for v in _landmarks_for(_similarity(0.1, 0.9, -20.0, -30.0)).reshape(-1))
+    out = tmp_path / "crop.png"
+    assert main(["align", str(tmp_path / "photo.png"), "--landmarks", text, "--size", "112x96", "--output", str(out)]) == 0
+    crop = np.asarray(Image.open(out))
+    assert crop.shape == (112, 96, 3)
+    np.testing.assert_array_equal(crop, align_face(photo, parse_landmarks(text), (112, 96)))
+    capsys.readouterr()
+    assert main(["align", str(tmp_path / "photo.png"), "--landmarks", text, "--size", "0x96", "--output",
+                 str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--size" in err[0] and not (tmp_path / "bad.png").exists()

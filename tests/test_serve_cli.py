@@ -50,6 +50,12 @@ def test_irface_serve_answers_on_localhost_and_creates_the_gallery(tmp_path):
         assert httpx.post(url, data={"identity": "clapton"}, files=files, timeout=60).status_code == 401
         assert httpx.post(url, data={"identity": "clapton"}, files=files, headers={"X-API-Key": "k"},
                           timeout=60).status_code == 200
+        # A DNS-rebinding page's request (its name now resolves here): refused, even with the key.
+        rebound = httpx.post(url, data={"identity": "rebound"}, files=files, timeout=60,
+                             headers={"X-API-Key": "k", "Host": f"evil.example:{port}",
+                                      "Origin": f"http://evil.example:{port}"})
+        assert rebound.status_code == 421 and "evil.example" in rebound.json()["detail"]
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/gallery", timeout=30).json()["names"] == ["clapton"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -22,6 +22,8 @@ import yaml
 from irface.errors import ConfigError, first_line
 from irface.utils import atomic_write
 
+# irface.heads' registry (`list_heads()`), spelled here so that the config and the CLI stay importable
+# without torch; tests/test_heads.py checks that the two agree.
 HEADS = ("softmax", "arcface", "cosface", "combined", "adaface", "magface", "subcenter", "curricularface")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULERS = ("multistep", "poly", "cosine")

@@ -66,20 +66,25 @@ def demo_config(settings: DemoSettings, plan: tuple[str, ...] = ()) -> TrainConf
 STEP_OVERHEAD = 1.3
 
 
-def _probe_step_seconds(cfg: TrainConfig, threads: int, repeats: int = 3) -> float:
-    """Seconds of one forward + backward of the demo's backbone on a batch, with `threads` torch threads."""
-    from irface.models import create_backbone
+class _Probe:
+    """The demo's backbone and one batch, built once, timed at several thread counts."""
 
-    torch.set_num_threads(threads)
-    model = create_backbone(cfg.network, **cfg.backbone_kwargs())
-    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)
-    model(x).sum().backward()  # the first step allocates and picks kernels: not timed
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x).sum().backward()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    def __init__(self, cfg: TrainConfig):
+        from irface.models import create_backbone
+
+        self.model = create_backbone(cfg.network, **cfg.backbone_kwargs())
+        self.x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)
+
+    def step_seconds(self, threads: int, repeats: int = 3) -> float:
+        """Seconds of one forward + backward on the batch with `threads` torch threads."""
+        torch.set_num_threads(threads)
+        self.model(self.x).sum().backward()  # the first step at a thread count picks kernels: not timed
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.model(self.x).sum().backward()
+            best = min(best, time.perf_counter() - t0)
+        return best
 
 
 def pick_threads(cfg: TrainConfig) -> tuple[int, float]:
@@ -93,9 +98,10 @@ def pick_threads(cfg: TrainConfig) -> tuple[int, float]:
     most = torch.get_num_threads()
     candidates = [most, 1] if most > 1 else [1]
     seconds = {n: float("inf") for n in candidates}
+    probe = _Probe(cfg)
     for _ in range(2):
         for n in candidates:
-            seconds[n] = min(seconds[n], _probe_step_seconds(cfg, n))
+            seconds[n] = min(seconds[n], probe.step_seconds(n))
     best = min(candidates, key=lambda n: seconds[n])
     torch.set_num_threads(best)
     log.info("CPU threads: %s -> using %d", ", ".join(f"{n}: {seconds[n] * 1000:.0f} ms/step" for n in candidates), best)
@@ -197,7 +203,7 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
     if resolve_device(cfg.device).type == "cpu":
         if settings.threads:
             torch.set_num_threads(settings.threads)
-            step_seconds = _probe_step_seconds(cfg, settings.threads)
+            step_seconds = _Probe(cfg).step_seconds(settings.threads)
         else:
             _, step_seconds = pick_threads(cfg)
 

@@ -36,6 +36,12 @@ class GalleryError(UserError):
     """A gallery file that is damaged, from another model, or asked to do what it cannot (a bad identity name)."""
 
 
+class GalleryUnavailable(GalleryError):
+    """The gallery's database cannot be reached now (down, restarting, network): a server answers 503."""
+
+    status = 503
+
+
 def first_line(e: BaseException) -> str:
     """`Type: first line of the message` (or just `Type`): a foreign exception inside our one-line errors."""
     text = str(e).strip()

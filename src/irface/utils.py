@@ -6,6 +6,7 @@ import contextlib
 import errno
 import importlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -55,6 +56,33 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
             raise OutputError(f"{path}: could not write ({_reason(e)}); nothing was written there",
                               _reason(e)) from None
         raise
+
+
+def _temporary_name(path: Path, suffix: str = ".tmp") -> re.Pattern:
+    # mkstemp's names in `atomic_path`: "." + the file's name + "." + 8 characters of its alphabet + suffix.
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(suffix)}")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete what `atomic_path(path)` left beside `path` when its process was killed mid-write.
+
+    Only that file's own temporary names are touched, nothing else in the folder. Call it where no
+    other process can be writing `path` (a server starting on a gallery it alone writes). Returns the
+    files removed.
+    """
+    path = Path(path)
+    pattern = _temporary_name(path)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager

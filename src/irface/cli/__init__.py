@@ -15,7 +15,7 @@ from irface import __version__
 from irface.errors import UserError
 
 # Order shown in `irface --help`.
-SUBCOMMANDS = ("train", "eval", "export", "detect", "align", "embed", "verify", "calibrate", "gallery", "data", "convert",
+SUBCOMMANDS = ("train", "eval", "export", "detect", "align", "embed", "verify", "calibrate", "gallery", "cluster", "data", "convert",
                "bench", "serve", "demo")
 
 

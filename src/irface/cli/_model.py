@@ -48,7 +48,8 @@ def resolve_model(args: argparse.Namespace) -> str:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--device, --network and a foreign model's input normalisation (--input-mean, --input-std, --bgr)."""
+    """--device, --network, a foreign model's input normalisation (--input-mean, --input-std, --bgr) and
+    how an ONNX model is fed (--layout, --output-name)."""
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--network", help="backbone name for a bare state dict (checked if given)")
     g = p.add_argument_group("input normalisation (for foreign models; irface's own files carry theirs)")
@@ -57,10 +58,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-std", metavar="S", help="one number or R,G,B (insightface: 127.5; "
                                                     "ImageNet: 58.395,57.12,57.375; OpenCV's SFace: 1)")
     g.add_argument("--bgr", action="store_true", help="the model wants BGR channel order (default RGB)")
+    g = p.add_argument_group("how an ONNX model is fed (read from its graph and printed; force it here)")
+    g.add_argument("--layout", choices=("nchw", "nhwc"), help="the image input's layout: nchw (batch, 3, H, W) "
+                                                            "or nhwc (batch, H, W, 3), e.g. TensorFlow/Keras models")
+    g.add_argument("--output-name", metavar="NAME", help="the output holding the embedding, when the model has several")
 
 
 def model_from_args(args: argparse.Namespace, precision: str = "fp32"):
     from irface.infer import load_model
 
     return load_model(resolve_model(args), getattr(args, "network", None), device=args.device, precision=precision,
-                      input_mean=args.input_mean, input_std=args.input_std, bgr=args.bgr)
+                      input_mean=args.input_mean, input_std=args.input_std, bgr=args.bgr,
+                      layout=args.layout, output_name=args.output_name)

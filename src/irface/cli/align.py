@@ -1,4 +1,4 @@
-"""`irface align`: cut aligned 112x112 face crops out of a photo (detected, or from 5 given landmarks)."""
+"""`irface align`: cut aligned face crops (112x112 by default) out of a photo (detected, or from 5 given landmarks)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", required=True, metavar="PATH",
                    help="with --landmarks: the crop file (.png, .jpg, ...); else the folder for the crops")
     p.add_argument("--largest", action="store_true", help="write only the largest face")
-    p.add_argument("--size", type=int, default=112, help="crop side; the template is scaled by size/112 (default 112)")
+    p.add_argument("--size", default="112", metavar="S|HxW",
+                   help="crop side, or height x width (112x96 for SphereFace/CosFace); each size's convention "
+                        "places the points (docs/inference.md; default 112)")
     add_detector_arguments(p)
     p.set_defaults(func=run)
 
@@ -32,15 +34,20 @@ def run(args: argparse.Namespace) -> int:
     from irface.infer.images import open_rgb, save_image
     from irface.infer.photo import align_photo
 
-    if args.size <= 0:
-        raise ConfigError(f"--size must be positive, got {args.size}")
+    try:
+        sides = [int(v) for v in str(args.size).lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) <= 0:
+        raise ConfigError(f"--size must be a positive side or HxW (e.g. 112x96), got {args.size!r}")
+    size = sides[0] if len(sides) == 1 else (sides[0], sides[1])
     if args.landmarks is not None:
         points = parse_landmarks(args.landmarks)
-        crop = align_face(open_rgb(args.image), points, args.size)
+        crop = align_face(open_rgb(args.image), points, size)
         save_image(args.output, crop)
-        print(f"wrote {args.output} ({args.size}x{args.size})")
+        print(f"wrote {args.output} ({crop.shape[0]}x{crop.shape[1]}, height x width)")
         return 0
-    written = align_photo(args.image, args.output, largest=args.largest, size=args.size,
+    written = align_photo(args.image, args.output, largest=args.largest, size=size,
                           detector=detector_from_args(args))
     for path, face in written:
         assert face.box is not None  # a detected face

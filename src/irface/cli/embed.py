@@ -8,6 +8,10 @@ from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
 
+LOCAL = "local"  # --ray without an address
+# Photos per shard when --shard-size is not given (declared here: building the parser imports no irface.infer).
+DEFAULT_SHARD_SIZE = 1000
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,7 +24,8 @@ def register(sub) -> None:
                     "Photos without a face or unreadable are reported and skipped. See docs/inference.md.")
     add_model_argument(p, positional=True, spill="inputs")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, image folders, or a folder with train.rec")
-    p.add_argument("--output", "-o", required=True, metavar="FILE", help="emb.npy, emb.npz or emb.parquet")
+    p.add_argument("--output", "-o", required=True, metavar="FILE",
+                   help="emb.npy, emb.npz or emb.parquet; with --ray, a folder of Parquet shards")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision for PyTorch models on CUDA (default fp32)")
@@ -31,11 +36,29 @@ def register(sub) -> None:
                         "score only for MagFace- or AdaFace-trained models")
     add_model_arguments(p)
     add_face_arguments(p)
+    r = p.add_argument_group("many photos on Ray Data (needs the ray extra: pip install 'irface[ray]'; "
+                             "docs/scaling.md)")
+    r.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                   help="detect and align in Ray tasks, embed in a pool of model actors (one per GPU), and write "
+                        "--output as a folder of Parquet shards with a manifest; a rerun resumes. ADDRESS: a Ray "
+                        "cluster's head (host:6379); without it a local Ray on this machine's CPUs")
+    r.add_argument("--shard-size", type=int, default=None, metavar="N",
+                   help=f"photos per shard: the unit of work, of output file and of resuming (default {DEFAULT_SHARD_SIZE})")
+    r.add_argument("--actors", type=int, default=0, metavar="N",
+                   help="model actors (default: one per GPU; on CPUs only, a quarter of the cluster's CPUs)")
+    r.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                   help="CPUs of the local Ray (default: this machine's); ignored with ADDRESS")
     add_json_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return run_ray(args)
+    if args.shard_size is not None or args.actors or args.ray_cpus is not None:
+        from irface.errors import ConfigError
+
+        raise ConfigError("--shard-size, --actors and --ray-cpus go with --ray")
     from irface.infer.embed import check_output, embed_to_file
 
     check_output(args.output)  # refuse a bad output before loading anything
@@ -46,10 +69,37 @@ def run(args: argparse.Namespace) -> int:
     summary["model"] = args.model
     text = (f"wrote {summary['count']} embeddings ({summary['embedding_size']}-d, L2-normalised) "
             f"to {', '.join(summary['files'])}")
+    emit(summary, args.json, text + _norms_and_skips(summary))
+    return 0
+
+
+def _norms_and_skips(summary: dict) -> str:
+    text = ""
     if "norm" in summary:
         n = summary["norm"]
         text += f"\nfeature norms {n['min']:.4g} to {n['max']:.4g} (median {n['median']:.4g})"
     if summary["skipped"]:
         text += f"\nskipped {len(summary['skipped'])}: " + "; ".join(s["reason"] for s in summary["skipped"])
-    emit(summary, args.json, text)
+    return text
+
+
+def run_ray(args: argparse.Namespace) -> int:
+    from irface.cli._faces import DETECTOR_DEFAULTS, detector_options
+    from irface.infer.ray_embed import embed_to_shards
+
+    options = detector_options(args)
+    model = {"path": args.model, "network": args.network, "device": args.device, "precision": args.precision,
+             "input_mean": args.input_mean, "input_std": args.input_std, "bgr": args.bgr}
+    summary = embed_to_shards(
+        model, args.inputs, args.output, address=None if args.ray == LOCAL else args.ray, num_cpus=args.ray_cpus,
+        shard_size=args.shard_size or DEFAULT_SHARD_SIZE, actors=args.actors, batch_size=args.batch_size,
+        mode=args.face_mode, all_faces=args.all_faces, strict=args.strict,
+        detector=None if options == {k: DETECTOR_DEFAULTS[k] for k in options} else options,
+        quality=args.quality, progress=args.progress, verbose=args.verbose)
+    summary["model"] = args.model
+    shards = summary["shards"]
+    text = (f"wrote {summary['count']} embeddings ({summary['embedding_size']}-d, L2-normalised) of "
+            f"{summary['photos']} photos to {summary['output']}: {shards['total']} Parquet shards "
+            f"({shards['written']} now, {shards['done_before']} done before) and {summary['files'][0]}")
+    emit(summary, args.json, text + _norms_and_skips(summary))
     return 0

@@ -51,6 +51,21 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _preflight(args: argparse.Namespace, *more_outputs: str | None) -> None:
+    """The checks both evaluations make before minutes of work, not after: sizes, writable outputs, matplotlib."""
+    from irface.utils import check_writable
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    for target in (args.json if args.json != "-" else None, args.plot, *more_outputs):
+        if target:
+            check_writable(target)
+    if args.plot:
+        from irface.eval.plot import require_matplotlib
+
+        require_matplotlib()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.ijb:
         return run_ijb(args)
@@ -60,17 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from irface.cli._output import emit
     from irface.eval.result import report
     from irface.infer import load_model
-    from irface.utils import check_writable
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    for target in (args.json if args.json != "-" else None, args.plot):
-        if target:
-            check_writable(target)  # before minutes of work, not after
-    if args.plot:
-        from irface.eval.plot import require_matplotlib
-
-        require_matplotlib()  # before minutes of work, not after
+    _preflight(args)
     model = load_model(args.model, network=args.network, device=args.device, precision=args.precision)
     targets = [t for t in args.targets.split(",") if t.strip()]
     results = run_verification(model.embed, args.data, targets, args.batch_size, flip=not args.no_flip)
@@ -101,19 +107,12 @@ def run_ijb(args: argparse.Namespace) -> int:
     from irface.eval.ijb import Mode
     from irface.eval.ijb_report import evaluate_ijb, format_report
     from irface.infer.ijb_features import embed_ijb
-    from irface.utils import check_writable
 
     if args.data:
         raise UserError("give either --data (.bin sets) or --ijb (IJB-B/IJB-C), not both")
-    if args.batch_size < 1 or args.workers < 0:
-        raise UserError("--batch-size must be positive and --workers not negative")
-    for target in (args.json if args.json != "-" else None, args.plot, args.features):
-        if target:
-            check_writable(target)  # before minutes of work, not after
-    if args.plot:
-        from irface.eval.plot import require_matplotlib
-
-        require_matplotlib()
+    if args.workers < 0:
+        raise UserError(f"--workers must not be negative, got {args.workers}")
+    _preflight(args, args.features)
     meta = read_ijb(args.ijb, args.target)
     mode = Mode(norm_score=not args.normalize_images, detector_score=not args.no_detector_score, flip=not args.no_flip)
     model = None

@@ -7,8 +7,10 @@ import argparse
 from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
+from irface.errors import ConfigError
 from irface.infer.settings import DEFAULT_THRESHOLD
 
+GALLERY_HELP = "a gallery file, or a PostgreSQL database: postgresql://USER@HOST/DB (docs/gallery.md)"
 INDEX_HELP = ("flat: exact inner product (default); ivf or hnsw: approximate, for galleries of a million faces "
               "and more (benchmarks/README.md has recall and speed)")
 
@@ -24,14 +26,24 @@ def _model_arguments(p: argparse.ArgumentParser, required: bool) -> None:
 def register(sub) -> None:
     p = sub.add_parser("gallery", help="1:N face search: build a gallery of known people, search photos in it",
                        description="A gallery holds the faces of known people (a faiss index and a metadata table "
-                                   "in one checked file) and answers 'who is this?' for new photos. See docs/gallery.md.")
+                                   "in one checked file, or in a PostgreSQL database that many processes share) and "
+                                   "answers 'who is this?' for new photos. See docs/gallery.md.")
     gsub = p.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
 
     b = gsub.add_parser("build", help="a new gallery from GALLERY_DIR/<identity>/*.jpg",
                         description="Detect, align and embed the largest face of every photo under "
-                                    "GALLERY_DIR/<identity>/ and write the gallery file OUTPUT (atomically).")
-    b.add_argument("folder", metavar="GALLERY_DIR", help="one folder of photos per identity (the folder name)")
-    b.add_argument("--output", "-o", required=True, metavar="G", help="the gallery file to write (e.g. faces.gallery)")
+                                    "GALLERY_DIR/<identity>/ and write the gallery file OUTPUT (atomically); or, "
+                                    "with --from-embeddings, enrol what irface embed --ray wrote without "
+                                    "embedding again.")
+    b.add_argument("folder", metavar="GALLERY_DIR", nargs="?",
+                   help="one folder of photos per identity (the folder name)")
+    b.add_argument("--from-embeddings", metavar="DIR", nargs="+",
+                   help="the --output folder(s) of irface embed GALLERY_DIR --ray (one per part of an archive): the "
+                        "largest face per photo, under the photo's identity folder, for the model recorded there "
+                        "(no --model)")
+    b.add_argument("--output", "-o", required=True, metavar="G",
+                   help="the gallery file to write (e.g. faces.gallery), or an empty PostgreSQL database "
+                        "(postgresql://USER@HOST/DB)")
     b.add_argument("--templates", action="store_true", help="also keep one mean template per identity, and search those")
     b.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help=INDEX_HELP)
     k = b.add_argument_group("approximate index parameters (defaults in docs/gallery.md)")
@@ -40,26 +52,28 @@ def register(sub) -> None:
     k.add_argument("--m", type=int, help="hnsw: links per node")
     k.add_argument("--ef-construction", type=int, help="hnsw: candidates while building")
     k.add_argument("--ef-search", type=int, help="hnsw: candidates while searching")
-    _model_arguments(b, required=True)
+    _model_arguments(b, required=False)
     add_json_argument(b)
     b.set_defaults(func=run_build)
 
-    a = gsub.add_parser("add", help="add photos of one identity to a gallery")
-    a.add_argument("gallery", metavar="G")
+    a = gsub.add_parser("add", help="add photos of one identity (or a person of irface cluster) to a gallery")
+    a.add_argument("gallery", metavar="G", help=GALLERY_HELP)
     a.add_argument("identity", metavar="IDENTITY", help="the person's name (letters, digits, spaces, . _ - ' ( ) ,)")
-    a.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders of photos")
+    a.add_argument("photos", nargs="*", metavar="PHOTO", help="photos or folders of photos")
+    a.add_argument("--from-cluster", metavar="STATE:C", help="instead of photos: the faces of person C of an "
+                                                             "'irface cluster --into STATE' (docs/cluster.md)")
     _model_arguments(a, required=False)
     add_json_argument(a)
     a.set_defaults(func=run_add)
 
     r = gsub.add_parser("remove", help="remove every face of identities from a gallery")
-    r.add_argument("gallery", metavar="G")
+    r.add_argument("gallery", metavar="G", help=GALLERY_HELP)
     r.add_argument("identities", nargs="+", metavar="IDENTITY")
     add_json_argument(r)
     r.set_defaults(func=run_remove)
 
     i = gsub.add_parser("info", help="what a gallery holds (checks the whole file)")
-    i.add_argument("gallery", metavar="G")
+    i.add_argument("gallery", metavar="G", help=GALLERY_HELP)
     add_json_argument(i)
     i.set_defaults(func=run_info)
 
@@ -67,7 +81,7 @@ def register(sub) -> None:
                         description="Search the largest face of each photo. A photo whose best match is not above "
                                     "the threshold is 'unknown' (open-set); the threshold is --threshold, else the "
                                     f"one calibrated or stored with the model, else {DEFAULT_THRESHOLD:g}.")
-    s.add_argument("gallery", metavar="G")
+    s.add_argument("gallery", metavar="G", help=GALLERY_HELP)
     s.add_argument("photos", nargs="+", metavar="PHOTO")
     s.add_argument("--top-k", type=int, default=5, help="identities listed per photo (default 5)")
     s.add_argument("--threshold", type=float, help="cosine similarity above which a match is accepted")
@@ -79,11 +93,20 @@ def register(sub) -> None:
                         description="Search every photo of PROBES_DIR/<identity>/: identities enrolled in the gallery "
                                     "are mated searches, the others non-mated. Figures as NIST defines them "
                                     "(docs/gallery.md).")
-    e.add_argument("gallery", metavar="G")
+    e.add_argument("gallery", metavar="G", help=GALLERY_HELP)
     e.add_argument("probes", metavar="PROBES_DIR")
     _model_arguments(e, required=False)
     add_json_argument(e)
     e.set_defaults(func=run_evaluate)
+
+    c = gsub.add_parser("copy", help="copy a gallery between a file and PostgreSQL (either way), exactly",
+                        description="Copy every face (same ids, rows, embeddings bit for bit, pictures, templates, "
+                                    "index settings) from SRC to DST: a file or a postgresql:// URL each. DST must not "
+                                    "exist yet (a file) or hold no tables (a database).")
+    c.add_argument("source", metavar="SRC", help=GALLERY_HELP)
+    c.add_argument("destination", metavar="DST", help=GALLERY_HELP)
+    add_json_argument(c)
+    c.set_defaults(func=run_copy)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -98,12 +121,12 @@ def _skips(summary: dict) -> str:
 def _open(args: argparse.Namespace):
     """(gallery, embedder): the gallery checked whole, the model checked against its fingerprint."""
     from irface.errors import GalleryError
-    from irface.gallery import Gallery, model_fingerprint
+    from irface.gallery import model_fingerprint, open_gallery
 
-    gallery = Gallery.open(args.gallery)
+    gallery = open_gallery(args.gallery)
     if args.model is None:
         if not gallery.model:
-            raise GalleryError(f"{args.gallery}: the gallery records no model file; give --model")
+            raise GalleryError(f"{gallery.location}: the gallery records no model file; give --model")
         args.model = gallery.model
     embedder = model_from_args(args)
     gallery.check_model(model_fingerprint(embedder))
@@ -111,20 +134,39 @@ def _open(args: argparse.Namespace):
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from irface.gallery import describe, is_url
+    from irface.gallery.index import index_params
     from irface.gallery.photos import build_from_folders
     from irface.utils import check_writable
 
-    from irface.gallery.index import index_params
-
-    check_writable(args.output)
+    if not is_url(args.output):
+        check_writable(args.output)
     params = {k: getattr(args, k) for k in ("nlist", "nprobe", "m", "ef_construction", "ef_search")
               if getattr(args, k) is not None}
     index_params(args.index, params)  # refuse a wrong parameter before any work
+    if args.from_embeddings is not None:
+        return _build_from_embeddings(args, params)
+    if args.folder is None or args.model is None:
+        raise ConfigError("gallery build needs GALLERY_DIR and --model (or --from-embeddings DIR)")
     embedder = model_from_args(args)
     summary = build_from_folders(args.folder, embedder, args.output, templates=args.templates, index=args.index,
                                  params=params, model=args.model, **_options(args))
-    emit(summary, args.json, f"wrote {args.output}: {summary['faces']} faces of {summary['identities']} identities "
+    emit(summary, args.json, f"wrote {describe(args.output)}: {summary['faces']} faces of {summary['identities']} identities "
                              f"({args.index} index{', templates' if args.templates else ''})" + _skips(summary))
+    return 0
+
+
+def _build_from_embeddings(args: argparse.Namespace, params: dict) -> int:
+    from irface.gallery.photos import build_from_embeddings
+
+    if args.folder is not None or args.model is not None:
+        raise ConfigError("--from-embeddings takes the photos and the model its folders record: "
+                          "leave out GALLERY_DIR and --model")
+    summary = build_from_embeddings(args.from_embeddings, args.output, templates=args.templates, index=args.index,
+                                    params=params)
+    emit(summary, args.json, f"wrote {args.output}: {summary['faces']} faces of {summary['identities']} identities "
+                             f"({args.index} index{', templates' if args.templates else ''}) from the embeddings in "
+                             f"{', '.join(args.from_embeddings)}" + _skips(summary))
     return 0
 
 
@@ -133,42 +175,57 @@ def run_add(args: argparse.Namespace) -> int:
     from irface.gallery.photos import enroll_photos
 
     validate_identity(args.identity)  # before the model is loaded
-    gallery, embedder = _open(args)
-    summary = enroll_photos(gallery, embedder, args.identity, args.photos, **_options(args))
-    gallery.save()
-    summary.update(gallery=args.gallery, identity=args.identity, total_faces=len(gallery))
-    emit(summary, args.json, f"added {summary['faces']} faces of '{args.identity}' to {args.gallery} "
-                             f"({len(gallery)} faces in all)" + _skips(summary))
+    if bool(args.photos) == bool(args.from_cluster):
+        from irface.errors import ConfigError
+
+        raise ConfigError("give the person's photos or --from-cluster STATE:C (one of them)")
+    if args.from_cluster:
+        from irface.cluster.state import enroll_cluster
+        from irface.gallery import open_gallery
+
+        gallery = open_gallery(args.gallery)
+    else:
+        gallery, embedder = _open(args)
+    with gallery:
+        if args.from_cluster:
+            summary = enroll_cluster(gallery, args.identity, args.from_cluster)  # embedded already, by the same model
+        else:
+            summary = enroll_photos(gallery, embedder, args.identity, args.photos, **_options(args))
+        gallery.save()
+        summary.update(gallery=gallery.location, identity=args.identity, total_faces=len(gallery))
+    emit(summary, args.json, f"added {summary['faces']} faces of '{args.identity}' to {gallery.location} "
+                             f"({summary['total_faces']} faces in all)" + _skips(summary))
     return 0
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from irface.gallery import Gallery, validate_identity
+    from irface.gallery import open_gallery, validate_identity
 
     for name in args.identities:
         validate_identity(name)
-    gallery = Gallery.open(args.gallery)
-    removed = {name: gallery.remove(name) for name in args.identities}
-    if any(removed.values()):
-        gallery.save()
+    with open_gallery(args.gallery) as gallery:
+        removed = {name: gallery.remove(name) for name in args.identities}
+        if any(removed.values()):
+            gallery.save()
+        total = len(gallery)
     missing = [n for n, c in removed.items() if not c]
-    text = f"removed {sum(removed.values())} faces of {len(removed) - len(missing)} identities from {args.gallery}"
+    text = f"removed {sum(removed.values())} faces of {len(removed) - len(missing)} identities from {gallery.location}"
     if missing:
         text += f"; not in the gallery: {', '.join(missing)}"
-    emit({"gallery": args.gallery, "removed": removed, "total_faces": len(gallery)}, args.json, text)
+    emit({"gallery": gallery.location, "removed": removed, "total_faces": total}, args.json, text)
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from irface.gallery import Gallery
+    from irface.gallery import open_gallery
 
-    gallery = Gallery.open(args.gallery)
-    info = gallery.info()
-    counts = Counter(f["identity"] for f in gallery.faces())
+    with open_gallery(args.gallery) as gallery:
+        info = gallery.info()
+        counts = Counter(f["identity"] for f in gallery.faces())
     info["identity_faces"] = dict(sorted(counts.items()))
-    lines = [f"{args.gallery}: {info['faces']} faces of {info['identities']} identities, {info['embedding_size']}-d, "
+    lines = [f"{gallery.location}: {info['faces']} faces of {info['identities']} identities, {info['embedding_size']}-d, "
              f"{info['index']} index{' + templates' if info['templates'] else ''}",
              f"model: {info['model']} ({info['fingerprint'][:19]})"]
     lines += [f"  {name}: {n}" for name, n in info["identity_faces"].items()]
@@ -182,8 +239,10 @@ def run_search(args: argparse.Namespace) -> int:
 
     gallery, embedder = _open(args)
     threshold, source = choose_threshold(embedder, args.threshold)
-    report = search_photos(gallery, embedder, args.photos, top_k=args.top_k, threshold=threshold, **_options(args))
-    report.update(threshold=threshold, threshold_source=source, gallery=args.gallery)
+    with gallery:
+        report = search_photos(gallery, embedder, args.photos, top_k=args.top_k, threshold=threshold,
+                               **_options(args))
+    report.update(threshold=threshold, threshold_source=source, gallery=gallery.location)
     lines = []
     for row in report["results"]:
         best = row["matches"][0] if row["matches"] else None
@@ -200,7 +259,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from irface.gallery.photos import evaluate_photos
 
     gallery, embedder = _open(args)
-    report = evaluate_photos(gallery, embedder, args.probes, **_options(args))
+    with gallery:
+        report = evaluate_photos(gallery, embedder, args.probes, **_options(args))
 
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.2f}%"
@@ -213,4 +273,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"n/a (needs at least {round(1 / float(key))} non-mated probes)" if t["threshold"] is None else
             f"{pct(t['tpir'])} (threshold {t['threshold']:.4f})"))
     emit(report, args.json, "\n".join(lines) + _skips(report))
+    return 0
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    from irface.gallery import copy_gallery
+
+    summary = copy_gallery(args.source, args.destination)
+    emit(summary, args.json, f"copied {summary['faces']} faces of {summary['identities']} identities from "
+                             f"{summary['source']} to {summary['destination']}")
     return 0

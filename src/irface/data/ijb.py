@@ -25,6 +25,19 @@ from irface.errors import DataError
 
 TARGETS = ("IJBC", "IJBB")
 GALLERIES = {"IJBC": ("G1", "G2"), "IJBB": ("S1", "S2")}
+# The meta files' names after the `<t>_` prefix (the module docstring shows the layout).
+LANDMARKS, TEMPLATES, PAIRS = "name_5pts_score.txt", "face_tid_mid.txt", "template_pair_label.txt"
+PROBE = "1N_probe_mixed.csv"
+
+
+def meta_name(target: str, suffix: str) -> str:
+    """A meta file's name for `target`: `meta_name("IJBC", PAIRS)` is `ijbc_template_pair_label.txt`."""
+    return f"{normalize_target(target).lower()}_{suffix}"
+
+
+def gallery_names(target: str, gallery: str) -> tuple[str, str]:
+    """A 1:N gallery's file names: insightface's `_gal_` and the reference script's `_gallery_`."""
+    return meta_name(target, f"1N_gal_{gallery}.csv"), meta_name(target, f"1N_gallery_{gallery}.csv")
 
 
 @dataclass
@@ -75,7 +88,7 @@ def find_root(root: str | Path, target: str) -> Path:
     if not root.exists():
         raise DataError(f"{root}: no such folder")
     raise DataError(f"{root}: not an IJB folder (expected {root}/meta/ or {root}/{target}/meta/ "
-                    f"with {target.lower()}_face_tid_mid.txt; see docs/eval.md)")
+                    f"with {meta_name(target, TEMPLATES)}; see docs/eval.md)")
 
 
 def normalize_target(target: str) -> str:
@@ -160,14 +173,14 @@ def read_subject_csv(path: Path, name: str) -> Gallery:
     return Gallery(name, templates, np.asarray(sids, dtype=np.int64)[first])
 
 
-def _find_1n(meta: Path, prefix: str, target: str) -> tuple[list[Gallery], Optional[Gallery]]:
+def _find_1n(meta: Path, target: str) -> tuple[list[Gallery], Optional[Gallery]]:
     galleries = []
     for g in GALLERIES[target]:
-        for stem in (f"{prefix}_1N_gal_{g}", f"{prefix}_1N_gallery_{g}"):
-            if (meta / f"{stem}.csv").is_file():
-                galleries.append(read_subject_csv(meta / f"{stem}.csv", g))
+        for name in gallery_names(target, g):
+            if (meta / name).is_file():
+                galleries.append(read_subject_csv(meta / name, g))
                 break
-    probe_path = meta / f"{prefix}_1N_probe_mixed.csv"
+    probe_path = meta / meta_name(target, PROBE)
     if len(galleries) != 2 or not probe_path.is_file():
         return [], None
     return galleries, read_subject_csv(probe_path, "probe_mixed")
@@ -178,9 +191,8 @@ def read_ijb(root: str | Path, target: str) -> IJBMeta:
     target = normalize_target(target)
     folder = find_root(root, target)
     meta = folder / "meta"
-    prefix = target.lower()
-    lmk_path = meta / f"{prefix}_name_5pts_score.txt"
-    tid_path = meta / f"{prefix}_face_tid_mid.txt"
+    lmk_path = meta / meta_name(target, LANDMARKS)
+    tid_path = meta / meta_name(target, TEMPLATES)
     rows = _lines(lmk_path)
     _check_columns(lmk_path, rows, 12, "name x1 y1 ... x5 y5 faceness")
     numbers = _numbers(lmk_path, rows, slice(1, 12), float, "10 landmark coordinates and a faceness score")
@@ -197,8 +209,8 @@ def read_ijb(root: str | Path, target: str) -> IJBMeta:
                             f"names {a}; both list every image in the same order")
     if not names:
         raise DataError(f"{lmk_path}: no images listed")
-    t1, t2, labels = read_pairs(meta / f"{prefix}_template_pair_label.txt")
-    galleries, probe = _find_1n(meta, prefix, target)
+    t1, t2, labels = read_pairs(meta / meta_name(target, PAIRS))
+    galleries, probe = _find_1n(meta, target)
     return IJBMeta(root=folder, target=target, names=names, landmarks=numbers[:, :10].reshape(-1, 5, 2),
                    faceness=numbers[:, 10].copy(), templates=ids[:, 0].copy(), medias=ids[:, 1].copy(),
                    pair_t1=t1, pair_t2=t2, labels=labels, galleries=galleries, probe=probe)

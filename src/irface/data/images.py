@@ -10,7 +10,7 @@ import io
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,9 +39,18 @@ def _fast_jpeg():
     return _FAST_JPEG
 
 
-def _too_big(width: int, height: int, source: str) -> DataError:
-    return DataError(f"{source}: image of {width}x{height} pixels is larger than allowed "
-                     f"({MAX_IMAGE_PIXELS} pixels; an image bomb?)")
+class TooManyPixels(DataError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
+
+
+def _too_big(width: int, height: int, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -> DataError:
+    return TooManyPixels(f"{source}: image of {width}x{height} pixels is larger than allowed "
+                     f"({max_pixels} pixels; an image bomb?)")
+
+
+def pixel_ceiling() -> int:
+    """The largest `max_pixels` that can take effect: Pillow refuses images over twice its own limit."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 2**62
 
 
 def _cannot_decode(e: Exception, source: str) -> DataError:
@@ -50,31 +59,31 @@ def _cannot_decode(e: Exception, source: str) -> DataError:
     return DataError(f"{source}: cannot decode image ({first_line(e)})")
 
 
-def open_image(data: bytes, source: str = "image") -> Image.Image:
-    """Open encoded image bytes reading the header only; refuses images over `MAX_IMAGE_PIXELS` pixels.
+def open_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open encoded image bytes reading the header only; refuses images over `max_pixels` pixels.
 
     The one place where untrusted image bytes are opened: nothing is decoded yet, Pillow's own
-    decompression-bomb warning never reaches the user's terminal, and every refusal is one
-    `DataError` line naming `source`.
+    decompression-bomb warning never reaches the user's terminal (our limit decides, up to
+    `pixel_ceiling()`, where Pillow refuses), and every refusal is one `DataError` line naming `source`.
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         # Pillow checks before we can: its message holds the pixel count, not the sides.
         m = re.search(r"\((\d+) pixels\)", str(e))
         pixels = f"{int(m.group(1))} pixels" if m else "too many pixels"
-        raise DataError(f"{source}: image of {pixels} is larger than allowed ({MAX_IMAGE_PIXELS} pixels; "
+        raise TooManyPixels(f"{source}: image of {pixels} is larger than allowed ({max_pixels} pixels; "
                         "an image bomb?)") from None
     except Exception as e:
         raise _cannot_decode(e, source) from None
-    if img.width * img.height > MAX_IMAGE_PIXELS:
-        raise _too_big(img.width, img.height, source)
+    if img.width * img.height > max_pixels:
+        raise _too_big(img.width, img.height, source, max_pixels)
     return img
 
 
-def _decode_jpeg_fast(data: bytes, source: str):
+def _decode_jpeg_fast(data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS):
     """RGB array through simplejpeg (libjpeg-turbo, about twice Pillow's speed), or None to use Pillow."""
     sj = _fast_jpeg()
     if not sj or data[:3] != b"\xff\xd8\xff":
@@ -83,8 +92,8 @@ def _decode_jpeg_fast(data: bytes, source: str):
         height, width, colorspace, _ = sj.decode_jpeg_header(data)
     except Exception:
         return None  # let Pillow decide and word the error
-    if width * height > MAX_IMAGE_PIXELS:
-        raise _too_big(width, height, source)
+    if width * height > max_pixels:
+        raise _too_big(width, height, source, max_pixels)
     if colorspace not in ("RGB", "YCbCr", "Gray"):  # CMYK / YCCK: Pillow converts those
         return None
     try:
@@ -109,41 +118,82 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _resize_center(img: np.ndarray, size: int) -> np.ndarray:
-    """Short side to `size` (bilinear), then the centre `size` x `size`."""
+def crop_shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a crop size given as one side (a square) or as (height, width)."""
+    if isinstance(size, (tuple, list)):
+        h, w = size
+        return int(h), int(w)
+    return int(size), int(size)
+
+
+def resize_center(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Scaled (bilinear) until it covers `size` (one side or (height, width)), then the centre crop of that size.
+
+    A 112x112 ArcFace crop cut to 112x96 so loses 8 columns each side: the SphereFace 96x112 crop,
+    whose template is ArcFace's 8 px to the left.
+    """
+    th, tw = crop_shape(size)
     h, w = img.shape[:2]
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    pil = Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    scale = max(th / h, tw / w)
+    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+    pil = Image.fromarray(img)
+    if (nw, nh) != (w, h):
+        pil = pil.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - tw) // 2, (nh - th) // 2
+    return np.asarray(pil.crop((left, top, left + tw, top + th)), dtype=np.uint8)
 
 
-def decode_image(data: bytes, size: int = INPUT_SIZE, source: str = "image") -> np.ndarray:
-    """Encoded image -> uint8 (size, size, 3) RGB; other sizes are resized short side to `size` and centre-cropped.
+# EXIF orientation (tag 0x0112) -> the numpy view that shows the photo upright, as Pillow's exif_transpose.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+}
+
+
+def decode_rgb(data: bytes, source: str = "image", *, upright: bool = False,
+               opened: Optional[Image.Image] = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image -> uint8 (H, W, 3) RGB at its own size: the one decoder.
 
     Any mode is accepted (grey, palette, RGBA, CMYK, 16-bit); images declaring more than
     `MAX_IMAGE_PIXELS` pixels are refused before their pixels are decoded. Uses simplejpeg for JPEG
-    when it is installed (the `fast` extra), Pillow otherwise; both give the same pixels.
+    when it is installed (the `fast` extra), Pillow otherwise; both give the same pixels. `upright`
+    applies the EXIF orientation (as OpenCV's imread does: photos); `opened` is the same bytes already
+    opened by `open_image` (a caller that checked the header itself), so they are not parsed twice;
+    `max_pixels` is the limit that header was checked against (checked again on JPEG's own header).
     """
-    arr = _decode_jpeg_fast(data, source)
-    if arr is None:
-        img = open_image(data, source)
-        try:
-            with warnings.catch_warnings():
-                # Pillow's notices (e.g. palette transparency on conversion) would break the one-line rule.
-                warnings.simplefilter("ignore")
+    img = opened
+    if img is None and upright:
+        img = open_image(data, source, max_pixels)  # the header, for the orientation; its size is checked first
+    arr = _decode_jpeg_fast(data, source, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            # Pillow's notices (e.g. palette transparency on conversion) would break the one-line rule.
+            warnings.simplefilter("ignore")
+            orientation = img.getexif().get(0x0112, 1) if upright and img is not None else 1
+            if arr is None:
+                img = open_image(data, source, max_pixels) if img is None else img
                 img.load()
                 arr = _to_rgb(img)
-        except Exception as e:
-            raise _cannot_decode(e, source) from None
-    if arr.shape[0] != size or arr.shape[1] != size:
-        arr = _resize_center(arr, size)
+    except DataError:
+        raise
+    except Exception as e:
+        raise _cannot_decode(e, source) from None
+    turn = _UPRIGHT.get(orientation)
+    return np.ascontiguousarray(turn(arr)) if turn else arr
+
+
+def decode_image(data: bytes, size: int | tuple[int, int] = INPUT_SIZE, source: str = "image") -> np.ndarray:
+    """Encoded image -> uint8 (size, size, 3) RGB (or (height, width, 3) for a `size` pair) by `decode_rgb`;
+    other sizes are resized to cover it and centre-cropped (`resize_center`)."""
+    arr = decode_rgb(data, source)
+    if arr.shape[:2] != crop_shape(size):
+        arr = resize_center(arr, size)
     return arr
 
 
-def decode_images(bins: Sequence[bytes], size: int = INPUT_SIZE, source: str = ".bin") -> np.ndarray:
-    out = np.empty((len(bins), size, size, 3), dtype=np.uint8)
+def decode_images(bins: Sequence[bytes], size: int | tuple[int, int] = INPUT_SIZE, source: str = ".bin") -> np.ndarray:
+    out = np.empty((len(bins), *crop_shape(size), 3), dtype=np.uint8)
     for i, b in enumerate(bins):
         out[i] = decode_image(b, size, f"{source} image {i}")
     return out

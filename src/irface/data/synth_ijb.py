@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from irface.data.align import ARCFACE_TEMPLATE, warp_affine  # the aligner's own template and warp
-from irface.data.ijb import GALLERIES, normalize_target
+from irface.data.ijb import GALLERIES, LANDMARKS, PAIRS, PROBE, TEMPLATES, gallery_names, meta_name, normalize_target
 from irface.data.synth import draw_nuisance, encode, identity_traits, render
 from irface.utils import atomic_write
 
@@ -109,20 +109,19 @@ def write_synth_ijb(out_dir: str | Path, target: str = "IJBC", subjects: int = 1
             if k > 0:
                 probe_tids.append(template_id)
     pairs = [(a, b, int(subject_of[a] == subject_of[b])) for i, a in enumerate(probe_tids) for b in probe_tids[i + 1:]]
-    prefix = target.lower()
     meta = root / "meta"
-    with atomic_write(meta / f"{prefix}_name_5pts_score.txt", "w") as f:
+    with atomic_write(meta / meta_name(target, LANDMARKS), "w") as f:
         f.write("\n".join(lmk_lines) + "\n")
-    with atomic_write(meta / f"{prefix}_face_tid_mid.txt", "w") as f:
+    with atomic_write(meta / meta_name(target, TEMPLATES), "w") as f:
         f.write("\n".join(tid_lines) + "\n")
-    with atomic_write(meta / f"{prefix}_template_pair_label.txt", "w") as f:
+    with atomic_write(meta / meta_name(target, PAIRS), "w") as f:
         f.write("".join(f"{a} {b} {y}\n" for a, b, y in pairs))
-    for name, rows in list(gallery_rows.items()) + [("probe_mixed", probe_rows)]:
-        stem = f"{prefix}_1N_probe_mixed" if name == "probe_mixed" else f"{prefix}_1N_gal_{name}"
+    files = [(gallery_names(target, g)[0], rows) for g, rows in gallery_rows.items()]
+    for file_name, rows in files + [(meta_name(target, PROBE), probe_rows)]:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["TEMPLATE_ID", "SUBJECT_ID", "FILENAME"])
         writer.writerows(rows)
-        with atomic_write(meta / f"{stem}.csv", "w") as f:
+        with atomic_write(meta / file_name, "w") as f:
             f.write(buf.getvalue())
     return SynthIJBSummary(root, target, subjects, image_no, template_id, len(pairs), sum(p[2] for p in pairs))

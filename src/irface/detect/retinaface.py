@@ -44,8 +44,15 @@ class DetectedFace:
         return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
     def to_dict(self) -> dict:
-        return {"box": [round(float(v), 2) for v in self.box], "score": round(float(self.score), 5),
-                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]}
+        return face_json(self.box, self.score, self.landmarks)
+
+
+def face_json(box, score: Optional[float], landmarks) -> dict:
+    """The one JSON form of where a face is (`irface detect --json`, `irface embed`'s faces, the server):
+    box [x1, y1, x2, y2] and landmarks [[x, y] x 5] in pixels to 2 decimals, score to 5; None stays None."""
+    return {"box": [round(float(v), 2) for v in box],
+            "score": None if score is None else round(float(score), 5),
+            "landmarks": None if landmarks is None else [[round(float(x), 2), round(float(y), 2)] for x, y in landmarks]}
 
 
 @functools.lru_cache(maxsize=8)

@@ -11,9 +11,9 @@ can produce them directly from its top-k lists. The figures:
 - **TPIR at FPIR** (NISTIR 8238/8271): FPIR(T) = share of non-mated probes whose top score is >= T;
   FNIR(T, R) = share of mated probes whose mate is not within rank R or scores below T;
   TPIR = 1 - FNIR. For a target FPIR f over n non-mated probes, at most floor(f n) of them may
-  alarm, so T is set just above the (floor(f n) + 1)-th highest non-mated top score: a mate is
-  counted when its rank is <= R and its score is strictly above that value. An f below 1 / n cannot
-  be measured (None).
+  alarm, so T is set just above the (floor(f n) + 1)-th highest non-mated top score
+  (`irface.eval.rates.threshold_at_rate`): a mate is counted when its rank is <= R and its score is
+  strictly above that value. An f below 1 / n cannot be measured (None).
 
 Ties: a mate's rank counts only the gallery entries scoring strictly higher (an entry tied with the
 mate does not push it down).
@@ -21,10 +21,11 @@ mate does not push it down).
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
+
+from irface.eval.rates import threshold_at_rate
 
 FPIRS = (1e-2, 1e-1)
 RANKS = (1, 5, 10)
@@ -75,7 +76,7 @@ def tpir_at_fpir(mate_score: np.ndarray, mate_rank: np.ndarray, nonmated_top: np
         raise ValueError(f"mate scores {mate_score.shape} and ranks {mate_rank.shape} differ")
     out: dict[float, Optional[float]] = {}
     for fpir in fpirs:
-        threshold = threshold_at_fpir(nonmated_top, fpir)
+        threshold = threshold_at_rate(nonmated_top, fpir)
         mated = mate_rank >= 1
         if threshold is None or not mated.any():
             out[fpir] = None
@@ -83,12 +84,3 @@ def tpir_at_fpir(mate_score: np.ndarray, mate_rank: np.ndarray, nonmated_top: np
         hit = mated & (mate_rank <= max_rank) & (mate_score > threshold)
         out[fpir] = float(hit.sum() / mated.sum())
     return out
-
-
-def threshold_at_fpir(nonmated_top: np.ndarray, fpir: float) -> Optional[float]:
-    """The score a mate must exceed for `tpir_at_fpir` at this FPIR (None where unmeasurable)."""
-    top = np.sort(np.asarray(nonmated_top, dtype=np.float64))[::-1]
-    allowed = math.floor(fpir * len(top) + 1e-9)  # 1e-9: 0.01 * 300 must give 3, not 2.9999
-    if allowed < 1:
-        return None
-    return float(top[allowed]) if allowed < len(top) else float("-inf")

@@ -31,7 +31,8 @@ import torch
 
 from irface.eval.identification import FPIRS, RANKS, mate_ranks, rank_k, tpir_at_fpir
 
-FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+# Ascending, the order of the reference's table (`irface.eval.protocol.FARS` is the .bin sets', descending).
+IJB_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 POOL_CHUNK = 1 << 15      # images gathered at once while pooling (bounded memory)
 SCORE_CHUNK = 1 << 14     # pairs scored at once when a template has many partners
 
@@ -205,7 +206,7 @@ def pair_scores(template_norm: np.ndarray, rows1: np.ndarray, rows2: np.ndarray,
     return scores
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sklearn_roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) exactly as `sklearn.metrics.roc_curve(labels, scores)` (drop_intermediate).
 
     Needs both classes (the reference divides by their counts).
@@ -233,7 +234,7 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.add.reduce(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
-def tar_nearest(fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = FARS) -> dict[float, tuple[float, float]]:
+def tar_nearest(fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = IJB_FARS) -> dict[float, tuple[float, float]]:
     """The reference's rule: the ROC point whose FPR is nearest each FAR -> (TPR, that FPR)."""
     f, t = fpr[::-1], tpr[::-1]  # flipped as the reference does: the first of equal FPRs has the higher TPR
     out = {}
@@ -243,7 +244,7 @@ def tar_nearest(fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = FARS) 
     return out
 
 
-def tar_interpolated(fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = FARS) -> dict[float, float]:
+def tar_interpolated(fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = IJB_FARS) -> dict[float, float]:
     """TPR at exactly each FAR, linear between the two ROC points around it (the highest TPR at an
     FPR reached exactly)."""
     out = {}
@@ -268,7 +269,7 @@ class Verification:
 
 
 def verification(template_norm: np.ndarray, unique_templates: np.ndarray, t1: np.ndarray, t2: np.ndarray,
-                 labels: np.ndarray, fars: Sequence[float] = FARS) -> Verification:
+                 labels: np.ndarray, fars: Sequence[float] = IJB_FARS) -> Verification:
     """1:1 figures of the pairs (every pair's templates must have a row)."""
     r1, r2 = template_rows(unique_templates, t1), template_rows(unique_templates, t2)
     if (r1 < 0).any() or (r2 < 0).any():
@@ -277,10 +278,10 @@ def verification(template_norm: np.ndarray, unique_templates: np.ndarray, t1: np
 
 
 def verification_rows(template_norm: np.ndarray, r1: np.ndarray, r2: np.ndarray, labels: np.ndarray,
-                      fars: Sequence[float] = FARS) -> Verification:
+                      fars: Sequence[float] = IJB_FARS) -> Verification:
     """`verification` of pairs given as rows of `template_norm`."""
     scores = pair_scores(template_norm, r1, r2)
-    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr, tpr, _ = sklearn_roc_curve(labels, scores)
     return Verification(scores, fpr, tpr, tar_nearest(fpr, tpr, fars), tar_interpolated(fpr, tpr, fars),
                         auc(fpr, tpr))
 

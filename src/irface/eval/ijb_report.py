@@ -7,10 +7,10 @@ from typing import Optional
 
 import numpy as np
 
-from irface.data.ijb import IJBMeta
+from irface.data.ijb import PAIRS, TEMPLATES, IJBMeta, meta_name
 from irface.errors import DataError
 from irface.eval.ijb import (
-    FARS,
+    IJB_FARS,
     Mode,
     image_features,
     nist_1n,
@@ -89,7 +89,7 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, present: np.ndarray, mirrored
         return image_features(feats[rows], faceness[rows], mode, mirrored)
 
     unique, sums = pool_templates(features, meta.templates[keep], meta.medias[keep])
-    pair_file = f"{meta.root}/meta/{meta.target.lower()}_template_pair_label.txt"
+    pair_file = f"{meta.root}/meta/{meta_name(meta.target, PAIRS)}"
     rows = [template_rows(unique, side) for side in (meta.pair_t1, meta.pair_t2)]
     known = np.unique(meta.templates)  # `unique` less the templates whose images were all skipped
     for side, side_rows in zip((meta.pair_t1, meta.pair_t2), rows):
@@ -98,20 +98,20 @@ def evaluate_ijb(meta: IJBMeta, feats: np.ndarray, present: np.ndarray, mirrored
         if len(unknown):
             i = int(unknown[0])
             raise DataError(f"{pair_file}: line {i + 1} names template {side[i]}, which has no image in "
-                            f"{meta.target.lower()}_face_tid_mid.txt")
+                            f"{meta_name(meta.target, TEMPLATES)}")
     usable = (rows[0] >= 0) & (rows[1] >= 0)
     labels = meta.labels[usable]
     if labels.min(initial=1) == 1 or labels.max(initial=0) == 0:
         raise DataError(f"{pair_file}: the pairs need both genuine (label 1) and impostor (label 0) pairs")
-    v = verification_rows(l2_normalize(sums), rows[0][usable], rows[1][usable], labels, FARS)
+    v = verification_rows(l2_normalize(sums), rows[0][usable], rows[1][usable], labels, IJB_FARS)
     report = {
         "target": meta.target, "mode": mode.name, "images": int(len(meta.names)),
         "images_skipped": int(len(meta.names) - len(keep)), "templates": int(len(unique)),
         "pairs": int(usable.sum()), "pairs_dropped": int((~usable).sum()),
         "genuine": int((labels == 1).sum()), "impostor": int((labels == 0).sum()),
-        "tar_at_far": {far_key(f): v.tar[f][0] for f in FARS},
-        "fpr_used": {far_key(f): v.tar[f][1] for f in FARS},
-        "tar_at_far_interpolated": {far_key(f): v.tar_interpolated[f] for f in FARS},
+        "tar_at_far": {far_key(f): v.tar[f][0] for f in IJB_FARS},
+        "fpr_used": {far_key(f): v.tar[f][1] for f in IJB_FARS},
+        "tar_at_far_interpolated": {far_key(f): v.tar_interpolated[f] for f in IJB_FARS},
         "auc": v.auc,
     }
     ident = _identification(meta, unique, sums)
@@ -144,8 +144,8 @@ def format_report(report: dict) -> list[str]:
     """The reference's TAR@FAR table (TPR in %, FPR columns as it labels them), then our lines."""
     header = ["Methods"] + [str(x) for x in (10 ** -6, 10 ** -5, 10 ** -4, 10 ** -3, 10 ** -2, 10 ** -1)]
     name = f"{report['mode']}-{report['target']}"
-    rows = [[name] + [_pct(report["tar_at_far"][far_key(f)]) for f in FARS],
-            ["interpolated"] + [_pct(report["tar_at_far_interpolated"][far_key(f)]) for f in FARS]]
+    rows = [[name] + [_pct(report["tar_at_far"][far_key(f)]) for f in IJB_FARS],
+            ["interpolated"] + [_pct(report["tar_at_far_interpolated"][far_key(f)]) for f in IJB_FARS]]
     lines = format_table(header, rows)
     lines.append(f"AUC: {report['auc'] * 100:.4f} %   images: {report['images']:,}"
                  f"{' (%d skipped)' % report['images_skipped'] if report['images_skipped'] else ''}   "

@@ -22,10 +22,11 @@ FAR and the best threshold as a cosine similarity (cos = 1 - d / 2 for unit vect
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
+
+from irface.eval.rates import middle_of_best_run, threshold_at_rate
 
 N_FOLDS = 10
 FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -135,16 +136,11 @@ def best_threshold(dist: np.ndarray, issame: np.ndarray,
                    thresholds: Optional[np.ndarray] = None) -> tuple[float, float]:
     """The protocol threshold with the best accuracy over all pairs, and that accuracy.
 
-    Several neighbouring thresholds often tie (no pair lies between them); the middle of the first
-    run of best ones is taken, so a threshold reused on new faces keeps a margin on both sides.
+    Several neighbouring thresholds often tie (no pair lies between them): `middle_of_best_run` picks one.
     """
     thresholds = protocol_thresholds() if thresholds is None else thresholds
     correct = _correct_counts(np.asarray(dist, dtype=np.float64), np.asarray(issame, dtype=bool), thresholds)
-    first = int(np.argmax(correct))
-    last = first
-    while last + 1 < len(correct) and correct[last + 1] == correct[first]:
-        last += 1
-    idx = (first + last) // 2
+    idx = middle_of_best_run(correct)
     return float(thresholds[idx]), float(correct[idx]) / len(dist)
 
 
@@ -205,26 +201,14 @@ def tar_at_far(scores: np.ndarray, issame: np.ndarray,
                fars: Sequence[float] = FARS) -> dict[float, Optional[float]]:
     """True accept rate at each false accept rate; None where the pairs cannot measure that FAR.
 
-    A FAR is measurable when it allows at least one false accept: FAR x (different pairs) >= 1.
-    The threshold sits on a different-pair score: the largest one that lets at most
-    floor(FAR x different pairs) different pairs score strictly above it; same pairs scoring
-    strictly above it are accepted.
+    The threshold is `threshold_at_rate` of the different pairs' scores (a FAR is measurable when it
+    allows at least one false accept); same pairs scoring strictly above it are accepted.
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(issame, dtype=bool)
-    neg = np.sort(scores[~labels])[::-1]
-    pos = scores[labels]
+    neg, pos = scores[~labels], scores[labels]
     out: dict[float, Optional[float]] = {}
     for far in fars:
-        allowed = math.floor(far * len(neg) + 1e-9)  # 1e-9: 1e-3 * 3000 must give 3, not 2.9999
-        if allowed < 1 or not len(pos):
-            out[far] = None
-            continue
-        threshold = neg[allowed] if allowed < len(neg) else -np.inf
-        out[far] = float(np.mean(pos > threshold))
+        threshold = threshold_at_rate(neg, far)
+        out[far] = None if threshold is None or not len(pos) else float(np.mean(pos > threshold))
     return out
-
-
-def min_pairs_for_far(far: float) -> int:
-    """Different pairs needed before `tar_at_far` reports this FAR."""
-    return math.ceil(1.0 / far - 1e-9)

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from irface.eval.protocol import min_pairs_for_far
+from irface.eval.rates import min_negatives
 
 
 def far_key(far: float) -> str:
@@ -110,7 +110,7 @@ def format_table(results: Mapping[str, TargetResult]) -> list[str]:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     unsupported = sorted({f for r in results.values() for f in TABLE_FARS if r.tar_at_far.get(f, 0) is None}, reverse=True)
     if unsupported:
-        needs = ", ".join(f"{far_key(f)} needs >= {min_pairs_for_far(f):,} different pairs" for f in unsupported)
+        needs = ", ".join(f"{far_key(f)} needs >= {min_negatives(f):,} different pairs" for f in unsupported)
         lines.append(f"n/a: too few different pairs to measure that FAR ({needs})")
     return lines
 

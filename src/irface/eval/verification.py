@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from irface.data.bin import find_targets, read_bin
-from irface.data.images import decode_images, open_image
+from irface.data.images import crop_shape, decode_images, open_image
 from irface.errors import DataError, ModelFileError
 from irface.eval.protocol import (
     FARS,
@@ -77,11 +77,12 @@ def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool
         seconds=seconds, roc_fpr=fpr, roc_tpr=tpr)
 
 
-def _model_attr(embed_fn: EmbedFn, attr: str) -> Optional[int]:
-    """`input_size` / `embedding_size` of an Embedder's bound `.embed` or of a `module_embed_fn` function."""
+def _model_attr(embed_fn: EmbedFn, attr: str) -> Optional[Any]:
+    """`input_size` / `embedding_size` of an Embedder's bound `.embed` or of a `module_embed_fn` function
+    (an `input_size` may be (height, width): a foreign model that is not square)."""
     for owner in (embed_fn, getattr(embed_fn, "__self__", None)):
         value = getattr(owner, attr, None)
-        if isinstance(value, int):
+        if isinstance(value, int) or (attr == "input_size" and isinstance(value, tuple) and len(value) == 2):
             return value
     return None
 
@@ -96,11 +97,15 @@ def _image_size(data: bytes, source: str) -> tuple[int, int]:
         return img.size
 
 
-def _run_embed(embed_fn: EmbedFn, images: np.ndarray, path: Path, expected_dim: Optional[int]) -> np.ndarray:
+def run_embed(embed_fn: EmbedFn, images: np.ndarray, source: str, expected_dim: Optional[int]) -> np.ndarray:
+    """`embed_fn(images)` as float32, checked: one row per image, `expected_dim` columns (when given).
+
+    `source` names where the images come from in the error line (a file name).
+    """
     out = np.asarray(embed_fn(images))
     if out.ndim != 2 or out.shape[0] != images.shape[0]:
         raise ModelFileError(f"{_model_name(embed_fn)}: returned an array of shape {tuple(out.shape)} for "
-                             f"{images.shape[0]} images of {path.name}; expected (images, embedding size)")
+                             f"{images.shape[0]} images of {source}; expected (images, embedding size)")
     if expected_dim is not None and out.shape[1] != expected_dim:
         raise ModelFileError(f"{_model_name(embed_fn)}: returned {out.shape[1]}-d embeddings, "
                              f"but {expected_dim}-d ones were expected")
@@ -110,12 +115,13 @@ def _run_embed(embed_fn: EmbedFn, images: np.ndarray, path: Path, expected_dim: 
 _RESIZES_REPORTED: set[tuple[str, int, int, int]] = set()
 
 
-def _report_resize(path: Path, width: int, height: int, size: int) -> None:
+def _report_resize(path: Path, width: int, height: int, size: int | tuple[int, int]) -> None:
     """Say once per set and size (not at every verification of a training run) that images are resized."""
-    key = (str(path.resolve()), width, height, size)
+    out_h, out_w = crop_shape(size)
+    key = (str(path.resolve()), width, height, out_h, out_w)
     if key not in _RESIZES_REPORTED:
         _RESIZES_REPORTED.add(key)
-        log.info("%s: %dx%d images resized to %dx%d", path.name, width, height, size, size)
+        log.info("%s: %dx%d images resized to %dx%d", path.name, width, height, out_w, out_h)
 
 
 def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE, flip: bool = True,
@@ -138,7 +144,7 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
         if w != h:
             raise DataError(f"{path}: images are {w}x{h}, not square")
         size = w
-    elif (w, h) != (size, size):
+    elif (h, w) != crop_shape(size):  # a model that is not square gives (height, width)
         _report_resize(path, w, h, size)
     expected_dim = _model_attr(embed_fn, "embedding_size")
     n = len(bins)
@@ -146,7 +152,7 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
     emb_flip: Optional[np.ndarray] = None
     for start in range(0, n, batch_size):
         images = decode_images(bins[start:start + batch_size], size, str(path))
-        out = _run_embed(embed_fn, images, path, expected_dim)
+        out = run_embed(embed_fn, images, path.name, expected_dim)
         if emb is None:
             expected_dim = out.shape[1]
             emb = np.zeros((n, expected_dim), dtype=np.float32)
@@ -154,8 +160,8 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
         emb[start:start + len(images)] = out
         if emb_flip is not None:  # flip
             # Horizontal mirror: the width axis of NHWC (the reference flips axis 2 of CHW).
-            emb_flip[start:start + len(images)] = _run_embed(embed_fn, np.ascontiguousarray(images[:, :, ::-1]), path,
-                                                                  expected_dim)
+            emb_flip[start:start + len(images)] = run_embed(embed_fn, np.ascontiguousarray(images[:, :, ::-1]), path.name,
+                                                            expected_dim)
     assert emb is not None, f"{path}: no pairs"  # refused above (min_pairs >= 1)
     if not np.isfinite(emb).all() or (emb_flip is not None and not np.isfinite(emb_flip).all()):
         log.warning("%s: some embeddings are NaN or infinite; the figures are meaningless", path)

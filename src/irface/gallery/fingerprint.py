@@ -2,7 +2,8 @@
 
 A fingerprint is the SHA-256 of the model file's bytes (for a run folder: of its newest complete
 checkpoint, the file `load_model` reads), plus the Embedder's input normalisation when it is not
-irface's own (a foreign model read with another mean/std or channel order embeds differently).
+irface's own (a foreign model read with another mean/std or channel order embeds differently) and an
+ONNX model's --layout / --output-name where they overrule its graph.
 Re-saving the same weights in another format gives another fingerprint: the gallery then asks for a
 rebuild rather than trusting that two files embed alike.
 """
@@ -44,9 +45,11 @@ def _model_path(path: Path) -> Path:
 def _input_settings(embedder: Any) -> dict[str, Any]:
     # How pixels become the model's input (`InputNorm`): the same file read with another mean, std or
     # channel order embeds differently. The default normalisation adds nothing, so a bare path and
-    # its Embedder agree.
+    # its Embedder agree. So do an ONNX model's --layout / --output-name where they change what its
+    # graph decides (`OnnxEmbedder.forced`).
     norm = getattr(embedder, "norm", None)
-    return {} if norm is None or norm.is_standard() else norm.to_metadata()
+    settings = {} if norm is None or norm.is_standard() else norm.to_metadata()
+    return {**settings, **(getattr(embedder, "forced", None) or {})}
 
 
 def model_fingerprint(model: Any) -> str:

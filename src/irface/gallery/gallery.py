@@ -1,8 +1,13 @@
 """`Gallery`: enrolled faces of known people, searched by embedding (1:N, open-set).
 
 One row per face: identity, source file, box, model fingerprint (an SQLite table), and its unit-length
-fp32 embedding in a faiss index under the row's id. Optionally one mean template per identity
-(`templates=True`): the mean of its faces' unit embeddings, searched instead of the faces.
+fp32 embedding in a faiss index under the row's id; optionally the face's picture (a small JPEG, so
+that a search result can show it). Optionally one mean template per identity (`templates=True`): the
+mean of its faces' unit embeddings, searched instead of the faces.
+
+This class is the in-memory gallery and its one-file store (`irface.gallery.store`); the PostgreSQL
+store (`irface.gallery.pg.PgGallery`) keeps the same in-memory gallery current from its database.
+`irface.gallery.open_gallery` / `create_gallery` pick the store from the gallery's name.
 
 Thread safety: searches share a read lock; `add`, `remove` and the snapshot that `save` writes take the
 write side, so a search sees a gallery before or after an add, never half of one. `save()` returns
@@ -13,18 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import re
+import secrets
 import sqlite3
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from irface.errors import GalleryError
+from irface.errors import GalleryError, UserError
 from irface.gallery.index import FaceIndex, index_params
+from irface.gallery.journal import Journal, generation_of, journal_path
 from irface.gallery.store import GalleryFile, write_gallery_file
 
 _SCHEMA = """
@@ -33,7 +41,14 @@ CREATE TABLE faces (id INTEGER PRIMARY KEY, identity TEXT NOT NULL, source TEXT 
 CREATE INDEX faces_identity ON faces(identity);
 CREATE TABLE templates (identity TEXT PRIMARY KEY, count INTEGER NOT NULL, total BLOB NOT NULL);
 """
+# Pictures of enrolled faces live in the gallery itself, so that they are written, and removed, with their
+# face (a folder beside the gallery would keep a picture of a face whose enrolment never reached the file).
+# Galleries saved before this table existed get it when opened.
+_THUMBNAILS = "CREATE TABLE IF NOT EXISTS thumbnails (id INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);"
+log = logging.getLogger(__name__)
 _MAX_NAME = 128
+# The journal is folded into the file once it is larger than the file and than this.
+_COMPACT_MIN_BYTES = 4 << 20
 # Letters of any script, digits, space and . _ - ' ( ) ,  -- no path separators or control characters.
 _NAME_RE = re.compile(r"^[\w .'(),\-]+$")
 
@@ -57,13 +72,16 @@ class Match:
     """One candidate for a query: the identity, its cosine similarity, the enrolled photo that matched.
 
     `accepted` is False when a threshold was given and the similarity is not above it: a query whose
-    first match is not accepted is "unknown" (open-set).
+    first match is not accepted is "unknown" (open-set). `face_id` and `box` are the matched face's row
+    (for templates: the identity's first enrolled face), so a caller needs no second look-up.
     """
 
     identity: str
     similarity: float
     source: Optional[str]
     accepted: bool = True
+    face_id: Optional[int] = None
+    box: Optional[tuple[float, float, float, float]] = None
 
 
 UNKNOWN = "unknown"
@@ -130,8 +148,12 @@ def _unit_rows(embeddings: Any, dim: int, what: str) -> np.ndarray:
 class Gallery:
     """A face gallery in memory, backed by one file (see `irface.gallery.store`)."""
 
-    def __init__(self, path: Path, header: dict[str, Any], db: sqlite3.Connection, index: FaceIndex):
-        self.path = Path(path)
+    def __init__(self, path: Optional[Path], header: dict[str, Any], db: sqlite3.Connection, index: FaceIndex,
+                 location: Optional[str] = None):
+        self.path = Path(path) if path is not None else None
+        # What messages and `info()` call the gallery: its file, or its database URL without the password.
+        self.location: str = location if location is not None else str(self.path)
+        db.execute(_THUMBNAILS)
         self.fingerprint: str = header["fingerprint"]
         self.embedding_size: int = int(header["embedding_size"])
         self.templates: bool = bool(header.get("templates", False))
@@ -145,6 +167,8 @@ class Gallery:
         self._db_lock = threading.Lock()  # one sqlite connection, used from many threads
         self._load_codes()
         self._template_cache: Optional[tuple[list[str], np.ndarray, dict[str, int]]] = None
+        self._journal: Optional[Journal] = None  # a file gallery on disk: its changes since the last save
+        self._file_bytes = self.path.stat().st_size if self.path is not None and self.path.is_file() else 0
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -181,18 +205,88 @@ class Gallery:
                 raise GalleryError(f"{path}: gallery metadata is unreadable ({e})") from None
             index = FaceIndex.read(header["index"], int(header["embedding_size"]), header.get("index_params", {}),
                                    gf.section_reader("index") if gf.has("index") else None)
+            digest = gf.digest
         gallery = cls(path, header, db, index)
         if len(index) != header.get("faces", len(index)) or len(index) != gallery._count_faces():
             raise GalleryError(f"{path}: gallery index and metadata disagree ({len(index)} vectors, "
                                f"{gallery._count_faces()} rows); rebuild it")
+        gallery._journal = Journal(journal_path(path), generation_of(digest))
+        gallery._replay(gallery._journal.replay())
         return gallery
+
+    def _replay(self, records: list[tuple[dict[str, Any], bytes]]) -> None:
+        """Apply the journal's changes made since the file was saved (`irface.gallery.journal`)."""
+        for header, blobs in records:
+            ids = np.array(header["ids"], np.int64)
+            if header["op"] == "remove":
+                self._apply_remove(ids)
+                continue
+            n, pos = len(ids), 0
+            if header.get("trained"):
+                self._index.load_trained(blobs[:header["trained"]])
+                pos = header["trained"]
+            x = np.frombuffer(blobs, np.float32, n * self.embedding_size, pos).reshape(n, self.embedding_size)
+            pos += x.nbytes
+            thumbs: list[Optional[bytes]] = []
+            for length in header["thumbs"]:
+                thumbs.append(None if length < 0 else blobs[pos:pos + length])
+                pos += max(length, 0)
+            boxes = [tuple(b) if b is not None else (None,) * 4 for b in header["boxes"]]
+            self._apply_add(ids, header["identities"], header["sources"], boxes, x.copy(), thumbs)
 
     def check_model(self, fingerprint: str) -> None:
         """Refuse (GalleryError, one line) to serve queries embedded by a model other than the gallery's."""
-        _check_fingerprint(self.path, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
+        _check_fingerprint(self.location, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
+
+    def close(self) -> None:
+        """Fold the journal into the gallery file (a compaction) if this process changed the gallery; nothing
+        stays open. A process that only read it writes nothing (a search may run on a read-only disk)."""
+        if self._journal is not None and self._journal.appended:
+            self.save()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- the store behind the memory (overridden by other stores) ------------------------------
+    def _sync(self) -> None:
+        """Bring the in-memory gallery up to date with its store before a read (a file has no other writer)."""
+
+    def _persist_add(self, ids: np.ndarray, names: list[str], sources: list[str], box_rows: list[tuple],
+                     x: np.ndarray, thumbnails: list[Optional[bytes]]) -> None:
+        """Make an enrolment durable before it is applied in memory: a journal record beside the gallery
+        file (a gallery not saved yet is held in memory until `save()`). Callers hold the write lock."""
+        if self._journal is None:
+            return
+        trained = b""
+        if self._index.kind == "ivf" and self._index.index is None:
+            # The first add teaches an IVF its lists: the record carries them, so replay makes the same ones.
+            self._index.train(x)
+            trained = self._index.trained_bytes() or b""
+        header = {"op": "add", "ids": ids.tolist(), "identities": names, "sources": sources,
+                  "boxes": [None if b[0] is None else list(b) for b in box_rows],
+                  "thumbs": [-1 if t is None else len(t) for t in thumbnails], "trained": len(trained)}
+        self._journal.append(header, trained + x.tobytes() + b"".join(t for t in thumbnails if t is not None))
+
+    def _persist_remove(self, identity: str, ids: np.ndarray) -> None:
+        """Make a removal durable before it is applied in memory (see `_persist_add`)."""
+        if self._journal is not None:
+            self._journal.append({"op": "remove", "identity": identity, "ids": ids.tolist()})
+
+    def _compact_if_due(self) -> None:
+        """Fold the journal into the file once it outgrows the file: each change then costs O(1) amortised."""
+        journal = self._journal
+        if journal is not None and self.path is not None and journal.size() > max(_COMPACT_MIN_BYTES, self._file_bytes):
+            try:
+                self.save()
+            except UserError as e:  # the change itself is in the journal: answer it, compact another time
+                log.warning("%s: compaction failed, the journal keeps the changes (%s)", self.path, e)
 
     # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
+        self._sync()
         with self._lock.read():
             return len(self._index)
 
@@ -219,6 +313,7 @@ class Gallery:
 
     def identities(self) -> list[str]:
         """Enrolled identities, sorted."""
+        self._sync()
         with self._lock.read(), self._db_lock:
             return [r[0] for r in self._db.execute("SELECT DISTINCT identity FROM faces ORDER BY identity")]
 
@@ -228,39 +323,72 @@ class Gallery:
         args: tuple = ()
         if identity is not None:
             query, args = query + " WHERE identity = ?", (identity,)
+        self._sync()
         with self._lock.read(), self._db_lock:
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [{"id": r[0], "identity": r[1], "source": r[2],
                  "box": None if r[3] is None else [r[3], r[4], r[5], r[6]]} for r in rows]
 
+    def face(self, face_id: int) -> Optional[dict[str, Any]]:
+        """One face's row (as `faces()` gives it), or None when no such face is enrolled."""
+        self._sync()
+        with self._lock.read(), self._db_lock:
+            r = self._db.execute("SELECT id, identity, source, x1, y1, x2, y2 FROM faces WHERE id = ?",
+                                 (int(face_id),)).fetchone()
+        return None if r is None else {"id": r[0], "identity": r[1], "source": r[2],
+                                       "box": None if r[3] is None else [r[3], r[4], r[5], r[6]]}
+
+    def thumbnail(self, face_id: int) -> Optional[bytes]:
+        """The picture (JPEG) stored with an enrolled face, or None (no such face, or none stored)."""
+        with self._lock.read(), self._db_lock:
+            r = self._db.execute("SELECT jpeg FROM thumbnails WHERE id = ?", (int(face_id),)).fetchone()
+        return None if r is None else bytes(r[0])
+
     def info(self) -> dict[str, Any]:
+        self._sync()
         with self._lock.read():
             with self._db_lock:
                 n_ids = self._db.execute("SELECT count(DISTINCT identity) FROM faces").fetchone()[0]
-            return {"path": str(self.path), "faces": len(self._index), "identities": int(n_ids),
+            return {"path": self.location, "faces": len(self._index), "identities": int(n_ids),
                     "embedding_size": self.embedding_size, "index": self._index.kind,
                     "index_params": dict(self._index.params), "templates": self.templates,
                     "fingerprint": self.fingerprint, "model": self.model, "created": self.created,
-                    "file_bytes": self.path.stat().st_size if self.path.is_file() else None}
+                    "store": self._store_kind(),
+                    "file_bytes": self.path.stat().st_size if self.path is not None and self.path.is_file() else None}
+
+    def _store_kind(self) -> str:
+        return "file"
 
     # ---- changes ------------------------------------------------------------------------------
-    def add(self, identity: str, embeddings: Any, sources: Sequence[str],
-            boxes: Optional[Any] = None) -> list[int]:
+    def add(self, identity: str, embeddings: Any, sources: Sequence[str], boxes: Optional[Any] = None,
+            thumbnails: Optional[Sequence[Optional[bytes]]] = None) -> list[int]:
         """Enrol faces of one identity (embeddings (N, E), one source file each); returns their row ids.
 
-        The embeddings are L2-normalised here. Not on disk until `save()`.
+        The embeddings are L2-normalised here. Durable on return for a gallery in a database or on disk
+        (its journal); a new gallery not saved yet is written by `save()`.
         """
         validate_identity(identity)
-        return self.add_many([identity] * len(sources), embeddings, sources, boxes)
+        return self.add_many([identity] * len(sources), embeddings, sources, boxes, thumbnails)
 
     def add_many(self, identities: Sequence[str], embeddings: Any, sources: Sequence[str],
-                 boxes: Optional[Any] = None) -> list[int]:
-        """Enrol faces of many identities at once (one identity and source per row): one index add."""
+                 boxes: Optional[Any] = None, thumbnails: Optional[Sequence[Optional[bytes]]] = None) -> list[int]:
+        """Enrol faces of many identities at once (one identity and source per row): one index add.
+
+        `thumbnails`: a small JPEG per row (or None), kept with the face and removed with it.
+        """
+        batch = self._prepare_add(identities, embeddings, sources, boxes, thumbnails)
+        if batch is None:
+            return []
+        return self._commit_add(*batch)
+
+    def _prepare_add(self, identities: Sequence[str], embeddings: Any, sources: Sequence[str],
+                     boxes: Optional[Any], thumbnails: Optional[Sequence[Optional[bytes]]]) -> Optional[tuple]:
+        """The checked rows of an enrolment: (names, unit embeddings, sources, boxes, thumbnails), or None if empty."""
         for name in set(identities):
             validate_identity(name)
         what = f"faces of '{identities[0]}'" if len(set(identities)) == 1 else "faces"
         if not len(identities) and not len(sources):
-            return []
+            return None
         x = _unit_rows(embeddings, self.embedding_size, what)
         n = len(x)
         sources = [str(s) for s in sources]
@@ -273,26 +401,41 @@ class Gallery:
             if b.shape != (n, 4):
                 raise GalleryError(f"{what}: boxes must have shape ({n}, 4), got {tuple(b.shape)}")
             box_rows = [tuple(map(float, r)) for r in b]
+        thumbs = list(thumbnails) if thumbnails is not None else [None] * n
+        if len(thumbs) != n:
+            raise GalleryError(f"{what}: {n} embeddings but {len(thumbs)} thumbnails")
         if n == 0:
-            return []
-        names = list(identities)
+            return None
+        return list(identities), x, sources, box_rows, thumbs
+
+    def _commit_add(self, names: list[str], x: np.ndarray, sources: list[str], box_rows: list[tuple],
+                    thumbs: list[Optional[bytes]]) -> list[int]:
         with self._lock.write():
-            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-            self._index.add(ids, x)
-            with self._db_lock, self._db:
-                self._db.executemany(
-                    "INSERT INTO faces (id, identity, source, x1, y1, x2, y2, fingerprint) VALUES (?,?,?,?,?,?,?,?)",
-                    [(int(i), who, s, *bx, self.fingerprint) for i, who, s, bx in zip(ids, names, sources, box_rows)])
-                if self.templates:
-                    self._add_to_templates(names, x)
-            self._next_id += n
-            if len(self._identity_of) < self._next_id:
-                grown = np.full(max(self._next_id, 2 * len(self._identity_of)), -1, np.int64)
-                grown[:len(self._identity_of)] = self._identity_of
-                self._identity_of = grown
-            self._identity_of[ids] = [self._code_for(who) for who in names]
-            self._template_cache = None
+            ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
+            self._persist_add(ids, names, sources, box_rows, x, thumbs)
+            self._apply_add(ids, names, sources, box_rows, x, thumbs)
+        self._compact_if_due()
         return ids.tolist()
+
+    def _apply_add(self, ids: np.ndarray, names: list[str], sources: list[str], box_rows: list[tuple],
+                   x: np.ndarray, thumbs: list[Optional[bytes]], sum_templates: bool = True) -> None:
+        """Put rows in memory (index, table, identity codes); callers hold the write lock."""
+        self._index.add(ids, x)
+        with self._db_lock, self._db:
+            self._db.executemany(
+                "INSERT INTO faces (id, identity, source, x1, y1, x2, y2, fingerprint) VALUES (?,?,?,?,?,?,?,?)",
+                [(int(i), who, s, *bx, self.fingerprint) for i, who, s, bx in zip(ids, names, sources, box_rows)])
+            self._db.executemany("INSERT INTO thumbnails (id, jpeg) VALUES (?, ?)",
+                                 [(int(i), t) for i, t in zip(ids, thumbs) if t is not None])
+            if self.templates and sum_templates:
+                self._add_to_templates(names, x)
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        if len(self._identity_of) < self._next_id:
+            grown = np.full(max(self._next_id, 2 * len(self._identity_of)), -1, np.int64)
+            grown[:len(self._identity_of)] = self._identity_of
+            self._identity_of = grown
+        self._identity_of[ids] = [self._code_for(who) for who in names]
+        self._template_cache = None
 
     def _add_to_templates(self, names: list[str], x: np.ndarray) -> None:
         order = np.argsort(np.array(names, dtype=object), kind="stable")
@@ -317,21 +460,46 @@ class Gallery:
             self._index.train(x)
 
     def remove(self, identity: str) -> int:
-        """Remove every face of `identity`; returns how many there were (0 if none)."""
+        """Remove every face of `identity` (and their pictures); returns how many there were (0 if none)."""
         validate_identity(identity)
+        return self._commit_remove(identity)
+
+    def _commit_remove(self, identity: str) -> int:
         with self._lock.write():
-            with self._db_lock:
-                ids = np.array([r[0] for r in self._db.execute("SELECT id FROM faces WHERE identity = ?",
-                                                               (identity,))], np.int64)
-                if not len(ids):
-                    return 0
-                self._index.remove(ids)
-                with self._db:
-                    self._db.execute("DELETE FROM faces WHERE identity = ?", (identity,))
-                    self._db.execute("DELETE FROM templates WHERE identity = ?", (identity,))
-            self._identity_of[ids] = -1
-            self._template_cache = None
-            return len(ids)
+            ids = self._ids_of(identity)
+            if not len(ids):
+                return 0
+            self._persist_remove(identity, ids)
+            self._apply_remove(ids)
+        self._compact_if_due()
+        return len(ids)
+
+    def _ids_of(self, identity: str) -> np.ndarray:
+        with self._db_lock:
+            return np.array([r[0] for r in self._db.execute("SELECT id FROM faces WHERE identity = ?", (identity,))],
+                            np.int64)
+
+    def _apply_remove(self, ids: np.ndarray) -> None:
+        """Drop faces from memory, with their pictures and the templates of identities left without a face;
+        callers hold the write lock."""
+        ids = ids[(ids >= 0) & (ids < len(self._identity_of))]
+        ids = ids[self._identity_of[ids] >= 0]  # faces this memory holds
+        if not len(ids):
+            return
+        names = {self._names[c] for c in set(self._identity_of[ids].tolist())}
+        self._index.remove(ids)
+        with self._db_lock, self._db:
+            # In chunks: SQLite limits the parameters of one statement.
+            for a in range(0, len(ids), 500):
+                chunk = [int(i) for i in ids[a:a + 500]]
+                marks = ",".join("?" * len(chunk))
+                self._db.execute(f"DELETE FROM faces WHERE id IN ({marks})", chunk)
+                self._db.execute(f"DELETE FROM thumbnails WHERE id IN ({marks})", chunk)
+            for who in names:
+                if self._db.execute("SELECT 1 FROM faces WHERE identity = ? LIMIT 1", (who,)).fetchone() is None:
+                    self._db.execute("DELETE FROM templates WHERE identity = ?", (who,))
+        self._identity_of[ids] = -1
+        self._template_cache = None
 
     # ---- search -------------------------------------------------------------------------------
     def search(self, embeddings: Any, top_k: int = 5, threshold: Optional[float] = None,
@@ -350,19 +518,25 @@ class Gallery:
             raise GalleryError(f"search by '{by}': this gallery has "
                                f"{'faces and templates' if self.templates else 'faces only (built without --templates)'}")
         q = _unit_rows(embeddings, self.embedding_size, "query")
+        self._sync()
         with self._lock.read():
             if by == "templates":
                 ranked = self._search_templates(q, top_k)
             else:
                 ranked = self._search_faces(q, top_k)
             wanted = {fid for row in ranked for _, _, fid in row if fid is not None}
-            sources = self._sources(wanted)
-        return [[Match(name, sim, None if fid is None else sources.get(fid), threshold is None or sim > threshold) for name, sim, fid in row]
-                for row in ranked]
+            rows = self._rows(wanted)
+
+        def match(name: str, sim: float, fid: Optional[int]) -> Match:
+            source, box = rows[fid] if fid in rows else (None, None)
+            return Match(name, sim, source, threshold is None or sim > threshold, fid, box)
+
+        return [[match(*hit) for hit in row] for row in ranked]
 
     def nearest(self, embeddings: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """The raw index answer: (similarities, face ids), each (Q, k), face id -1 past the gallery's end."""
         q = _unit_rows(embeddings, self.embedding_size, "query")
+        self._sync()
         with self._lock.read():
             return self._index.search(q, k)
 
@@ -415,28 +589,107 @@ class Gallery:
         # A template is no photo: the identity's first enrolled face stands for it.
         return [[(names[j], float(sims[r, j]), first.get(names[j])) for j in top[r]] for r in range(len(q))]
 
-    def _sources(self, ids: set[int]) -> dict[int, str]:
+    def _rows(self, ids: set[int]) -> dict[int, tuple[str, Optional[tuple[float, float, float, float]]]]:
+        """face id -> (source, box or None) of the faces a search returns."""
         if not ids:
             return {}
         with self._db_lock:
             marks = ",".join("?" * len(ids))
-            return dict(self._db.execute(f"SELECT id, source FROM faces WHERE id IN ({marks})", tuple(ids)).fetchall())
+            found = self._db.execute(f"SELECT id, source, x1, y1, x2, y2 FROM faces WHERE id IN ({marks})",
+                                     tuple(int(i) for i in ids)).fetchall()
+        return {r[0]: (r[1], None if r[2] is None else (r[2], r[3], r[4], r[5])) for r in found}
+
+    # ---- whole-gallery export and import (`irface gallery copy`) -------------------------------
+    def export_rows(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, list[tuple], np.ndarray, list]]:
+        """Every face in id order, in chunks: (ids, rows (identity, source, x1, y1, x2, y2, fingerprint),
+        unit embeddings as stored (bit for bit), thumbnails (JPEG or None))."""
+        self._sync()
+        with self._lock.read():
+            with self._db_lock:
+                all_ids = [r[0] for r in self._db.execute("SELECT id FROM faces ORDER BY id")]
+            for a in range(0, len(all_ids), chunk):
+                ids = np.array(all_ids[a:a + chunk], np.int64)
+                lo, hi = int(ids[0]), int(ids[-1])
+                with self._db_lock:
+                    rows = self._db.execute("SELECT identity, source, x1, y1, x2, y2, fingerprint FROM faces "
+                                            "WHERE id BETWEEN ? AND ? ORDER BY id", (lo, hi)).fetchall()
+                thumbs = self._thumbnails_between(lo, hi)
+                yield ids, rows, self._index.vectors(ids), [thumbs.get(int(i)) for i in ids]
+
+    def _thumbnails_between(self, lo: int, hi: int) -> dict[int, bytes]:
+        """face id -> picture, for the faces with ids in [lo, hi] that have one."""
+        with self._db_lock:
+            return {r[0]: bytes(r[1]) for r in
+                    self._db.execute("SELECT id, jpeg FROM thumbnails WHERE id BETWEEN ? AND ?", (lo, hi))}
+
+    def set_template_totals(self, totals: Mapping[str, Optional[tuple[int, bytes]]]) -> None:
+        """Replace the templates of these identities (None: drop it) with stored sums; callers hold the write lock."""
+        with self._db_lock, self._db:
+            for who, value in totals.items():
+                if value is None:
+                    self._db.execute("DELETE FROM templates WHERE identity = ?", (who,))
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO templates VALUES (?, ?, ?)", (who, value[0], value[1]))
+        self._template_cache = None
+
+    def import_all(self, source: "Gallery") -> None:
+        """Fill this new, empty gallery with every face, picture and template of `source`, exactly (same ids,
+        same embeddings bit for bit, same IVF lists); a file gallery is then written by `save()`."""
+        settings = source.settings()
+        with self._lock.write():
+            if settings["trained"] is not None:
+                self._index.load_trained(settings["trained"])
+            for ids, rows, x, thumbs in source.export_rows():
+                self._apply_add(ids, [r[0] for r in rows], [r[1] for r in rows], [tuple(r[2:6]) for r in rows],
+                                x, thumbs, sum_templates=False)
+            self.set_template_totals(source.template_totals())
+            self._next_id = max(self._next_id, settings["next_id"])
+
+    def identity_counts(self) -> dict[str, int]:
+        """identity -> how many faces it has."""
+        self._sync()
+        with self._lock.read(), self._db_lock:
+            return dict(self._db.execute("SELECT identity, count(*) FROM faces GROUP BY identity").fetchall())
+
+    def template_totals(self) -> dict[str, tuple[int, bytes]]:
+        """identity -> (faces, float64 sum of its unit embeddings as bytes): the templates, exactly."""
+        with self._lock.read(), self._db_lock:
+            return {r[0]: (int(r[1]), bytes(r[2])) for r in self._db.execute("SELECT identity, count, total FROM templates")}
+
+    def settings(self) -> dict[str, Any]:
+        """What a copy of this gallery needs to be the same gallery: model, sizes, index, its trained lists."""
+        with self._lock.read():
+            return {"fingerprint": self.fingerprint, "embedding_size": self.embedding_size,
+                    "templates": self.templates, "model": self.model, "created": self.created,
+                    "index": self._index.kind, "params": dict(self._index.params), "next_id": self._next_id,
+                    "trained": self._index.trained_bytes()}
 
     # ---- disk ---------------------------------------------------------------------------------
     def save(self, path: Optional[str | Path] = None) -> Path:
         """Write the gallery to `path` (default: where it was created or opened); returns when on disk."""
         target = Path(path) if path is not None else self.path
+        if target is None:
+            raise GalleryError("save(): this gallery has no file; give a path")
         with self._save_lock, self._lock.read():
             with self._db_lock:
                 metadata = _db_bytes(self._db)
+            # `generation` makes every save's bytes, hence its digest (the journal's key), new.
             header = {"fingerprint": self.fingerprint, "embedding_size": self.embedding_size,
                       "templates": self.templates, "model": self.model, "created": self.created,
                       "saved": _now(), "next_id": self._next_id, "faces": len(self._index),
-                      "index": self._index.kind, "index_params": dict(self._index.params)}
+                      "index": self._index.kind, "index_params": dict(self._index.params),
+                      "generation": secrets.token_hex(8)}
             sections = [("metadata", lambda write: write(metadata))]
             if self._index.index is not None:
                 sections.append(("index", self._index.write))
-            write_gallery_file(target, header, sections)
+            digest = write_gallery_file(target, header, sections)
+            if self.path is not None and target.resolve() == self.path.resolve():
+                # The file now holds every change: an empty journal for its new generation (a leftover
+                # journal of an older gallery at this path is emptied too).
+                if self._journal is None:
+                    self._journal = Journal(journal_path(target), generation_of(digest))
+                self._journal.reset(generation_of(digest))
+                self._file_bytes = target.stat().st_size
         return target
 
 
@@ -464,7 +717,7 @@ def _db_from_bytes(data: bytes) -> sqlite3.Connection:
     return db
 
 
-def _check_fingerprint(path: Path, header: dict[str, Any], fingerprint: str) -> None:
+def _check_fingerprint(path: Path | str, header: dict[str, Any], fingerprint: str) -> None:
     if header.get("fingerprint") != fingerprint:
         built = f"{Path(header['model']).name}, " if header.get("model") else ""
         raise GalleryError(f"{path}: built with another model ({built}{_short(header.get('fingerprint'))}), "

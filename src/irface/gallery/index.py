@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -199,6 +199,41 @@ class FaceIndex:
         sims[:, :best_s.shape[1]] = best_s.numpy()
         ids[:, :best_i.shape[1]] = self._labels[best_i.numpy()]
         return sims, ids
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of these face ids, bit for bit (N, dim) float32."""
+        out = np.empty((len(ids), self.dim), np.float32)
+        if not len(ids):
+            return out
+        if self.kind == "ivf":
+            # IVF keeps no id -> place map unless asked: a hash table one while reading (ids need not be
+            # dense), dropped after (faiss's IVF removes by a batch of ids only without one).
+            self.index.set_direct_map_type(self.faiss.DirectMap.Hashtable)
+        try:
+            out[:] = self.index.reconstruct_batch(np.ascontiguousarray(ids, np.int64))
+        finally:
+            if self.kind == "ivf":
+                self.index.set_direct_map_type(self.faiss.DirectMap.NoMap)
+        return out
+
+    def trained_bytes(self) -> Optional[bytes]:
+        """IVF: its learnt lists (an empty trained index, serialised) so that a copy searches alike; else None."""
+        if self.kind != "ivf" or self.index is None:
+            return None
+        empty = self.faiss.clone_index(self.index)
+        empty.reset()
+        return self.faiss.serialize_index(empty).tobytes()
+
+    def load_trained(self, data: bytes) -> None:
+        """Take the lists `trained_bytes` gave (before any add)."""
+        if self.kind != "ivf" or self.index is not None:
+            return
+        index = self.faiss.deserialize_index(np.frombuffer(data, np.uint8))
+        if index.d != self.dim:
+            raise GalleryError(f"the gallery's IVF lists are {index.d}-d, its embeddings {self.dim}-d")
+        self.index = index  # already its own class (faiss downcasts what it reads)
+        self.params["nlist"] = int(self.index.nlist)
+        self._apply_search_params()
 
     def write(self, write: Callable[[bytes], int]) -> None:
         if self.index is not None:

@@ -14,9 +14,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from irface.errors import DataError, GalleryError
-from irface.eval.identification import FPIRS, RANKS, rank_k, threshold_at_fpir, tpir_at_fpir
+from irface.eval.identification import FPIRS, RANKS, rank_k, tpir_at_fpir
+from irface.eval.rates import threshold_at_rate
 from irface.gallery.fingerprint import model_fingerprint
 from irface.gallery.gallery import Gallery, decision, validate_identity
+from irface.gallery.opener import create_gallery
 from irface.infer.embed import EmbedResult, embed_sources
 from irface.infer.images import FaceSource, collect_faces
 from irface.infer.model_file import Embedder
@@ -24,7 +26,30 @@ from irface.infer.model_file import Embedder
 log = logging.getLogger(__name__)
 
 
-def identity_folders(root: str | Path, size: int = 112) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
+def not_in_identity_folder(path: str | Path) -> str:
+    return f"{path}: not inside an identity folder"
+
+
+def identity_of(photo: str, roots: Sequence[str]) -> str:
+    """The identity of a photo listed from one of the folders `roots`, as `identity_folders` reads
+    `ROOT/<identity>/...`: the first folder below the root. GalleryError when the photo is not inside one
+    or the name is not a valid identity."""
+    path = Path(photo)
+    for root in roots:
+        try:
+            parts = path.relative_to(root).parts
+        except ValueError:
+            continue
+        if len(parts) >= 2:
+            try:
+                return validate_identity(parts[0])
+            except GalleryError as e:
+                raise GalleryError(f"{Path(root) / parts[0]}: {e}") from None
+    raise GalleryError(not_in_identity_folder(photo))
+
+
+def identity_folders(root: str | Path, size: int | tuple[int, int] = 112
+                     ) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
     """`{identity: [its photos]}` of `root/<identity>/...` (faces of a model with `size` x `size` input),
     and what was skipped (bad names, empty folders)."""
     root = Path(root)
@@ -35,7 +60,7 @@ def identity_folders(root: str | Path, size: int = 112) -> tuple[dict[str, list[
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():
             if not entry.name.startswith("."):
-                skipped.append({"name": str(entry), "reason": f"{entry}: not inside an identity folder"})
+                skipped.append({"name": str(entry), "reason": not_in_identity_folder(entry)})
             continue
         try:
             validate_identity(entry.name)
@@ -55,9 +80,8 @@ def embed_photos(embedder: Embedder, sources: Sequence[FaceSource], *, mode: str
     return embed_sources(embedder, sources, batch_size, progress, mode=mode, detector=detector)
 
 
-def _boxes(result: EmbedResult) -> Optional[np.ndarray]:
+def _boxes(boxes: Sequence[Optional[Sequence[float]]]) -> Optional[np.ndarray]:
     # Aligned crops have no box; NaN stands for one in a batch that mixes both.
-    boxes = [f.get("box") for f in result.faces]
     if all(b is None for b in boxes):
         return None
     return np.array([b if b is not None else [np.nan] * 4 for b in boxes], np.float64)
@@ -78,7 +102,7 @@ def enroll_folders(gallery: Gallery, embedder: Embedder, folders: dict[str, list
         raise DataError(f"no face found in any of the {len(all_photos)} photos")
     identities = [identity_of[name] for name in result.names]
     gallery.train(result.embeddings)  # IVF learns its lists from everything enrolled (a no-op otherwise)
-    gallery.add_many(identities, result.embeddings, result.names, _boxes(result))
+    gallery.add_many(identities, result.embeddings, result.names, _boxes([f.get("box") for f in result.faces]))
     return {"faces": len(result.names), "identities": len(set(identities)), "skipped": result.skipped}
 
 
@@ -92,14 +116,77 @@ def enroll_photos(gallery: Gallery, embedder: Embedder, identity: str, photos: S
 def build_from_folders(root: str | Path, embedder: Embedder, output: str | Path, *, templates: bool = False,
                        index: str = "flat", params: Optional[dict[str, Any]] = None,
                        model: Optional[str] = None, **options: Any) -> dict[str, Any]:
-    """`irface gallery build`: a new gallery file at `output` from `root/<identity>/*` photos."""
+    """`irface gallery build`: a new gallery at `output` (a file or a postgresql:// URL) from `root/<identity>/*` photos."""
     folders, skipped = identity_folders(root, embedder.input_size)
-    gallery = Gallery.create(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
+    gallery = create_gallery(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
                              index=index, templates=templates, model=model or embedder.info.get("path"), params=params)
-    summary = enroll_folders(gallery, embedder, folders, **options)
-    gallery.save()
+    with gallery:
+        summary = enroll_folders(gallery, embedder, folders, **options)
+        gallery.save()
     summary["skipped"] = skipped + summary["skipped"]
-    return {**summary, "gallery": str(output), "index": index, "templates": templates}
+    return {**summary, "gallery": gallery.location, "index": index, "templates": templates}
+
+
+def enroll_embeddings(gallery: Gallery, folders: Sequence[str | Path]) -> dict[str, Any]:
+    """Add the faces of finished `irface embed --ray` folders to `gallery` without embedding again: the
+    largest face of each photo (face 0), under the identity of its folder (`identity_of` its run's inputs);
+    a photo found in an earlier folder is skipped. The gallery's model must be the one of every folder."""
+    from irface.infer.shards import read_shards
+
+    rows: list[np.ndarray] = []
+    identities: list[str] = []
+    sources: list[str] = []
+    boxes: list[Optional[list[float]]] = []
+    skipped: list[dict[str, str]] = []
+    first: dict[str, str] = {}
+    for folder in folders:
+        data = read_shards(folder)
+        gallery.check_model(data.manifest.data["fingerprint"])
+        roots = data.manifest.data["inputs"]
+        skipped += data.skipped
+        keep = []
+        for i, (source, k) in enumerate(zip(data.sources, data.face_index)):
+            if k != 0:  # --all-faces rows past the largest: `gallery build` enrols one face per photo
+                continue
+            try:
+                if source in first:
+                    raise GalleryError(f"{source}: enrolled already from {first[source]}")
+                identity = identity_of(source, roots)
+            except GalleryError as e:
+                log.warning("skipped %s", e)
+                skipped.append({"name": source, "reason": str(e)})
+                continue
+            first[source] = str(folder)
+            keep.append(i)
+            identities.append(identity)
+            sources.append(source)
+            boxes.append(data.boxes[i])
+        rows.append(data.embeddings[keep])
+    if not sources:
+        raise DataError(f"{', '.join(map(str, folders))}: no face inside an identity folder (ROOT/<identity>/photo) "
+                        "to enrol")
+    embeddings = np.concatenate(rows)
+    gallery.train(embeddings)
+    gallery.add_many(identities, embeddings, sources, _boxes(boxes))
+    return {"faces": len(sources), "identities": len(set(identities)), "skipped": skipped}
+
+
+def build_from_embeddings(folders: Sequence[str | Path], output: str | Path, *, templates: bool = False,
+                          index: str = "flat", params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """`irface gallery build --from-embeddings`: a new gallery at `output` (a file or an empty PostgreSQL
+    database) from `irface embed --ray` folders (one run, or one per part of an archive), for the model
+    recorded there."""
+    from irface.infer.shards import Manifest
+
+    manifest = Manifest.read(folders[0])
+    gallery = create_gallery(output, fingerprint=manifest.data["fingerprint"],
+                             embedding_size=int(manifest.data["embedding_size"]), index=index, templates=templates,
+                             model=manifest.data["model"], params=params)
+    with gallery:
+        summary = enroll_embeddings(gallery, folders)
+        gallery.save()
+    return {**summary, "gallery": gallery.location, "index": index, "templates": templates,
+            "embeddings": [str(f) for f in folders]}
 
 
 def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,
@@ -124,9 +211,8 @@ def identification_figures(mate_rank: Sequence[int], mate_score: Sequence[float]
     scores = np.asarray(mate_score, np.float64)
     out: dict[str, Any] = {"mated": int((ranks >= 1).sum()), "nonmated": len(nonmated_top)}
     out.update({f"rank_{k}": v for k, v in rank_k(ranks, RANKS).items()})
-    nonmated = np.asarray(nonmated_top, np.float64)
-    tpir = tpir_at_fpir(scores, ranks, nonmated, FPIRS)
-    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_fpir(nonmated, f)}
+    tpir = tpir_at_fpir(scores, ranks, np.asarray(nonmated_top, np.float64), FPIRS)
+    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_rate(nonmated_top, f)}
                            for f in FPIRS}
     return out
 
@@ -155,5 +241,5 @@ def evaluate_photos(gallery: Gallery, embedder: Embedder, probes_root: str | Pat
             nonmated.append(row[0].similarity if row else -np.inf)
     report = identification_figures(ranks, scores, nonmated)
     report.update({"probes": len(result.names), "skipped": skipped + result.skipped,
-                   "gallery": str(gallery.path), "gallery_identities": len(enrolled)})
+                   "gallery": gallery.location, "gallery_identities": len(enrolled)})
     return report

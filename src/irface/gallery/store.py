@@ -52,8 +52,9 @@ class _HashingWriter:
 
 
 def write_gallery_file(path: str | Path, header: dict[str, Any],
-                       sections: list[tuple[str, Callable[[Callable[[bytes], int]], None]]]) -> None:
-    """Write `sections` (name, writer(write)) and `header` atomically; returns once the file is on disk."""
+                       sections: list[tuple[str, Callable[[Callable[[bytes], int]], None]]]) -> bytes:
+    """Write `sections` (name, writer(write)) and `header` atomically; returns once the file is on disk,
+    with the file's SHA-256 (what names this save: the journal's records are made against it)."""
     path = Path(path)
     with atomic_write(path, "wb") as f:
         out = _HashingWriter(f)
@@ -66,8 +67,10 @@ def write_gallery_file(path: str | Path, header: dict[str, Any],
         body = json.dumps({**header, "format": FORMAT_VERSION, "sections": offsets}, sort_keys=True).encode()
         out.write(body)
         out.write(struct.pack("<Q", len(body)))
-        f.write(out.hash.digest() + END)
+        digest = out.hash.digest()
+        f.write(digest + END)
     _sync_folder(path.parent)
+    return digest
 
 
 def _sync_folder(folder: Path) -> None:
@@ -130,6 +133,7 @@ class GalleryFile:
             remaining -= len(chunk)
         if remaining or h.digest() != digest:
             raise _refuse(path, "gallery file fails its checksum (damaged or edited); rebuild it or restore a copy")
+        self.digest = digest
         header_start = size - _TRAILER.size - header_len
         if header_start < len(MAGIC):
             raise _refuse(path, "gallery header is damaged")

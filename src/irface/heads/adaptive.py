@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from irface import dist
-from irface.heads.margin import ArcFaceHead, MarginHead
+from irface.heads.margin import ArcFaceHead, MarginHead, cos_plus_margin
+from irface.heads.registry import register_head
 
 
 def _check(kind: str, ok: bool, what: str) -> None:
@@ -29,6 +30,7 @@ def _check(kind: str, ok: bool, what: str) -> None:
         raise ValueError(f"{kind} head: {what}")
 
 
+@register_head("adaface")
 class AdaFaceHead(MarginHead):
     """AdaFace (Kim, Jain and Liu, CVPR 2022): the margin follows image quality, read from the norm.
 
@@ -38,7 +40,8 @@ class AdaFaceHead(MarginHead):
     the reference), the target logit is s * (cos(clip(theta - m z, eps, pi - eps)) - (m + m z)): high
     quality (z > 0) gets an angular margin, low quality a smaller additive one. eps = 1e-3; every
     cosine is clamped to [-1 + eps, 1 - eps] first, as the reference does.
-    Defaults are the paper's: s = 64, m = 0.4, h = 0.333, t_alpha = 0.01 (mk-minchul/AdaFace config.py).
+    Defaults are the paper's: s = 64, m = 0.4, h = 0.333 (mk-minchul/AdaFace's training scripts pass
+    `--m 0.4 --h 0.333`; its config.py's own defaults differ), t_alpha = 0.01 (config.py).
     A batch of one sample leaves `batch_std` as it is (its standard deviation is undefined).
     """
 
@@ -77,6 +80,7 @@ class AdaFaceHead(MarginHead):
         return cos.index_put((rows, cols), torch.cos(angle) - (self.m + self.m * z))
 
 
+@register_head("magface")
 class MagFaceHead(MarginHead):
     """MagFace (Meng et al., CVPR 2021): an ArcFace margin that grows with the feature's magnitude.
 
@@ -113,8 +117,7 @@ class MagFaceHead(MarginHead):
                       distributed: bool = False) -> torch.Tensor:
         m = self.margin_of(norms[rows])
         target = cos[rows, cols]
-        sin = torch.sqrt((1.0 - target * target).clamp_min(1e-12))
-        margin_cos = target * torch.cos(m) - sin * torch.sin(m)
+        margin_cos = cos_plus_margin(target, torch.cos(m), torch.sin(m))
         if self.easy_margin:
             target = torch.where(target > 0, margin_cos, target)
         else:
@@ -126,6 +129,7 @@ class MagFaceHead(MarginHead):
         return self.lambda_g * (a / self.u_a ** 2 + 1.0 / a).mean()
 
 
+@register_head("subcenter")
 class SubCenterHead(ArcFaceHead):
     """Sub-center ArcFace (Deng et al., ECCV 2020): k centres per class, the class cosine their maximum.
 
@@ -149,7 +153,8 @@ class SubCenterHead(ArcFaceHead):
     def centre_shape(self, num_classes: int) -> tuple[int, ...]:
         return (num_classes, self.k, self.embedding_size)
 
-    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         # Every sub-centre is a row of the plain head's cosine; a class scores its nearest one.
         cos = super().cosine_to(embeddings, weight.reshape(-1, self.embedding_size))
         return cos.view(cos.shape[0], -1, self.k).amax(dim=2)
@@ -180,6 +185,7 @@ def dominant_centres(weight: torch.Tensor, embeddings: torch.Tensor, labels: tor
     return chosen, keep
 
 
+@register_head("curricularface")
 class CurricularFaceHead(ArcFaceHead):
     """CurricularFace (Huang et al., CVPR 2020): hard negatives weigh more as training proceeds.
 
@@ -209,7 +215,6 @@ class CurricularFaceHead(ArcFaceHead):
                 dist.all_reduce(every, "sum")  # each sample's target lives on exactly one rank
             if self.training:
                 self.t.mul_(1.0 - self.t_alpha).add_(self.t_alpha * every.mean())
-            sin = torch.sqrt((1.0 - every * every).clamp_min(1e-12))
-            hard = cos > (every * self.cos_m - sin * self.sin_m)[:, None]
+            hard = cos > cos_plus_margin(every, self.cos_m, self.sin_m)[:, None]
         cos = torch.where(hard, cos * (self.t + cos), cos)
         return cos.index_put((rows, cols), self.target_logit(target))

@@ -18,20 +18,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irface.heads.registry import register_head
+
 
 def feature_norms(embeddings: torch.Tensor) -> torch.Tensor:
     """Each embedding's L2 norm before normalisation, in at least float32 (AdaFace's and MagFace's input)."""
     return embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)).norm(dim=1)
 
 
+def cos_plus_margin(cos: torch.Tensor, cos_m: Any, sin_m: Any) -> torch.Tensor:
+    """cos(theta + m) as cos(theta) cos(m) - sin(theta) sin(m): no acos, an exact gradient. `cos_m`,
+    `sin_m`: numbers, or tensors (a margin per sample)."""
+    sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
+    return cos * cos_m - sin * sin_m
+
+
+@register_head("softmax")
 class SoftmaxHead(nn.Module):
     """Linear(embedding -> classes, with bias) + plain cross-entropy: what the seed's train.py trains.
 
     The seed's text promises ArcFace, but its script applies SoftmaxCrossEntropyWithLogits to a plain
     Dense(512 -> 85742, has_bias=True); its published accuracies come from this head.
+
+    It answers the margin heads' hooks with the identity (its "cosines" are the linear logits), so Partial
+    FC shards it as any head; it takes no class sampling (`samples_classes`: see `irface.heads.partial_fc`).
     """
 
-    margin_free = True
+    s = 1.0  # the logits are not scaled
+    samples_classes = False
 
     def __init__(self, embedding_size: int, num_classes: int):
         super().__init__()
@@ -44,6 +58,25 @@ class SoftmaxHead(nn.Module):
     def hparams(self) -> dict[str, Any]:
         return {}
 
+    def centre_shape(self, num_classes: int) -> tuple[int, ...]:
+        return (num_classes, self.embedding_size)
+
+    def init_rows(self, shape: tuple[int, ...], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Initial class rows (weight or bias): nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        bound = 1.0 / self.embedding_size ** 0.5
+        return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+
+    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.linear(embeddings, weight, bias).float()
+
+    def margin_logits(self, cos: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, norms: torch.Tensor,
+                      distributed: bool = False) -> torch.Tensor:
+        return cos
+
+    def regularizer(self, norms: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(embeddings, self.weight, self.bias)
 
@@ -54,15 +87,14 @@ class SoftmaxHead(nn.Module):
 class MarginHead(nn.Module):
     """Base of the normalised heads: class centres in `weight` (num_classes x embedding_size)."""
 
-    margin_free = False
+    samples_classes = True  # Partial FC may drop some negative classes per step
 
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0):
         super().__init__()
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.s = float(s)
-        self.weight = nn.Parameter(torch.empty(self.centre_shape(num_classes)))
-        nn.init.normal_(self.weight, std=0.01)
+        self.weight = nn.Parameter(self.init_rows(self.centre_shape(num_classes)))
 
     def hparams(self) -> dict[str, Any]:
         """The keyword arguments of `create_head` that rebuild this head's margin."""
@@ -72,12 +104,17 @@ class MarginHead(nn.Module):
         """Shape of the centres of `num_classes` classes (sub-center heads add a k axis)."""
         return (num_classes, self.embedding_size)
 
+    def init_rows(self, shape: tuple[int, ...], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Initial centres: N(0, 0.01^2)."""
+        return torch.empty(shape).normal_(0.0, 0.01, generator=generator)
+
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         """The target class's cosine with the margin applied (before scaling)."""
         raise NotImplementedError
 
-    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """cos(theta) between each embedding and the classes of `weight` (rows of centres)."""
+    def cosine_to(self, embeddings: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """cos(theta) between each embedding and the classes of `weight` (rows of centres; no bias)."""
         # At least float32 even under autocast: the margin functions are sensitive near |cos| = 1.
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         cos = F.linear(F.normalize(embeddings.to(dtype)), F.normalize(weight.to(dtype)))
@@ -114,6 +151,7 @@ class MarginHead(nn.Module):
         return loss if reg is None else loss + reg
 
 
+@register_head("arcface")
 class ArcFaceHead(MarginHead):
     """ArcFace (Deng et al., CVPR 2019): target logit s * cos(theta + m), s = 64, m = 0.5.
 
@@ -131,11 +169,10 @@ class ArcFaceHead(MarginHead):
         self.mm = math.sin(math.pi - m) * m
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
-        sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
-        cos_theta_m = cos * self.cos_m - sin * self.sin_m
-        return torch.where(cos > self.th, cos_theta_m, cos - self.mm)
+        return torch.where(cos > self.th, cos_plus_margin(cos, self.cos_m, self.sin_m), cos - self.mm)
 
 
+@register_head("cosface")
 class CosFaceHead(MarginHead):
     """CosFace / large-margin cosine loss (Wang et al., CVPR 2018): target logit s * (cos(theta) - m), s = 64, m = 0.4."""
 
@@ -147,6 +184,7 @@ class CosFaceHead(MarginHead):
         return cos - self.m
 
 
+@register_head("combined")
 class CombinedMarginHead(MarginHead):
     """The combined margin of the ArcFace paper: target logit s * (cos(m1 * theta + m2) - m3).
 
@@ -170,8 +208,7 @@ class CombinedMarginHead(MarginHead):
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         if self.m1 == 1.0:
             # Same closed form as ArcFace: no acos, exact gradient.
-            sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
-            margin_cos = cos * math.cos(self.m2) - sin * math.sin(self.m2)
+            margin_cos = cos_plus_margin(cos, math.cos(self.m2), math.sin(self.m2))
             valid = cos > math.cos(math.pi - self.m2)
         else:
             theta = torch.acos(cos.clamp(-1.0 + 1e-7, 1.0 - 1e-7))

@@ -11,18 +11,18 @@ batch plus a random subset of the others (Partial FC, An et al., 2022); only tho
 weight decay and momentum included (`restrict_update`).
 
 The margin maths is not repeated here: the class cosines, the margin and any regulariser come from
-the plain head's own `cosine_to`, `margin_logits` and `regularizer` (a copy of the plain head without
-centres, a submodule, so its buffers, AdaFace's and CurricularFace's batch statistics, move with the
+the plain head's own `cosine_to`, `margin_logits` and `regularizer`, its centres' shape and first
+values from `centre_shape` and `init_rows` (a copy of the plain head without centres, a submodule, so its buffers, AdaFace's and CurricularFace's batch statistics, move with the
 module and are saved in `full_state_dict`). In one process with `sample_rate=1` the computation is the
 plain head's, op for op. In several processes a regulariser (MagFace's) is computed on every rank
 from the gathered batch; its gradient is divided by the world size, since the gather's backward sums
 the ranks' gradients.
 
-Where it applies: every margin head (`arcface`, `cosface`, `combined`, `adaface`, `magface`,
-`subcenter`, `curricularface`) shards and samples; sub-center heads shard and sample by class (all k
-centres of a class together). `softmax` (Linear with bias) shards (its bias is split with the rows)
-but does not sample: dropping negatives of an unnormalised classifier changes what it learns, so the
-config refuses `sample_rate < 1` with it.
+Where it applies: every head shards; a head's parameters are one row per class each (`weight`, and
+`softmax`'s `bias`, split with the rows). Heads with `samples_classes` (every margin head) also
+sample; sub-center heads shard and sample by class (all k centres of a class together). `softmax`
+(Linear with bias) does not sample: dropping negatives of an unnormalised classifier changes what it
+learns, so the config refuses `sample_rate < 1` with it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import nn
 
 from irface import dist
 from irface.heads.margin import feature_norms
+from irface.heads.registry import create_head, head_kind
 
 # Centres are initialised in chunks of this many classes, each from its own seeded generator, so the
 # initial head is the same whatever the number of ranks and no rank ever builds the whole matrix.
@@ -45,17 +46,6 @@ INIT_CHUNK = 4096
 def class_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
     """[start, end) of the classes rank `rank` holds; sizes differ by at most one."""
     return num_classes * rank // world_size, num_classes * (rank + 1) // world_size
-
-
-def head_kind_and_params(head: nn.Module) -> tuple[str, dict[str, Any]]:
-    """The `create_head` kind and keyword arguments that rebuild `head`'s margin."""
-    from irface.heads import HEAD_KINDS  # the package imports this module
-
-    kinds = {cls: kind for kind, cls in HEAD_KINDS.items()}
-    kind = kinds.get(type(head))
-    if kind is None:
-        raise TypeError(f"Partial FC does not know head type {type(head).__name__}")
-    return kind, head.hparams()
 
 
 class _DistributedCrossEntropy(torch.autograd.Function):
@@ -129,19 +119,18 @@ class PartialFC(nn.Module):
         self.num_classes = num_classes
         self.sample_rate = float(sample_rate)
         self.seed = seed
-        from irface.heads import create_head  # the package imports this module
-
         # The margin function only: a one-class head stripped of its centres. A submodule, so that its
         # buffers (batch statistics) follow .to(), .train() and the state.
-        margin = create_head(kind, embedding_size, 1, **self.head_params)
-        if margin.margin_free and self.sample_rate < 1.0:
-            raise ValueError("Partial FC sampling needs a margin head, not softmax")
-        for name, _ in list(margin.named_parameters(recurse=False)):
+        margin: Any = create_head(kind, embedding_size, 1, **self.head_params)  # a head: its hooks, see margin.py
+        if not margin.samples_classes and self.sample_rate < 1.0:
+            raise ValueError(f"Partial FC sampling needs a margin head, not {kind}")
+        params = [name for name, _ in margin.named_parameters(recurse=False)]
+        for name in params:
             delattr(margin, name)
         self._margin = margin
         self.start, self.end = class_range(num_classes, self.rank, self.world_size)
         self.weight = nn.Parameter(self._init_rows(0))
-        self.bias = nn.Parameter(self._init_rows(1)) if margin.margin_free else None
+        self.bias = nn.Parameter(self._init_rows(1)) if "bias" in params else None
         self.register_buffer("_touched", torch.zeros(self.end - self.start, dtype=torch.bool), persistent=False)
         self._generator: Optional[torch.Generator] = None
 
@@ -149,8 +138,8 @@ class PartialFC(nn.Module):
     def from_head(cls, head: nn.Module, sample_rate: float = 1.0, rank: Optional[int] = None,
                   world_size: Optional[int] = None, seed: int = 0) -> "PartialFC":
         """This rank's share of a plain head (its centres copied): the exact sharded equivalent."""
-        kind, params = head_kind_and_params(head)
-        pfc = cls(kind, head.embedding_size, head.num_classes, params, sample_rate, rank, world_size, seed)
+        pfc = cls(head_kind(head), head.embedding_size, head.num_classes, head.hparams(), sample_rate, rank,
+                  world_size, seed)
         pfc.load_full_state_dict({k: v.detach() for k, v in head.state_dict().items()})
         return pfc.to(head.weight.device, head.weight.dtype)
 
@@ -177,25 +166,22 @@ class PartialFC(nn.Module):
             lo, hi = chunk * INIT_CHUNK, min((chunk + 1) * INIT_CHUNK, self.num_classes)
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + chunk * 2 + which) & 0x7FFF_FFFF_FFFF)
             shape = self._centre_shape(hi - lo) if which == 0 else (hi - lo,)
-            if self._margin.margin_free:
-                # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
-                bound = 1.0 / self.embedding_size ** 0.5
-                rows = torch.empty(shape).uniform_(-bound, bound, generator=g)
-            else:
-                rows = torch.empty(shape).normal_(0.0, 0.01, generator=g)  # MarginHead's init
+            rows = self._margin.init_rows(shape, generator=g)
             parts.append(rows[max(self.start, lo) - lo:min(self.end, hi) - lo])
         return torch.cat(parts)
 
     def _centre_shape(self, num_classes: int) -> tuple[int, ...]:
-        if self._margin.margin_free:
-            return (num_classes, self.embedding_size)
         return tuple(self._margin.centre_shape(num_classes))
+
+    def _class_rows(self) -> dict[str, nn.Parameter]:
+        """The head's parameters, one row per class each: `weight`, and `bias` where the head has one."""
+        return {name: p for name, p in (("weight", self.weight), ("bias", self.bias)) if p is not None}
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take this rank's rows from a whole head's state (`weight`, `bias` for softmax, and the
         head's buffers, e.g. AdaFace's `batch_mean` / `batch_std`): the plain head's `state_dict()`."""
-        buffers = dict(self._margin.named_buffers())
-        expected = {"weight"} | ({"bias"} if self.bias is not None else set()) | set(buffers)
+        buffers, rows = dict(self._margin.named_buffers()), self._class_rows()
+        expected = set(rows) | set(buffers)
         if set(state) != expected:
             raise ValueError(f"head state has keys {sorted(state)}, expected {sorted(expected)}")
         if tuple(state["weight"].shape) != self._centre_shape(self.num_classes):
@@ -205,9 +191,8 @@ class PartialFC(nn.Module):
             if state[name].shape != buf.shape:
                 raise ValueError(f"head {name} has shape {tuple(state[name].shape)}, expected {tuple(buf.shape)}")
         with torch.no_grad():
-            self.weight.copy_(state["weight"][self.start:self.end])
-            if self.bias is not None:
-                self.bias.copy_(state["bias"][self.start:self.end])
+            for name, param in rows.items():
+                param.copy_(state[name][self.start:self.end])
             for name, buf in buffers.items():
                 buf.copy_(state[name])
 
@@ -216,9 +201,7 @@ class PartialFC(nn.Module):
 
         Buffers (batch statistics) are equal on every rank (see `irface.heads.adaptive`): rank 0's are saved.
         """
-        out = {"weight": dist.gather_rows(self.weight.detach(), self.shard_sizes)}
-        if self.bias is not None:
-            out["bias"] = dist.gather_rows(self.bias.detach(), self.shard_sizes)
+        out = {name: dist.gather_rows(p.detach(), self.shard_sizes) for name, p in self._class_rows().items()}
         out.update({name: buf.detach().clone() for name, buf in self._margin.named_buffers()})
         return out if self.rank == 0 or not dist.is_initialized() else None
 
@@ -253,9 +236,7 @@ class PartialFC(nn.Module):
     def logits(self, embeddings: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                local: torch.Tensor, norms: Optional[torch.Tensor] = None, distributed: bool = False) -> torch.Tensor:
         """This rank's logits for a (gathered) batch; `local` = column of each target here, or -1."""
-        if self._margin.margin_free:
-            return F.linear(embeddings, weight, bias).float()
-        cos = self._margin.cosine_to(embeddings, weight)
+        cos = self._margin.cosine_to(embeddings, weight, bias)
         rows = (local >= 0).nonzero().squeeze(1)
         norms = feature_norms(embeddings) if norms is None else norms
         return self._margin.margin_logits(cos, rows, local[rows], norms, distributed) * self._margin.s
@@ -279,7 +260,7 @@ class PartialFC(nn.Module):
             loss = F.cross_entropy(logits, local)  # the plain head's path, exactly
         else:
             loss = distributed_cross_entropy(logits, local)
-        reg = None if self._margin.margin_free else self._margin.regularizer(norms)
+        reg = self._margin.regularizer(norms)
         if reg is None:
             return loss
         if gathered:

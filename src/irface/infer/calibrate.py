@@ -5,8 +5,11 @@ of identity folders (`people/alice/*.jpg`, `people/bob/*.jpg`, ...: photos are d
 `irface embed` does, and every two faces make a pair, same person when they share a folder).
 
 The threshold is a cosine similarity ("same person" when the similarity is strictly above it), chosen
-for the best accuracy over all pairs (the middle of the widest gap that achieves it), or as the lowest
-threshold whose false accept rate on the different-person pairs is at most a target FAR. It is written
+for the best accuracy over all pairs, or for a target FAR. Best accuracy: the candidates are the midpoints
+between neighbouring distinct scores (and one just outside each end); of equally accurate neighbours the
+middle one of the first run is taken (`irface.eval.rates.middle_of_best_run`, the rule `irface eval`'s
+threshold follows), a margin on both sides for new faces. Target FAR: `irface.eval.rates.threshold_at_rate`
+of the different-person pairs, the rule of `irface eval`'s TAR at FAR. It is written
 with how it was found to `<model>.irface.json` (`irface.models.metadata.calibration_path`), which
 `load_model` reads: `irface verify` then uses it.
 """
@@ -16,7 +19,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -67,6 +69,7 @@ def scores_from_folder(embedder: Embedder, folder: str | Path, batch_size: int =
 def pick_threshold(scores: np.ndarray, issame: np.ndarray, far: Optional[float] = None) -> dict[str, Any]:
     """The threshold (cosine; same when score > threshold) and what it gives on these pairs."""
     from irface.eval.protocol import roc_auc
+    from irface.eval.rates import middle_of_best_run, min_negatives, threshold_at_rate
 
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
     pos, neg = scores[issame], scores[~issame]
@@ -76,12 +79,13 @@ def pick_threshold(scores: np.ndarray, issame: np.ndarray, far: Optional[float] 
     if far is not None:
         if not 0.0 < far < 1.0:
             raise ConfigError(f"--far {far}: a false accept rate lies in (0, 1)")
-        allowed = math.floor(far * len(neg) + 1e-9)
-        ordered = np.sort(neg)[::-1]
-        threshold = float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1])
-        if allowed == 0:
+        at_rate = threshold_at_rate(neg, far)
+        if at_rate is None:
             log.warning("FAR %g needs at least %d different-person pairs to allow one false accept; with %d the "
-                        "threshold is their highest similarity", far, math.ceil(1 / far), len(neg))
+                        "threshold is their highest similarity", far, min_negatives(far), len(neg))
+        # A threshold must be a number in the metadata: the highest different pair where the rate cannot be
+        # measured, the lowest where it lets every one through (a FAR a hair below 1).
+        threshold = float(neg.max()) if at_rate is None else max(at_rate, float(neg.min()))
         rule = f"far<={far:g}"
     else:
         values = np.unique(scores)
@@ -89,11 +93,7 @@ def pick_threshold(scores: np.ndarray, issame: np.ndarray, far: Optional[float] 
         # Right at each cut: same pairs above it plus different pairs at or below it.
         correct = (len(pos) - np.searchsorted(np.sort(pos), cuts, side="right")
                    + np.searchsorted(np.sort(neg), cuts, side="right"))
-        # Of equally good thresholds, the middle of the first run: a margin on both sides for new faces.
-        first = last = int(np.argmax(correct))
-        while last + 1 < len(correct) and correct[last + 1] == correct[first]:
-            last += 1
-        threshold = float(cuts[(first + last) // 2])
+        threshold = float(cuts[middle_of_best_run(correct)])
         rule = "best accuracy"
     accepted = scores > threshold
     return {THRESHOLD_KEY: threshold, "threshold_metric": "cosine", "rule": rule,
@@ -119,6 +119,7 @@ def calibrate(embedder: Embedder, model_path: str | Path, pairs: str | Path, far
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if embedder.norm.source in ("argument", "calibration"):
         report.update(embedder.norm.to_metadata())  # the model's input settings, kept for later runs
+    report.update(getattr(embedder, "forced", {}))  # --layout / --output-name where they changed the graph's answer
     if write:
         target = calibration_path(model_path)
         with atomic_write(target, "w") as f:

@@ -60,8 +60,6 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
     """
     from tqdm import tqdm
 
-    from irface.infer.photo import faces_from_source, no_face_error
-
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     names: list[str] = []
@@ -77,17 +75,10 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
 
     with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not progress, desc="embed") as bar:
         for source in sources:
-            try:
-                found = faces_from_source(source, mode=mode, all_faces=all_faces, detector=detector,
-                                          size=embedder.input_size)
-                if not found:
-                    raise no_face_error(source.name, detector)
-            except DataError as e:
-                if strict:
-                    raise
-                log.warning("skipped %s", e)
-                skipped.append({"name": source.name, "reason": str(e)})
-                found = []
+            found, skip = source_faces(source, mode=mode, all_faces=all_faces, detector=detector,
+                                       size=embedder.input_size, strict=strict)
+            if skip:
+                skipped.append(skip)
             for face in found:
                 names.append(face.name)
                 faces.append(face.to_dict())
@@ -97,13 +88,33 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
             bar.update(1)
         flush()
     raw = np.concatenate(chunks) if chunks else np.zeros((0, embedder.embedding_size), np.float32)
-    return EmbedResult(names, l2_normalize(raw), np.linalg.norm(raw, axis=1).astype(np.float32), faces, skipped)
+    return EmbedResult(names, *unit_and_norms(raw), faces, skipped)
 
 
-def embed_faces(embedder: Embedder, sources: Sequence[FaceSource], batch_size: int = 64,
-                progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 (N, E) embeddings of aligned crops `sources`, in order (no detection)."""
-    return embed_sources(embedder, sources, batch_size, progress, mode="aligned", strict=True).embeddings
+def source_faces(source: FaceSource, *, mode: str = "auto", all_faces: bool = False, detector=None,
+                 size: int = 112, strict: bool = False) -> tuple[list, Optional[dict]]:
+    """The faces of one input, or none and why it was skipped (`{"name", "reason"}`, logged): the one rule
+    for a photo that cannot be read or holds no face, shared by `embed_sources` and `irface embed --ray`.
+    With `strict`, the DataError is raised instead."""
+    from irface.infer.photo import faces_from_source, no_face_error
+
+    try:
+        found = faces_from_source(source, mode=mode, all_faces=all_faces, detector=detector, size=size)
+        if not found:
+            raise no_face_error(source.name, detector)
+    except DataError as e:
+        if strict:
+            raise
+        log.warning("skipped %s", e)
+        return [], {"name": source.name, "reason": str(e)}
+    return found, None
+
+
+def unit_and_norms(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's raw outputs (N, E) as L2-normalised float32 rows and each row's length before (the
+    feature norm `--quality` writes)."""
+    raw = np.asarray(raw, dtype=np.float32)
+    return l2_normalize(raw), np.linalg.norm(raw, axis=1).astype(np.float32)
 
 
 def check_output(path: str | Path) -> Path:

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from irface.data.ijb import IJBMeta
+from irface.data.ijb import LANDMARKS, IJBMeta, meta_name
+from irface.data.images import crop_shape
 from irface.data.progress import progress_bar
 from irface.errors import DataError, ModelFileError
 from irface.data.align import align_face
+from irface.eval.verification import run_embed
 from irface.infer.images import open_rgb
 from irface.utils import atomic_write
 
@@ -54,13 +56,13 @@ def _check_landmarks(points: np.ndarray, shape: tuple[int, ...], where: str) -> 
 class AlignedFaces(Dataset):
     """(index, aligned uint8 RGB crop, error line or "") for the meta's images `indices`."""
 
-    def __init__(self, meta: IJBMeta, indices: np.ndarray, size: int):
+    def __init__(self, meta: IJBMeta, indices: np.ndarray, size: int | tuple[int, int]):
         self.image_dir = meta.image_dir
         self.names = [meta.names[i] for i in indices]
         self.landmarks = meta.landmarks[indices]
         self.indices = np.asarray(indices)
         self.size = size
-        self.meta_file = f"meta/{meta.target.lower()}_name_5pts_score.txt"
+        self.meta_file = f"meta/{meta_name(meta.target, LANDMARKS)}"
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -75,20 +77,12 @@ class AlignedFaces(Dataset):
             crop = align_face(image, self.landmarks[k], self.size)
             return i, crop, ""
         except DataError as e:
-            return i, np.zeros((self.size, self.size, 3), np.uint8), str(e)
+            return i, np.zeros((*crop_shape(self.size), 3), np.uint8), str(e)
 
 
 def _collate(batch):
     idx, crops, errors = zip(*batch)
     return np.asarray(idx, dtype=np.int64), np.stack(crops), list(errors)
-
-
-def _embed(model, crops: np.ndarray, expected: Optional[int]) -> np.ndarray:
-    out = np.asarray(model.embed(crops), dtype=np.float32)
-    if out.ndim != 2 or out.shape[0] != len(crops) or (expected is not None and out.shape[1] != expected):
-        raise ModelFileError(f"{model.info.get('path', 'the model')}: returned an array of shape {out.shape} "
-                             f"for {len(crops)} faces; expected (faces, embedding size)")
-    return out
 
 
 def _load_cache(path: Path, meta: IJBMeta, flip: bool) -> IJBFeatures:
@@ -157,10 +151,11 @@ def embed_ijb(model, meta: IJBMeta, features: Optional[str | Path] = None, batch
             if bad and not skip_missing:
                 raise DataError(bad[0] + " (--skip-missing skips such images)")
             ok = np.array([not e for e in errors])
-            out = _embed(model, crops, dim)
+            out = run_embed(model.embed, crops, meta.target, dim)
             dim = out.shape[1]
             if flip:
-                out = np.concatenate([out, _embed(model, np.ascontiguousarray(crops[:, :, ::-1]), dim)], 1)
+                out = np.concatenate([out, run_embed(model.embed, np.ascontiguousarray(crops[:, :, ::-1]), meta.target,
+                                                     dim)], 1)
             out[~ok] = 0
             width = out.shape[1]
             skipped += bad

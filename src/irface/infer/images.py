@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -11,8 +10,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from irface.data.images import IMAGE_SUFFIXES, _decode_jpeg_fast, _to_rgb, decode_image, list_image_files, open_image
-from irface.errors import DataError, first_line
+from irface.data.images import IMAGE_SUFFIXES, decode_image, decode_rgb, list_image_files
+from irface.errors import DataError
 
 
 def read_file(path: Path) -> bytes:
@@ -27,48 +26,17 @@ def read_file(path: Path) -> bytes:
         raise DataError(f"{path}: permission denied") from None
 
 
-def read_face(path: str | Path, size: int = 112) -> np.ndarray:
-    """An aligned face crop as uint8 (size, size, 3) RGB; other sizes are resized as `decode_image` does."""
+def read_face(path: str | Path, size: int | tuple[int, int] = 112) -> np.ndarray:
+    """An aligned face crop as uint8 (size, size, 3) RGB (size: one side or (height, width)); other sizes
+    are resized as `decode_image` does."""
     path = Path(path)
     return decode_image(read_file(path), size, str(path))
 
 
-# EXIF orientation (tag 0x0112) -> the numpy view that shows the photo upright, as Pillow's exif_transpose.
-_UPRIGHT = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
-}
-
-
 def open_rgb(path: str | Path) -> np.ndarray:
-    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (as OpenCV's imread does).
-
-    Any mode is converted as `decode_image` converts it (grey, palette, CMYK, alpha dropped, 16-bit);
-    JPEGs are decoded by simplejpeg when it is installed (the `fast` extra), Pillow otherwise.
-    """
+    """A whole photo as uint8 (H, W, 3) RGB, EXIF orientation applied (`irface.data.images.decode_rgb`)."""
     path = Path(path)
-    data = read_file(path)
-    # The header only: the size is checked before any pixel is decoded.
-    return decode_rgb(open_image(data, str(path)), data, str(path))
-
-
-def decode_rgb(img: Image.Image, data: bytes, source: str) -> np.ndarray:
-    """An image opened by `open_image` from `data` decoded to uint8 (H, W, 3) RGB, EXIF orientation applied."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's conversion notices would break the one-line rule
-            orientation = img.getexif().get(0x0112, 1)
-            arr = _decode_jpeg_fast(data, source)
-            if arr is None:
-                img.load()
-                arr = _to_rgb(img)
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{source}: cannot decode image ({first_line(e)})") from None
-    upright = _UPRIGHT.get(orientation)
-    return np.ascontiguousarray(upright(arr)) if upright else arr
+    return decode_rgb(read_file(path), str(path), upright=True)
 
 
 @dataclass
@@ -88,7 +56,7 @@ def _is_recordio(path: Path) -> bool:
     return (path.is_dir() and (path / "train.rec").exists()) or (path.is_file() and path.suffix.lower() == ".rec")
 
 
-def _recordio_sources(path: Path, size: int) -> list[FaceSource]:
+def _recordio_sources(path: Path, size: int | tuple[int, int]) -> list[FaceSource]:
     # The RecordIO reader belongs to irface.data; imported only when a .rec is given.
     from irface.data.recordio import RecordIODataset
 
@@ -107,7 +75,7 @@ def _recordio_sources(path: Path, size: int) -> list[FaceSource]:
     return [FaceSource(f"{rec}#{i}", loader(i)) for i in range(len(dataset))]
 
 
-def collect_faces(inputs: Sequence[str | Path], size: int = 112) -> list[FaceSource]:
+def collect_faces(inputs: Sequence[str | Path], size: int | tuple[int, int] = 112) -> list[FaceSource]:
     """Faces from image files, folders of images (recursive, sorted by path) and RecordIO folders, in order.
 
     Raises DataError for a missing path or a folder with no images.

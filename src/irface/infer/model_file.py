@@ -23,7 +23,7 @@ import torch
 
 from irface.data.transforms import MEAN, STD, embed_images
 from irface.device import precision_dtype, resolve_device
-from irface.errors import ModelFileError, first_line
+from irface.errors import ConfigError, ModelFileError, first_line
 from irface.models.fold import fold_batchnorm
 from irface.models.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
                                     threshold_from)
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Embedder:
     """Common interface: `embed(uint8 (N, H, W, 3) RGB) -> float32 (N, E)` raw (un-normalised) embeddings."""
 
-    input_size: int = 112
+    input_hw: tuple[int, int] = (112, 112)  # the crops' (height, width)
     embedding_size: int = 512
     threshold: Optional[float] = None
     threshold_source: Optional[str] = None  # "calibration" (irface calibrate) or "model" (stored inside)
@@ -45,10 +45,23 @@ class Embedder:
     def embed(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def input_size(self) -> int | tuple[int, int]:
+        """The crop size the photo pipeline takes: one side for a square model, else (height, width)."""
+        h, w = self.input_hw
+        return h if h == w else (h, w)
+
+    @input_size.setter
+    def input_size(self, size: int | tuple[int, int]) -> None:
+        from irface.data.images import crop_shape
+
+        self.input_hw = crop_shape(size)
+
     def check_input(self, images: np.ndarray) -> None:
-        if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
+        h, w = self.input_hw
+        if images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise ModelFileError(
-                f"{self.info.get('path', 'model')}: expects {self.input_size}x{self.input_size} RGB images, "
+                f"{self.info.get('path', 'model')}: expects {h}x{w} (height x width) RGB images, "
                 f"got an array of shape {tuple(images.shape)}")
 
 
@@ -65,7 +78,7 @@ class TorchEmbedder(Embedder):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.info = info
         self.device = device
-        self.input_size = input_size
+        self.input_hw = (input_size, input_size)
         self.embedding_size = embedding_size
         self.dtype = dtype  # bf16/fp16 autocast on CUDA, None for fp32
 
@@ -85,13 +98,13 @@ class InputNorm:
     bgr: bool = False
     source: str = "irface"
 
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W)."""
+    def apply(self, images: np.ndarray, layout: str = "nchw") -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), or (N, H, W, 3) for `layout` "nhwc"."""
         x = np.asarray(images, dtype=np.float32)
         if self.bgr:
             x = x[..., ::-1]
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return np.ascontiguousarray(x if layout == "nhwc" else x.transpose(0, 3, 1, 2))
 
     def is_standard(self) -> bool:
         """irface's own normalisation (RGB, (x - 127.5) / 127.5)."""
@@ -154,34 +167,59 @@ def guess_onnx_norm(path: Path) -> tuple[InputNorm, str]:
 
 
 class OnnxEmbedder(Embedder):
-    def __init__(self, path: Path, device: torch.device, norm: Optional[InputNorm] = None):
+    """An ONNX file run by onnxruntime, fed as `irface.infer.onnx_feed` decides from its graph."""
+
+    def __init__(self, path: Path, device: torch.device, norm: Optional[InputNorm] = None,
+                 layout: Optional[str] = None, output_name: Optional[str] = None):
         try:
             import onnxruntime as ort
         except ImportError:
             raise ModelFileError(f"{path}: running ONNX models needs onnxruntime (pip install onnxruntime)") from None
+        from irface.infer.onnx_feed import Port, load_pruned, plan_feed
+
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # onnxruntime's load-time notices are not the user's concern
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as e:
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
-        inp = self.session.get_inputs()[0]
-        out = self.session.get_outputs()[0]
-        shape, out_shape = inp.shape, out.shape
-        if len(shape) != 4 or shape[1] not in (3, "3") or len(out_shape) != 2:
-            raise ModelFileError(f"{path}: not a face embedding model (input {shape}, output {out_shape}; "
-                                 "expected (batch, 3, S, S) -> (batch, E))")
-        self.input_name = inp.name
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        self.input_size = shape[2] if isinstance(shape[2], int) else 112
-        self.embedding_size = out_shape[1] if isinstance(out_shape[1], int) else 512
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+
+        def session(source: str | bytes):
+            try:
+                return ort.InferenceSession(source, sess_options=opts, providers=providers)
+            except Exception as e:
+                raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
+
+        self.session = session(str(path))
+        inputs = [Port.of(i) for i in self.session.get_inputs()]
+        dropped: list[str] = []
+        if len(inputs) > 1:
+            # onnxruntime wants a feed for every declared input, read or not: the graph is read (only
+            # then: it costs a second parse of the file) and what no node reads is pruned.
+            source, dropped, inspected = load_pruned(path)
+            if not inspected:
+                raise ModelFileError(f"{path}: declares {len(inputs)} inputs; telling which ones the graph "
+                                     "reads needs the onnx package (pip install onnx)")
+            if dropped:
+                self.session = session(source)
+                inputs = [Port.of(i) for i in self.session.get_inputs()]
+        outputs = [Port.of(o) for o in self.session.get_outputs()]
+        self.feed = plan_feed(path, inputs, outputs, dropped, layout, output_name)
+        self.input_hw = (self.feed.height, self.feed.width)
+        self.fixed_batch = self.feed.fixed_batch
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threshold = threshold_from(meta.get(THRESHOLD_KEY), str(path))
         self.info = {"kind": "onnx", "path": str(path), "metadata": meta}
+        # What a flag changed from the graph's own answer: it changes the embeddings (the gallery's fingerprint).
+        self.forced: dict[str, str] = {}
+        if layout is not None or output_name is not None:
+            auto = _auto_feed(path, inputs, outputs, dropped)
+            if auto is None or auto.layout != self.feed.layout:
+                self.forced["input_layout"] = self.feed.layout
+            if auto is None or auto.output_name != self.feed.output_name:
+                self.forced["output_name"] = self.feed.output_name
+        if not str(meta.get("producer", "")).startswith("irface"):
+            log.info("%s: %s. Force with --layout nchw|nhwc, --output-name NAME.", path, self.feed.describe())
+        self.embedding_size = self.feed.embedding_size or self._probe_embedding_size()
         stored = norm or norm_from_metadata(meta, str(path))
         if stored is None:
             stored, why = guess_onnx_norm(path)
@@ -189,13 +227,23 @@ class OnnxEmbedder(Embedder):
                      "Give --input-mean/--input-std/--bgr if the model wants otherwise.", path, stored.describe(), why)
         self.norm = stored
         self.info["input"] = self.norm.describe()
+        self.info["feed"] = {"input": self.feed.input_name, "layout": self.feed.layout, "size": list(self.input_hw),
+                             "output": self.feed.output_name, "ignored_inputs": self.feed.dropped}
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
+        feed: dict[str, np.ndarray] = {self.feed.input_name: x.astype(self.feed.input_dtype, copy=False)}
+        out = self.session.run([self.feed.output_name], feed)
+        return self.feed.to_embeddings(out[0], x.shape[0], self.info["path"])
+
+    def _probe_embedding_size(self) -> int:
+        # The graph leaves E open: one run on a black batch says it.
+        shape = (self.fixed_batch or 1, *self.input_hw)
+        x = np.zeros((*shape, 3) if self.feed.layout == "nhwc" else (shape[0], 3, *self.input_hw), np.float32)
+        return int(self._run(x).shape[1])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         self.check_input(images)
-        x = self.norm.apply(images)
+        x = self.norm.apply(images, self.feed.layout)
         if self.fixed_batch and x.shape[0] != self.fixed_batch:
             # A fixed-batch export: run it batch by batch, padding the tail.
             outs = []
@@ -207,6 +255,16 @@ class OnnxEmbedder(Embedder):
                 outs.append(self._run(chunk)[:self.fixed_batch - pad])
             return np.concatenate(outs).astype(np.float32)
         return self._run(x).astype(np.float32)
+
+
+def _auto_feed(path, inputs, outputs, dropped):
+    """What the graph alone decides (None when it cannot decide without the flags)."""
+    from irface.infer.onnx_feed import plan_feed
+
+    try:
+        return plan_feed(path, inputs, outputs, dropped)
+    except ModelFileError:
+        return None
 
 
 def _torchscript_meta(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
@@ -248,7 +306,8 @@ def _requested_norm(input_mean, input_std, bgr, calibration: dict, path: Path) -
 
 def load_model(path: str | Path, network: Optional[str] = None, device: str | torch.device = "cpu",
                precision: str = "fp32", fold_bn: bool = True, channels_last: bool = True,
-               input_mean: Any = None, input_std: Any = None, bgr: bool = False) -> Embedder:
+               input_mean: Any = None, input_std: Any = None, bgr: bool = False,
+               layout: Optional[str] = None, output_name: Optional[str] = None) -> Embedder:
     """Open `path` (any supported model file) as an Embedder on `device`.
 
     `fold_bn` folds every eval-mode BatchNorm of PyTorch backbones into the convs (the blocks' leading
@@ -259,6 +318,9 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
     normalisation x' = (x - mean) / std; without them: what `irface calibrate` recorded beside the
     model, else the model's metadata (irface's exports), else a guess from an ONNX graph (logged).
     A threshold recorded by `irface calibrate` beside the model wins over the one stored inside it.
+
+    `layout` ("nchw" / "nhwc") and `output_name` force how an ONNX model is fed where its graph
+    misleads `irface.infer.onnx_feed` (else what `irface calibrate` recorded, else the graph's answer).
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
@@ -266,7 +328,14 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
         raise ModelFileError(f"{path}: no such file or folder")
     calibration = read_calibration(path)
     norm = _requested_norm(input_mean, input_std, bgr, calibration, path)
-    embedder = _open(path, network, device, precision, fold_bn, channels_last, norm)
+    if path.suffix.lower() == ".onnx":
+        layout = layout or calibration.get("input_layout") or None
+        output_name = output_name or calibration.get("output_name") or None
+        embedder: Embedder = OnnxEmbedder(path, device, norm, layout, output_name)
+    elif layout is not None or output_name is not None:
+        raise ConfigError(f"{path}: --layout and --output-name apply to ONNX models only")
+    else:
+        embedder = _open(path, network, device, precision, fold_bn, channels_last, norm)
     calibrated = threshold_from(calibration.get(THRESHOLD_KEY), str(calibration_path(path)))
     if calibrated is not None:
         embedder.threshold, embedder.threshold_source = calibrated, "calibration"
@@ -277,8 +346,6 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
 
 def _open(path: Path, network: Optional[str], device: torch.device, precision: str, fold_bn: bool,
           channels_last: bool, norm: Optional[InputNorm]) -> Embedder:
-    if path.suffix.lower() == ".onnx":
-        return OnnxEmbedder(path, device, norm)
     dtype = precision_dtype(precision)
     if path.is_file() and is_torchscript_archive(path):
         model, meta = _torchscript_meta(path, device)

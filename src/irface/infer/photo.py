@@ -1,4 +1,7 @@
-"""From a photo to aligned face crops: detect (when needed), pick the face(s), align to 112x112.
+"""From a photo to aligned face crops: detect (when needed), pick the face(s), align to the model's size.
+
+`size` is the model's crop: one side (112 by default) or (height, width) for a model that is not
+square (SphereFace's 112x96); `irface.data.align` places the five points for each.
 
 A photo whose pixels are exactly the model's input size (112x112 by default) is taken as an already
 aligned crop, the form `.bin` sets, RecordIO archives and `irface align` outputs have; any other photo
@@ -37,11 +40,11 @@ class PhotoFace:
     landmarks: Optional[np.ndarray] = None
 
     def to_dict(self) -> dict[str, Any]:
+        from irface.detect.retinaface import face_json
+
         out: dict[str, Any] = {"name": self.name}
-        if self.box is not None and self.score is not None and self.landmarks is not None:  # found by the detector
-            out["box"] = [round(float(v), 2) for v in self.box]
-            out["score"] = round(float(self.score), 5)
-            out["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]
+        if self.box is not None:
+            out.update(face_json(self.box, self.score, self.landmarks))
         return out
 
 
@@ -53,15 +56,22 @@ def default_detector():
     return load_detector()
 
 
+def face_name(name: str, k: int) -> str:
+    """The name of a photo's k-th face when every face is kept (`photo.jpg#0` is the largest)."""
+    return f"{name}#{k}"
+
+
 def no_face_error(name: str, detector=None) -> DataError:
     """The one line for a photo in which the detector found no face, with what it looked for."""
     detector = detector if detector is not None else default_detector()
     return DataError(f"{name}: no face found ({detector.describe()})")
 
 
-def is_aligned_crop(image: np.ndarray, size: int = 112) -> bool:
-    """How "auto" decides: an image of exactly size x size pixels is an aligned crop."""
-    return image.shape[0] == size and image.shape[1] == size
+def is_aligned_crop(image: np.ndarray, size: int | tuple[int, int] = 112) -> bool:
+    """How "auto" decides: an image of exactly the crop's size (size x size, or (height, width)) is an aligned crop."""
+    from irface.data.images import crop_shape
+
+    return tuple(image.shape[:2]) == crop_shape(size)
 
 
 def _check_mode(mode: str) -> None:
@@ -70,7 +80,7 @@ def _check_mode(mode: str) -> None:
 
 
 def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", all_faces: bool = False,
-                     detector=None, size: int = 112) -> list[PhotoFace]:
+                     detector=None, size: int | tuple[int, int] = 112) -> list[PhotoFace]:
     """The face crop(s) of one photo (uint8 (H, W, 3) RGB); an empty list when no face is found.
 
     With `all_faces` False and several faces, the largest is returned and a warning names the photo.
@@ -79,9 +89,9 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
     if mode == "aligned" or (mode == "auto" and is_aligned_crop(image_rgb, size)):
         crop = image_rgb
         if not is_aligned_crop(image_rgb, size):
-            from irface.data.images import _resize_center
+            from irface.data.images import resize_center
 
-            crop = _resize_center(image_rgb, size)
+            crop = resize_center(image_rgb, size)
         return [PhotoFace(name, crop)]
     detector = detector if detector is not None else default_detector()
     faces = detector.detect(image_rgb)
@@ -92,12 +102,12 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
             log.warning("%s: %d faces found; using the largest (--all-faces embeds each)", name, len(faces))
         f = faces[0]
         return [PhotoFace(name, align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)]
-    return [PhotoFace(f"{name}#{k}", align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)
+    return [PhotoFace(face_name(name, k), align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)
             for k, f in enumerate(faces)]
 
 
 def faces_from_file(path: str | Path, *, mode: str = "auto", all_faces: bool = False, detector=None,
-                    size: int = 112, name: Optional[str] = None) -> list[PhotoFace]:
+                    size: int | tuple[int, int] = 112, name: Optional[str] = None) -> list[PhotoFace]:
     """`faces_from_image` on an image file, read upright (EXIF orientation applied), any colour mode.
 
     A missing, unreadable or oversized file raises DataError (one line naming it).
@@ -119,7 +129,7 @@ def largest_face(path: str | Path, **options) -> PhotoFace:
 
 
 def faces_from_source(source, *, mode: str = "auto", all_faces: bool = False, detector=None,
-                      size: int = 112) -> list[PhotoFace]:
+                      size: int | tuple[int, int] = 112) -> list[PhotoFace]:
     """The faces of one `irface.infer.images.FaceSource`: a photo file goes through `faces_from_file`;
     a RecordIO record is an aligned crop already."""
     if source.photo is None or mode == "aligned":
@@ -148,7 +158,7 @@ def detect_files(inputs, detector) -> dict[str, Any]:
     return {"photos": photos, "skipped": skipped}
 
 
-def align_photo(path: str | Path, output_dir: str | Path, *, largest: bool = False, size: int = 112,
+def align_photo(path: str | Path, output_dir: str | Path, *, largest: bool = False, size: int | tuple[int, int] = 112,
                 detector=None) -> list[tuple[Path, PhotoFace]]:
     """Detect the faces of a photo and write each aligned crop as `<output_dir>/<stem>_<k>.png`
     (k = 0 for the largest); DataError when there is none."""

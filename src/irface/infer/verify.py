@@ -23,7 +23,7 @@ from irface.infer.photo import PhotoFace, largest_face
 from irface.infer.settings import DEFAULT_THRESHOLD
 
 
-def load_face(path: str | Path, size: int = 112, landmarks: Optional[str | np.ndarray] = None, *,
+def load_face(path: str | Path, size: int | tuple[int, int] = 112, landmarks: Optional[str | np.ndarray] = None, *,
               mode: str = "auto", detector=None) -> PhotoFace:
     """The face of an image file: aligned by its 5 landmarks when given, else as `largest_face` finds it."""
     if landmarks is None:

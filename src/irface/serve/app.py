@@ -5,14 +5,20 @@ and the types they name are imported inside `create_app` (FastAPI is an optional
 """
 
 import contextlib
-import secrets
+import hmac
+import logging
+import os
 from importlib import resources
 from typing import Any, AsyncIterator, Callable, Optional
 from urllib.parse import urlsplit
 
-from irface.errors import GalleryError, UserError
-from irface.serve.limits import BodySizeLimit, Limits, RequestError, decode_upload
+from irface.errors import GalleryError, OutputError, UserError
+from irface.serve.hosts import AllowedHosts, HostCheck
+from irface.serve.limits import (BodySizeLimit, Limits, PixelBudget, RequestError, check_request_pixels,
+                                 decode_opened, open_upload)
 from irface.serve.service import FaceService
+
+log = logging.getLogger(__name__)
 
 _PAGE_HEADERS = {
     # The page is self-contained: nothing from elsewhere may load, nothing may frame it.
@@ -32,8 +38,12 @@ def _fastapi_class():
     return FastAPIOffline
 
 
-def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: Limits = Limits()) -> Any:
-    """The ASGI app serving `service`; gallery changes need `api_key` (header X-API-Key or Bearer) when set."""
+def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: Limits = Limits(),
+               allowed_hosts: AllowedHosts = AllowedHosts()) -> Any:
+    """The ASGI app serving `service`; gallery changes need `api_key` (header X-API-Key or Bearer) when set.
+
+    Requests are answered only when their Host is one of `allowed_hosts` (default: loopback names).
+    """
     app_class = _fastapi_class()
     from fastapi import Depends, File, Form, Header, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -42,6 +52,7 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     from starlette.concurrency import run_in_threadpool
 
     static = resources.files("irface.serve") / "static"
+    worker = str(os.getpid())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -56,7 +67,13 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     @app.exception_handler(UserError)
-    async def user_error(_request: Request, exc: UserError) -> JSONResponse:
+    async def user_error(request: Request, exc: UserError) -> JSONResponse:
+        if isinstance(exc, OutputError):
+            # The server's disk, not the client's request (full, read-only): 507, and the line the
+            # client sees names no path of this machine; the log keeps the whole story.
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse({"detail": f"the server could not save the change ({exc.reason or 'storage error'}); "
+                                           "nothing was changed"}, status_code=507)
         # A bad identity name or search argument is the gallery's to say (422); a bad image is 400.
         status = getattr(exc, "status", 422 if isinstance(exc, GalleryError) else 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
@@ -79,29 +96,47 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
                                 status_code=403)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Irface-Worker"] = worker  # which of `--workers N` processes answered
         return response
 
-    def require_key(x_api_key: Optional[str] = Header(None),
+    # The key as the bytes a client sends: UTF-8 (headers reach us decoded as Latin-1, byte for byte).
+    key_bytes = None if api_key is None else api_key.encode("utf-8", "surrogateescape")
+
+    def require_key(request: Request, x_api_key: Optional[str] = Header(None),
                     authorization: Optional[str] = Header(None)) -> None:
-        if api_key is None:
+        if key_bytes is None:
             return
         given = x_api_key
         if given is None and authorization and authorization.lower().startswith("bearer "):
             given = authorization[7:].strip()
-        if given is None or not secrets.compare_digest(given.encode(), api_key.encode()):
+        if given is None or not hmac.compare_digest(given.encode("latin-1"), key_bytes):
+            # Who tried, never what they tried: a near-miss key in a log file is half a leak.
+            client = request.client.host if request.client else "unknown client"
+            log.warning("refused %s %s from %s: %s API key", request.method, request.url.path, client,
+                        "no" if given is None else "wrong")
             raise RequestError("gallery changes need the server's API key (header X-API-Key)", 401)
 
-    async def call(fn: Callable, uploads: list[UploadFile], *args: Any) -> Any:
-        """Read the uploads, then decode them and run `fn(photos..., *args)` in the thread pool."""
+    budget = PixelBudget(limits.decoding_budget())
+
+    async def call(uploads: list[UploadFile], per_photo: Callable[[Any, str], Any],
+                   finish: Optional[Callable[[list], Any]] = None) -> Any:
+        """Check every upload's header, then decode the photos one at a time within the server's pixel
+        budget, each reduced by `per_photo(photo, name)` (in the thread pool) before the next is decoded;
+        `finish(results)` makes the answer (default: the first result)."""
         if len(uploads) > limits.max_files:
             raise RequestError(f"at most {limits.max_files} images per request, got {len(uploads)}", 413)
         named = [((u.filename or "upload")[:200], await u.read()) for u in uploads]
+        opened = await run_in_threadpool(lambda: [(n, d, open_upload(d, n, limits)) for n, d in named])
+        check_request_pixels([(n, img) for n, _, img in opened], limits)
 
-        def work() -> Any:
-            photos = [(name, decode_upload(data, name, limits)) for name, data in named]
-            return fn(photos, *args)
+        def reduce(name: str, data: bytes, img: Any) -> Any:
+            return per_photo(decode_opened(img, data, name, limits), name)
 
-        return await run_in_threadpool(work)
+        results = []
+        for name, data, img in opened:
+            async with budget.hold(img.width * img.height):
+                results.append(await run_in_threadpool(reduce, name, data, img))
+        return results[0] if finish is None else await run_in_threadpool(finish, results)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -115,24 +150,24 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     @app.post("/v1/detect")
     async def detect(image: UploadFile = File(...)) -> dict:
         """Every face in the photo: box (x1, y1, x2, y2), score and 5 landmarks, in pixels."""
-        return await call(lambda p: service.detect(p[0][1], p[0][0]), [image])
+        return await call([image], lambda photo, name: service.detect(photo, name))
 
     @app.post("/v1/embed")
     async def embed(image: UploadFile = File(...), all_faces: bool = Form(False)) -> dict:
         """L2-normalised embedding of the largest face (or of every face with all_faces)."""
-        return await call(lambda p: service.embed(p[0][1], p[0][0], all_faces), [image])
+        return await call([image], lambda photo, name: service.embed(photo, name, all_faces))
 
     @app.post("/v1/verify")
     async def verify(a: UploadFile = File(...), b: UploadFile = File(...),
                      threshold: Optional[float] = Form(None)) -> dict:
         """Same person? Similarity of the two photos' faces, the threshold, the decision and both boxes."""
-        return await call(lambda p: service.verify(p[0][1], p[0][0], p[1][1], p[1][0], threshold), [a, b])
+        return await call([a, b], service.largest_face, lambda found: service.verify_faces(found[0], found[1], threshold))
 
     @app.post("/v1/search")
     async def search(image: UploadFile = File(...), top_k: int = Form(5),
                      threshold: Optional[float] = Form(None)) -> dict:
         """Who is this? The gallery's top_k (1..100) matches; identity "unknown" below the threshold."""
-        return await call(lambda p: service.search(p[0][1], p[0][0], top_k, threshold), [image])
+        return await call([image], lambda photo, name: service.search(photo, name, top_k, threshold))
 
     @app.get("/v1/gallery")
     async def gallery() -> dict:
@@ -142,7 +177,8 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
     @app.post("/v1/gallery/enroll", dependencies=[Depends(require_key)])
     async def enroll(identity: str = Form(...), images: list[UploadFile] = File(...)) -> dict:
         """Add a person: the largest face of each photo; answered once the gallery on disk holds it."""
-        return await call(lambda p: service.enroll(identity, p), images)
+        name = await run_in_threadpool(service.enrolment_name, identity)  # a bad name costs no decoding
+        return await call(images, service.enrolment_face, lambda found: service.enroll_faces(name, found))
 
     @app.delete("/v1/gallery/{identity}", dependencies=[Depends(require_key)])
     async def remove(identity: str) -> dict:
@@ -156,4 +192,4 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
             return JSONResponse({"detail": "no such picture"}, status_code=404)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
-    return BodySizeLimit(app, limits.max_request_bytes)
+    return HostCheck(BodySizeLimit(app, limits.max_request_bytes), allowed_hosts)

@@ -27,7 +27,7 @@ class EmbedBatcher(Embedder):
 
     def __init__(self, embedder: Embedder, max_batch: int = 64):
         self.embedder = embedder
-        self.input_size, self.embedding_size, self.info = embedder.input_size, embedder.embedding_size, embedder.info
+        self.input_hw, self.embedding_size, self.info = embedder.input_hw, embedder.embedding_size, embedder.info
         self.threshold = embedder.threshold
         self.threshold_source = getattr(embedder, "threshold_source", None)
         self.max_batch = max_batch

@@ -1,39 +1,43 @@
 """Small pictures of enrolled faces, so that a search result can show who it matched.
 
-Faces enrolled through the server keep their aligned crop as a JPEG in `<gallery>.faces/`, named by
-a hash of the row's source (a search result's source finds its picture in one look-up). Rows added
-by `irface gallery` have a photo file as their source and the face's box: their picture is cut from
-that photo on demand (the box with a margin) and kept in memory.
+A search result's picture is asked for by the matched face's id (`/v1/gallery/thumbnail/<face id>`), and
+served only while that face is enrolled. Faces enrolled through the server keep their aligned crop as a
+JPEG inside the gallery itself (`Gallery.add_many(..., thumbnails=...)`): written in the same change as
+the face (the journal record, or the PostgreSQL transaction) and removed with it, and readable by every
+worker. Rows added by `irface gallery` have a photo file as their source and the face's box: their
+picture is cut from that photo on demand (the box with a margin) and kept in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from irface.utils import atomic_write
-
 THUMBNAIL_SIDE = 160
 _CACHE_SIZE = 512
+_KEY = re.compile(r"^[0-9]{1,18}$")
 
 
-def thumbnail_key(source: str) -> str:
-    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-
-
-def _jpeg(image: np.ndarray) -> bytes:
+def thumbnail_jpeg(image: np.ndarray) -> bytes:
+    """A picture (uint8 RGB) shrunk to at most THUMBNAIL_SIDE a side, as JPEG bytes."""
     img = Image.fromarray(np.ascontiguousarray(image))
     img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+def _legacy_key(source: str) -> str:
+    # Servers before pictures lived in the gallery kept them in `<gallery>.faces/<this>.jpg`.
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def _around(photo: np.ndarray, box: Optional[Sequence[float]], margin: float = 0.3) -> np.ndarray:
@@ -48,67 +52,59 @@ def _around(photo: np.ndarray, box: Optional[Sequence[float]], margin: float = 0
     return photo if right <= left or bottom <= top else photo[top:bottom, left:right]
 
 
-class ThumbnailStore:
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        # key -> (photo file, face box or None), from search results: what `get` may cut a picture from
-        self._sources: OrderedDict[str, tuple[str, Optional[Sequence[float]]]] = OrderedDict()
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
+class Thumbnails:
+    """Pictures of a gallery's faces by face id: stored with the face, or cut from its photo file."""
+
+    def __init__(self, gallery: Any):
+        self.gallery = gallery
+        self._cache: OrderedDict[int, bytes] = OrderedDict()  # face id -> picture cut from a photo file
         self._lock = threading.Lock()
 
-    @classmethod
-    def beside(cls, gallery_path: str | Path) -> "ThumbnailStore":
-        path = Path(gallery_path)
-        return cls(path.with_name(path.name + ".faces"))
-
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.jpg"
-
-    def put(self, source: str, crop: np.ndarray) -> Path:
-        """Write the picture of the face whose gallery row has `source` (atomically)."""
-        path = self._path(thumbnail_key(source))
-        with atomic_write(path, "wb") as f:
-            f.write(_jpeg(crop))
-        return path
-
-    def remove(self, sources: Iterable[str]) -> None:
-        for source in sources:
-            self._path(thumbnail_key(source)).unlink(missing_ok=True)
-
-    def url(self, source: str, box: Optional[Sequence[float]] = None) -> str:
-        """The thumbnail's URL path for a row's `source`; remembered so that `get` may cut it from the photo."""
-        key = thumbnail_key(source)
-        with self._lock:
-            self._sources[key] = (source, box)
-            self._sources.move_to_end(key)
-            while len(self._sources) > 4 * _CACHE_SIZE:
-                self._sources.popitem(last=False)
-        return f"/v1/gallery/thumbnail/{key}"
+    @staticmethod
+    def url(match: Any) -> Optional[str]:
+        """The URL path of a search match's picture (None for a match without a face row)."""
+        return None if match.face_id is None else f"/v1/gallery/thumbnail/{int(match.face_id)}"
 
     def get(self, key: str) -> Optional[bytes]:
-        """JPEG bytes for `key` (24 hex digits), or None."""
-        if len(key) != 24 or any(c not in "0123456789abcdef" for c in key):
+        """JPEG bytes of face `key` (its id) while it is enrolled, or None."""
+        if not _KEY.match(key):
+            return None
+        face_id = int(key)
+        row = self.gallery.face(face_id)
+        if row is None:  # removed (or never enrolled): its picture goes with it
+            return None
+        stored = self.gallery.thumbnail(face_id)
+        if stored is not None:
+            return stored
+        with self._lock:
+            if face_id in self._cache:
+                self._cache.move_to_end(face_id)
+                return self._cache[face_id]
+        data = self._legacy(row["source"]) or self._cut(row["source"], row["box"])
+        if data is not None:
+            with self._lock:
+                self._cache[face_id] = data
+                while len(self._cache) > _CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return data
+
+    def _legacy(self, source: str) -> Optional[bytes]:
+        path = getattr(self.gallery, "path", None)
+        if path is None:
             return None
         try:
-            return self._path(key).read_bytes()
+            return (path.with_name(path.name + ".faces") / f"{_legacy_key(source)}.jpg").read_bytes()
         except OSError:
-            pass
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            source, box = self._sources.get(key, (None, None))
-        if source is None or not Path(source).is_file():
+            return None
+
+    @staticmethod
+    def _cut(source: str, box: Optional[Sequence[float]]) -> Optional[bytes]:
+        if not Path(source).is_file():
             return None
         from irface.errors import UserError
         from irface.infer.images import open_rgb
 
         try:
-            data = _jpeg(_around(open_rgb(source), box))
+            return thumbnail_jpeg(_around(open_rgb(source), box))
         except UserError:
             return None
-        with self._lock:
-            self._cache[key] = data
-            while len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return data

@@ -1,0 +1,47 @@
+"""The two rules every threshold of irface is chosen by, written once (pure numpy).
+
+- **Threshold at a rate** (TAR at FAR, TPIR at FPIR, `irface calibrate --far`): scores above it are
+  accepted, and of n negatives (different-person pairs, non-mated probes' top scores) at most
+  floor(rate x n) may be, so it is the (floor(rate x n) + 1)-th highest negative. Negatives tied with it
+  are all rejected (fewer may pass, never more). rate x n < 1 cannot be measured (None); a rate that
+  lets every negative pass gives -inf.
+- **The middle of the best run** (the best-accuracy threshold of `irface eval` and `irface calibrate`):
+  of equally good neighbouring thresholds, the middle of the first run: a margin on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+
+def allowed_false(rate: float, n: int) -> int:
+    """How many of `n` negatives a false-accept (or false-positive identification) rate lets through."""
+    return math.floor(rate * n + 1e-9)  # 1e-9: 1e-3 * 3000 must give 3, not 2.9999...
+
+
+def min_negatives(rate: float) -> int:
+    """Negatives needed before `rate` allows one false accept (before `threshold_at_rate` is not None)."""
+    return math.ceil(1.0 / rate - 1e-9)
+
+
+def threshold_at_rate(negatives: np.ndarray, rate: float) -> Optional[float]:
+    """The threshold ("accept when score > threshold") at `rate` of `negatives` (see the module docstring)."""
+    negatives = np.asarray(negatives, dtype=np.float64).ravel()
+    allowed = allowed_false(rate, len(negatives))
+    if allowed < 1:
+        return None
+    if allowed >= len(negatives):
+        return float("-inf")
+    return float(np.partition(negatives, len(negatives) - 1 - allowed)[len(negatives) - 1 - allowed])
+
+
+def middle_of_best_run(values: np.ndarray) -> int:
+    """Index of the middle of the first run of maximal `values` (the lower middle of an even run)."""
+    values = np.asarray(values)
+    first = last = int(np.argmax(values))
+    while last + 1 < len(values) and values[last + 1] == values[first]:
+        last += 1
+    return (first + last) // 2
