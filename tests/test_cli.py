@@ -39,7 +39,7 @@ def test_parser_imports_no_torch():
     import sys
 
     probe = ("import sys; from irface.cli import build_parser; build_parser(); "
-             "print(' '.join(m for m in ('torch', 'numpy', 'PIL', 'onnx', 'onnxruntime') if m in sys.modules))")
+             "print(' '.join(m for m in ('torch', 'numpy', 'PIL', 'onnx', 'onnxruntime', 'ray', 'pyarrow', 'psycopg', 'sklearn', 'faiss', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
 

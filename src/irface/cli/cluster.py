@@ -13,7 +13,7 @@ EVALUATE = "evaluate"
 
 
 def register(sub) -> None:
-    from irface.cluster.graph import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD
+    from irface.cluster.settings import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD
 
     p = sub.add_parser(
         "cluster", help="Group every face of unlabelled photos by person (or evaluate that on labelled folders)",
