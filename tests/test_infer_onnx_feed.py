@@ -238,7 +238,7 @@ def test_an_aligned_crop_of_the_models_size_is_taken_as_it_is(tmp_path):
 
 
 def test_forcing_the_output_and_the_layout(tmp_path, caplog):
-    from irface.gallery.fingerprint import model_fingerprint
+    from irface.infer.fingerprint import model_fingerprint
     from irface.infer import load_model
 
     model = two_outputs(tmp_path / "two.onnx", "scores", "out")  # neither named like an embedding

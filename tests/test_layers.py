@@ -103,3 +103,37 @@ def test_exceptions_are_still_needed():
 ])
 def test_imports_are_read_at_every_level(source, units):
     assert _imported_units(ast.parse(source)) == units
+
+
+# The optional extras (pyproject's ray, postgres, cluster, detect, serve, export, gallery): imported inside the
+# function that needs them, which turns a missing one into a line naming the extra, never at a module's top.
+EXTRAS = {"ray", "pyarrow", "psycopg", "sklearn", "scipy", "faiss", "onnx", "onnxruntime", "fastapi", "uvicorn",
+          "matplotlib", "safetensors", "simplejpeg", "cv2"}
+
+
+def _top_level_imports(tree: ast.Module) -> set[str]:
+    # Module-level statements, and those nested in a module-level if/try (not in a def or class body).
+    found, todo = set(), list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, (ast.If, ast.Try)):
+            todo += node.body + node.orelse + getattr(node, "finalbody", [])
+            todo += [n for h in getattr(node, "handlers", []) for n in h.body]
+    return found
+
+
+def test_extras_are_imported_where_used():
+    wrong = [f"{path.relative_to(SRC).as_posix()} imports {name} at its top"
+             for path in sorted(SRC.rglob("*.py"))
+             for name in sorted(_top_level_imports(ast.parse(path.read_text(), str(path))) & EXTRAS)]
+    assert wrong == []
+
+
+def test_top_level_imports_are_read():
+    tree = ast.parse("import ray\ntry:\n    from pyarrow import parquet\nexcept ImportError:\n    pass\n"
+                     "def f():\n    import psycopg\n")
+    assert _top_level_imports(tree) == {"ray", "pyarrow"}

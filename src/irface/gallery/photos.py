@@ -16,7 +16,7 @@ import numpy as np
 from irface.errors import DataError, GalleryError
 from irface.eval.identification import FPIRS, RANKS, rank_k, tpir_at_fpir
 from irface.eval.rates import threshold_at_rate
-from irface.gallery.fingerprint import model_fingerprint
+from irface.infer.fingerprint import model_fingerprint
 from irface.gallery.gallery import Gallery, decision, validate_identity
 from irface.gallery.opener import create_gallery
 from irface.infer.embed import EmbedResult, embed_sources

@@ -256,7 +256,7 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
                     verbose: bool = False) -> dict[str, Any]:
     """Embed every face under `inputs` into Parquet shards in the folder `output` (resuming a run there);
     returns the summary `irface embed --json` prints. `model` holds `load_model`'s arguments."""
-    from irface.gallery.fingerprint import model_fingerprint
+    from irface.infer.fingerprint import model_fingerprint
     from irface.infer import load_model
     from irface.infer.images import collect_faces
     from irface.infer.photo import _check_mode
