@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from irface.cli import main
 

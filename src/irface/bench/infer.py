@@ -166,7 +166,7 @@ def default_variant(name: str, base: nn.Module, opts: InferOptions, device: torc
             torch.save(base.state_dict(), path)
         embedder = load_model(path, device=device, precision=opts.precision)
         rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (batch, embedder.input_size, embedder.input_size, 3), dtype=np.uint8)
+        images = rng.integers(0, 256, (batch, *embedder.input_hw, 3), dtype=np.uint8)
         return Prepared(step=lambda: embedder.embed(images), embed=embedder.embed,
                         notes={"path": "irface.infer.load_model defaults", "precision": opts.precision})
 

@@ -599,7 +599,7 @@ class RecordIODataset(Dataset):
     the dataset raises `DataError`.
     """
 
-    def __init__(self, path: str | Path, image_size: int = 112, max_bad_images: int = 100):
+    def __init__(self, path: str | Path, image_size: int | tuple[int, int] = 112, max_bad_images: int = 100):
         folder = _resolve_folder(path)
         rec, idx = folder / REC_NAME, folder / IDX_NAME
         if not rec.is_file():

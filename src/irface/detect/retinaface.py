@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from PIL import Image

@@ -112,7 +112,7 @@ def run_embed(embed_fn: EmbedFn, images: np.ndarray, source: str, expected_dim: 
     return out.astype(np.float32, copy=False)
 
 
-_RESIZES_REPORTED: set[tuple[str, int, int, int]] = set()
+_RESIZES_REPORTED: set[tuple[str, int, int, int, int]] = set()
 
 
 def _report_resize(path: Path, width: int, height: int, size: int | tuple[int, int]) -> None:

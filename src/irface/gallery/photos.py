@@ -211,8 +211,9 @@ def identification_figures(mate_rank: Sequence[int], mate_score: Sequence[float]
     scores = np.asarray(mate_score, np.float64)
     out: dict[str, Any] = {"mated": int((ranks >= 1).sum()), "nonmated": len(nonmated_top)}
     out.update({f"rank_{k}": v for k, v in rank_k(ranks, RANKS).items()})
-    tpir = tpir_at_fpir(scores, ranks, np.asarray(nonmated_top, np.float64), FPIRS)
-    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_rate(nonmated_top, f)}
+    nonmated = np.asarray(nonmated_top, np.float64)
+    tpir = tpir_at_fpir(scores, ranks, nonmated, FPIRS)
+    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_rate(nonmated, f)}
                            for f in FPIRS}
     return out
 

@@ -92,7 +92,7 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
 
 
 def source_faces(source: FaceSource, *, mode: str = "auto", all_faces: bool = False, detector=None,
-                 size: int = 112, strict: bool = False) -> tuple[list, Optional[dict]]:
+                 size: int | tuple[int, int] = 112, strict: bool = False) -> tuple[list, Optional[dict]]:
     """The faces of one input, or none and why it was skipped (`{"name", "reason"}`, logged): the one rule
     for a photo that cannot be read or holds no face, shared by `embed_sources` and `irface embed --ray`.
     With `strict`, the DataError is raised instead."""
