@@ -85,11 +85,11 @@ def test_help_texts_from_their_constants(capsys):
     from irface.infer.settings import DEFAULT_THRESHOLD
 
     helps = {}
-    for name in ("verify", "embed", "calibrate", "serve", "eval", "export", "detect"):
+    for name in ("verify", "embed", "calibrate", "serve", "eval", "export", "detect", "cluster"):
         with pytest.raises(SystemExit):
             main([name, "--help"])
         helps[name] = " ".join(capsys.readouterr().out.split())
-    for name in ("verify", "embed", "calibrate", "serve", "eval"):
+    for name in ("verify", "embed", "calibrate", "serve", "eval", "cluster"):
         assert MODEL_HELP in helps[name], name
     assert WEIGHTS_HELP in helps["export"]
     assert f"(default {DEFAULT_DETECTOR.min_score:g})" in helps["detect"]

@@ -64,9 +64,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-name", metavar="NAME", help="the output holding the embedding, when the model has several")
 
 
+def model_options(args: argparse.Namespace, precision: str = "fp32") -> dict:
+    """`load_model`'s keyword arguments from the options above: what `irface embed --ray` hands its actors."""
+    return {"path": resolve_model(args), "network": getattr(args, "network", None), "device": args.device,
+            "precision": precision, "input_mean": args.input_mean, "input_std": args.input_std, "bgr": args.bgr,
+            "layout": args.layout, "output_name": args.output_name}
+
+
 def model_from_args(args: argparse.Namespace, precision: str = "fp32"):
     from irface.infer import load_model
 
-    return load_model(resolve_model(args), getattr(args, "network", None), device=args.device, precision=precision,
-                      input_mean=args.input_mean, input_std=args.input_std, bgr=args.bgr,
-                      layout=args.layout, output_name=args.output_name)
+    return load_model(**model_options(args, precision))

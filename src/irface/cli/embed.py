@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args, model_options
 from irface.cli._output import add_json_argument, emit
 
 LOCAL = "local"  # --ray without an address
@@ -88,8 +88,7 @@ def run_ray(args: argparse.Namespace) -> int:
     from irface.infer.ray_embed import embed_to_shards
 
     options = detector_options(args)
-    model = {"path": args.model, "network": args.network, "device": args.device, "precision": args.precision,
-             "input_mean": args.input_mean, "input_std": args.input_std, "bgr": args.bgr}
+    model = model_options(args, precision=args.precision)
     summary = embed_to_shards(
         model, args.inputs, args.output, address=None if args.ray == LOCAL else args.ray, num_cpus=args.ray_cpus,
         shard_size=args.shard_size or DEFAULT_SHARD_SIZE, actors=args.actors, batch_size=args.batch_size,

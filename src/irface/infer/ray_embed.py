@@ -42,7 +42,7 @@ class ShardJob:
     """What the tasks and actors need to know (sent to them pickled)."""
 
     output: str
-    model: dict[str, Any]  # load_model's arguments: path, network, precision, input_mean, input_std, bgr, device
+    model: dict[str, Any]  # load_model's keyword arguments (irface.cli._model.model_options)
     input_size: int
     embedding_size: int
     mode: str = "auto"
