@@ -25,7 +25,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from irface.errors import GalleryError
+from irface.errors import GalleryError, OutputError
 from irface.utils import atomic_write
 
 MAGIC = b"IRFJ"
@@ -119,8 +119,10 @@ class Journal:
             if new:
                 _sync_folder(self.path.parent)
         except OSError as e:
-            raise GalleryError(f"{self.path}: could not write the gallery's journal ({e.strerror}); "
-                               "the change was not made") from None
+            # The disk's failure (full, too large, read-only), not a bad gallery: an OutputError, which
+            # the server answers as its own storage error (507).
+            raise OutputError(f"{self.path}: could not write the gallery's journal ({e.strerror}); "
+                              "the change was not made", e.strerror or "") from None
         self._end += len(record)
         self.seq += 1
         self.appended += 1
