@@ -1,4 +1,5 @@
-# Two commands a newcomer needs: `make demo` (the main job) and `make test` (the suite).
+# Two commands a newcomer needs: `make demo` (the main job) and `make test` (the suite); `make lint` runs
+# ruff and mypy as pyproject.toml configures them, `make test-quick` the suite without the slow tests.
 # Each creates its own virtual environment in $(VENV) and installs what it needs.
 # TORCH_SPEC pins the CPU wheel; GPU users: `make demo TORCH_SPEC=torch` (PyPI's CUDA build on Linux).
 PYTHON ?= python3
@@ -7,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.irface-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-quick lint install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,16 @@ demo: $(STAMP)
 	rm -rf demo_out
 	$(VENV)/bin/irface demo --out demo_out $(DEMO_ARGS)
 
+# --durations=15: the 15 slowest tests, so a slow newcomer is seen (mark it @pytest.mark.slow).
 test: $(STAMP)
-	$(PY) -m pytest -q $(TEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(TEST_ARGS)
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --durations=15 $(TEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 def measure(args) -> int:
     from irface.export import ExportOptions, Int8Options, export_model
     from irface.infer import load_model
-    from irface.infer.accuracy import compare_accuracy
+    from irface.export.accuracy import compare_accuracy
 
     reference = load_model(args.model, fold_bn=False)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -105,8 +105,8 @@ def measure(args) -> int:
             noisy = NoisyEmbedder(reference, relative, seed)
             rows += rows_of(f"fp32 + noise (seed {seed})", compare_accuracy(reference, noisy, bins,
                                                                              reference_cache=cache))
-    print(f"| model | set | pairs | fp32 | other | protocol delta (points) | decisions changed (right/wrong) "
-          f"| paired delta (points) |\n|---|---|---:|---:|---:|---:|---|---:|")
+    print("| model | set | pairs | fp32 | other | protocol delta (points) | decisions changed (right/wrong) "
+          "| paired delta (points) |\n|---|---|---:|---:|---:|---:|---|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['set']} | {r['pairs']} | {r['fp32']:.4f} | {r['other']:.4f} | "
               f"{r['delta_points']:+.2f} | {r['changed']} ({r['now_right']}/{r['now_wrong']}) | "

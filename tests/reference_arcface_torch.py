@@ -231,6 +231,6 @@ def randomise(model, seed=1):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan_in ** 0.5)
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        for name, p in model.named_parameters(recurse=False):
+        for p in model.parameters(recurse=False):
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)  # pos_embed, mask_token
     return model

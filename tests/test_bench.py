@@ -208,7 +208,7 @@ def test_bench_without_what_prints_help(capsys):
 # --- the pieces -------------------------------------------------------------------------------------
 
 def test_count_flops_iresnet100():
-    from irface.bench import count_flops
+    from irface.bench.flops import count_flops
     from irface.models import create_backbone
 
     with torch.device("meta"):  # shapes only

@@ -8,7 +8,7 @@ import torch
 
 from infer_export_util import randomise, tiny_model
 from irface.export.check import relative_error
-from irface.export.fold import ChannelShift, fold_batchnorm
+from irface.models.fold import ChannelShift, fold_batchnorm
 from irface.models import IResNet
 
 THREE_STAGES = dict(layers=[2, 1, 2], widths=[8, 12, 16], embedding_size=16, input_size=16)

@@ -30,3 +30,68 @@ def test_python_dash_m(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "irface", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("irface ")
+
+
+def test_parser_imports_no_torch():
+    # A fresh interpreter: in this one, other tests have imported torch already and would hide it. numpy and
+    # Pillow stay out too (the detector's and exporter's defaults live in modules that import neither).
+    import subprocess
+    import sys
+
+    probe = ("import sys; from irface.cli import build_parser; build_parser(); "
+             "print(' '.join(m for m in ('torch', 'numpy', 'PIL', 'onnx', 'onnxruntime', 'ray', 'pyarrow', 'psycopg', 'sklearn', 'faiss', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
+
+
+@pytest.mark.parametrize("argv, model, rest", [
+    (["embed", "m.onnx", "a.jpg", "b.jpg", "-o", "e.npy"], "m.onnx", ["a.jpg", "b.jpg"]),
+    (["embed", "--model", "m.onnx", "a.jpg", "b.jpg", "-o", "e.npy"], "m.onnx", ["a.jpg", "b.jpg"]),
+    (["embed", "a.jpg", "--model", "m.onnx", "-o", "e.npy"], "m.onnx", ["a.jpg"]),
+    (["verify", "--model", "m.onnx", "a.jpg", "b.jpg"], "m.onnx", ["a.jpg", "b.jpg"]),
+    (["verify", "m.onnx", "a.jpg", "b.jpg"], "m.onnx", ["a.jpg", "b.jpg"]),
+    (["calibrate", "--model", "m.onnx", "pairs.bin"], "m.onnx", ["pairs.bin"]),
+    (["eval", "--ckpt", "m.pt", "--data", "d"], "m.pt", []),
+    (["export", "--ckpt", "m.pt", "-o", "m.onnx"], "m.pt", []),
+    (["export", "--model", "m.pt", "-o", "m.onnx"], "m.pt", []),
+    (["serve", "--model", "m.onnx"], "m.onnx", []),
+])
+def test_model_spellings(argv, model, rest):
+    # The model as MODEL or --model (verify, embed, calibrate), --model or the older --ckpt (eval, export).
+    from irface.cli import build_parser
+    from irface.cli._model import resolve_model
+
+    args = build_parser().parse_args(argv)
+    assert resolve_model(args) == model
+    got = {"embed": lambda: args.inputs, "verify": lambda: [args.image_a, args.image_b],
+           "calibrate": lambda: [args.pairs]}.get(argv[0], lambda: [])()
+    assert got == rest
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verify", "m.onnx", "a.jpg", "b.jpg", "--model", "n.onnx"], "given twice"),
+    (["calibrate", "pairs.bin"], "no model"),
+])
+def test_model_missing_or_twice(argv, message, capsys):
+    # Reported as one line before anything is opened (exit 2).
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_texts_from_their_constants(capsys):
+    # One help text for the model everywhere it is opened; the detector's defaults as the detector has them.
+    from irface.cli._model import MODEL_HELP, WEIGHTS_HELP
+    from irface.detect.settings import DEFAULT_DETECTOR
+    from irface.infer.settings import DEFAULT_THRESHOLD
+
+    helps = {}
+    for name in ("verify", "embed", "calibrate", "serve", "eval", "export", "detect", "cluster"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        helps[name] = " ".join(capsys.readouterr().out.split())
+    for name in ("verify", "embed", "calibrate", "serve", "eval", "cluster"):
+        assert MODEL_HELP in helps[name], name
+    assert WEIGHTS_HELP in helps["export"]
+    assert f"(default {DEFAULT_DETECTOR.min_score:g})" in helps["detect"]
+    assert f"(default {DEFAULT_DETECTOR.det_size})" in helps["detect"]
+    assert f"else {DEFAULT_THRESHOLD:g}" in helps["serve"] and f"else {DEFAULT_THRESHOLD:g}" in helps["verify"]

@@ -187,7 +187,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys):
 
 def test_the_threshold_comes_from_the_calibration_file(tmp_path):
     from irface.cluster.photos import DEFAULT_THRESHOLD, cluster_threshold
-    from irface.export.metadata import calibration_path
+    from irface.models.metadata import calibration_path
     from irface.infer import load_model
 
     model = tmp_path / "m.onnx"

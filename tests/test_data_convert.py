@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import sys
 
 import pytest
 from PIL import Image
@@ -128,6 +129,18 @@ def test_info_on_every_kind(tmp_path):
     b = describe(tmp_path / "p.bin")
     assert b == {"kind": "bin", "path": str(tmp_path / "p.bin"), "pairs": 4, "positives": 2, "negatives": 2,
                  "images": 8, "image_size": [16, 16]}
+
+
+def test_info_scan_shows_progress_on_a_terminal(tmp_path, monkeypatch):
+    # progress=None (the CLI's default) means "a bar when stderr is a terminal"; the scan read it as "no bar".
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    pack_image_folder(make_folder(tmp_path / "f"), tmp_path / "rec")
+    monkeypatch.setattr("sys.stderr", Terminal())
+    describe(tmp_path / "rec", scan=True)
+    assert "labels" in sys.stderr.getvalue()
 
 
 def test_info_scan_catches_labels_that_contradict_identity_records(tmp_path):

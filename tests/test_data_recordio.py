@@ -257,7 +257,7 @@ def test_property_disagreeing_with_identity_records(tmp_path):
 def test_header_promising_missing_records(tmp_path):
     folder = ms1mv2_like(tmp_path / "m")
     lines = (folder / "train.idx").read_text().splitlines(keepends=True)
-    (folder / "train.idx").write_text("".join(l for l in lines if not l.startswith("3\t")))
+    (folder / "train.idx").write_text("".join(line for line in lines if not line.startswith("3\t")))
     with pytest.raises(DataError, match="record 3 is not in the index"):
         RecordIODataset(folder)
 

@@ -216,6 +216,7 @@ def _run(cmd: Command, repo: Path, env: dict[str, str]) -> Optional[str]:
     return None
 
 
+@pytest.mark.slow  # every documented command, in subprocesses
 def test_documented_commands_run(tmp_path):
     """Each file's commands in order, all in one copy of the checkout; a command that already ran there
     for an earlier file (the same text) is not run twice. A file stops at its first failure, the others

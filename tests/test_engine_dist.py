@@ -24,6 +24,7 @@ SEED_LOSS = re.compile(r"^epoch: (\d+) step: (\d+), loss is ([0-9.e+-]+)$", re.M
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow  # torchrun: two gloo ranks and a restart
 @pytest.mark.faults
 def test_distribute_script_two_gloo_ranks_survive_a_killed_worker_and_match_one_process(tmp_path):
     data = write_image_folder(tmp_path / "faces")

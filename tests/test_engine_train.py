@@ -37,11 +37,11 @@ def test_a_few_steps_lower_the_loss_and_log_the_seeds_lines(finished_run):
     assert result.step == 24 and result.epoch == 4 and result.stopped == "completed"
     assert result.steps_run == 24 and result.seconds > 0 and result.images_per_s > 0
     lines = (out / "train.log").read_text().splitlines()
-    losses = [float(m.group(2)) for m in (re.match(r"^epoch: (\d+) step: 6, loss is ([0-9.e+-]+)$", l) for l in lines) if m]
+    losses = [float(m.group(2)) for m in (re.match(r"^epoch: (\d+) step: 6, loss is ([0-9.e+-]+)$", line) for line in lines) if m]
     assert len(losses) == 4
     assert losses[-1] < 0.5 * losses[0]
-    assert sum(bool(re.match(r"^epoch time: \d+\.\d{3} ms, per step time: \d+\.\d{3} ms$", l)) for l in lines) == 4
-    periodic = [l for l in lines if l.startswith("[step ")]
+    assert sum(bool(re.match(r"^epoch time: \d+\.\d{3} ms, per step time: \d+\.\d{3} ms$", line)) for line in lines) == 4
+    periodic = [line for line in lines if line.startswith("[step ")]
     assert len(periodic) == 8 and all(k in periodic[0] for k in ("loss", "avg", "lr", "images/s", "eta"))
 
 

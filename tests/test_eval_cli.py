@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -177,6 +176,7 @@ def test_mindspore_checkpoint_evaluates_directly(tmp_path, capsys):
     assert re.fullmatch(SEED_LINES[2].format("lfw"), out.splitlines()[2])
 
 
+@pytest.mark.slow  # the seed script in a subprocess
 def test_run_eval_script_writes_eval_log(tmp_path):
     bash = shutil.which("bash")
     if bash is None:

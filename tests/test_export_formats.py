@@ -8,7 +8,8 @@ import torch
 
 from infer_export_util import TINY, save_checkpoint, save_state_dict, tiny_model, torch_embed, faces
 from irface.cli import main
-from irface.export import ExportOptions, ParityError, export_model, fold_batchnorm, relative_error
+from irface.export import ExportOptions, ParityError, export_model, relative_error
+from irface.models.fold import fold_batchnorm
 from irface.export.check import random_input
 
 onnx = pytest.importorskip("onnx")

@@ -77,7 +77,7 @@ def test_bad_calibration_source_is_one_line(tmp_path, capsys, make, message):
 
 def test_accuracy_report_runs_the_protocol_on_both_models_and_pairs_their_decisions(tmp_path):
     from irface.infer import load_model
-    from irface.infer.accuracy import compare_accuracy
+    from irface.export.accuracy import compare_accuracy
 
     save_state_dict(tmp_path / "b.pth")
     save_bin(tmp_path / "c.bin", faces(40, seed=4), [True, False] * 10)
@@ -107,7 +107,7 @@ def test_accuracy_report_runs_the_protocol_on_both_models_and_pairs_their_decisi
 
 
 def test_decision_changes_counts_pairs_that_flip_each_way():
-    from irface.infer.accuracy import decision_changes
+    from irface.export.accuracy import decision_changes
 
     issame = np.array([True, True, False, False])
     ref = np.array([0.5, 1.5, 1.5, 0.5])   # at 1.0: right, wrong, right, wrong
@@ -120,7 +120,7 @@ def test_decision_changes_counts_pairs_that_flip_each_way():
 def test_accuracy_report_compares_eval_results_figure_by_figure():
     """evaluate_bin returns TargetResult objects: the report must hold their figures and deltas."""
     from irface.eval import evaluate_embeddings
-    from irface.infer.accuracy import _delta, _jsonable
+    from irface.export.accuracy import _delta, _jsonable
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(40, 8)).astype(np.float32)

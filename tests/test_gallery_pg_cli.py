@@ -94,7 +94,7 @@ def test_bad_urls_are_one_line(tmp_path, capsys, pg_server):
 
 
 def test_copy_keeps_embeddings_bit_for_bit(tmp_path, pg_url):
-    from irface.gallery import Gallery, copy_gallery, open_gallery
+    from irface.gallery import Gallery, open_gallery
 
     src = Gallery.create(tmp_path / "a.gallery", fingerprint="sha256:x", embedding_size=8, index="hnsw")
     x = np.random.default_rng(0).normal(size=(50, 8))

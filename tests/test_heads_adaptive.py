@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from irface.heads import PartialFC, create_head, dominant_centres, head_param_names
-from test_heads import arcface_target, make_inputs, naive_loss
+from test_heads import arcface_target, make_inputs
 from test_partial_fc import ADAPTIVE_KINDS
 
 E, C = 6, 5

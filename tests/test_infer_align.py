@@ -6,7 +6,7 @@ from PIL import Image
 
 from irface.cli import main
 from irface.errors import DataError
-from irface.infer.align import (
+from irface.data.align import (
     ARCFACE_TEMPLATE,
     align_face,
     parse_landmarks,
@@ -155,10 +155,10 @@ def test_template_is_the_references_float32_template():
     np.testing.assert_array_equal(ARCFACE_TEMPLATE, src)
 
 
-# Crops of other sizes: each family's reference convention (see irface.infer.align's docstring).
+# Crops of other sizes: each family's reference convention (see irface.data.align's docstring).
 
 def test_other_families_templates():
-    from irface.infer.align import crop_family
+    from irface.data.align import crop_family
 
     written = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                         [70.7299, 92.2041]], dtype=np.float32)
@@ -178,7 +178,7 @@ def test_other_families_templates():
 
 
 def test_cp2tform_is_the_inverse_of_the_fit_from_template_to_landmarks():
-    from irface.infer.align import cp2tform_similarity
+    from irface.data.align import cp2tform_similarity
 
     rng = np.random.default_rng(3)
     tpl = template((112, 96))
@@ -205,7 +205,7 @@ def test_each_familys_crop_is_opencvs_warp_of_its_matrix_on_real_faces():
         pytest.skip("OpenCV 5 changed warpAffine; the reference results come from OpenCV 4")
     from pathlib import Path
 
-    from irface.infer.align import crop_transform
+    from irface.data.align import crop_transform
     from irface.infer.images import open_rgb
     from irface.infer.photo import default_detector
 

@@ -200,7 +200,7 @@ def pixels_model(path: Path, shape: list) -> Path:
 ])
 def test_the_crop_fed_is_the_familys_alignment_for_the_models_size(tmp_path, shape, size):
     from irface.infer import read_embeddings
-    from irface.infer.align import align_face
+    from irface.data.align import align_face
     from irface.infer.embed import l2_normalize
     from irface.infer.images import open_rgb
     from irface.infer.photo import default_detector
@@ -238,7 +238,7 @@ def test_an_aligned_crop_of_the_models_size_is_taken_as_it_is(tmp_path):
 
 
 def test_forcing_the_output_and_the_layout(tmp_path, caplog):
-    from irface.gallery.fingerprint import model_fingerprint
+    from irface.infer.fingerprint import model_fingerprint
     from irface.infer import load_model
 
     model = two_outputs(tmp_path / "two.onnx", "scores", "out")  # neither named like an embedding

@@ -8,7 +8,7 @@ import pytest
 from infer_export_util import faces, save_checkpoint, save_state_dict, torch_embed, write_images
 from irface.cli import main
 from irface.infer import DEFAULT_THRESHOLD, load_model, verify_pair
-from irface.infer.align import ARCFACE_TEMPLATE
+from irface.data.align import ARCFACE_TEMPLATE
 
 
 @pytest.fixture

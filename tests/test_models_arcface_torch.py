@@ -3,7 +3,6 @@ FLOPs as documented, their options, and each family through train / resume / exp
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -228,7 +227,7 @@ def test_recipe_configs_build_their_network(config, family, options):
     ("vit_t", {"layers": [1], "widths": [32], "input_size": 18}, 18),
 ])
 def test_batchnorm_folds_away_exactly(name, options, size):
-    from irface.export.fold import fold_batchnorm
+    from irface.models.fold import fold_batchnorm
 
     model = randomise(create_backbone(name, **options)).eval()
     folded = fold_batchnorm(model, leading=True)

@@ -223,6 +223,20 @@ def test_bad_uses_are_one_line_before_any_work(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "junk").iterdir()] == ["notes.txt"]  # nothing written beside it
 
 
+@pytest.mark.parametrize("argv, message", [
+    # --model spelling: the photos are the inputs, not the model
+    (["embed", str(REALFACE / "photos"), "--model", MODEL, "--layout", "nhwc"], "--layout nhwc: input 'input0'"),
+    (["embed", MODEL, str(REALFACE / "photos"), "--output-name", "nope"], "--output-name 'nope': no such output"),
+])
+def test_ray_opens_the_model_as_the_one_process_path_does(tmp_path, capsys, argv, message):
+    # The driver opens the model before Ray starts (the actors get the same options): the flags #26 added,
+    # and the model given as --model, reach it; the one line is the one-process command's.
+    capsys.readouterr()
+    assert main(argv + ["--ray", "--output", str(tmp_path / "shards")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
 def test_without_the_ray_extra_one_line_names_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     capsys.readouterr()

@@ -107,7 +107,7 @@ def test_calibrate_then_verify_gets_every_pair_right(model, capsys):
     """`calibrate` on the identity folders stores a threshold beside the model; `verify` (no flags: the
     input settings were stored too) then decides every same/different pair of the photos correctly
     (all 210 pairs by verify's own threshold and similarity, four through the command itself)."""
-    from irface.export.metadata import calibration_path
+    from irface.models.metadata import calibration_path
     from irface.infer import load_model
     from irface.infer import l2_normalize
     from irface.infer.verify import choose_threshold, compare_faces, load_face

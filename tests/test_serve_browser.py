@@ -31,6 +31,9 @@ from irface.serve import create_app  # noqa: E402
 WAIT_S = 120  # a loaded 2-core machine; the waits end as soon as the page shows the result
 
 
+pytestmark = pytest.mark.slow  # a server subprocess and a browser
+
+
 @pytest.fixture
 def browser():
     from selenium.webdriver.chrome.service import Service

@@ -25,6 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a server subprocess
 def test_irface_serve_answers_on_localhost_and_creates_the_gallery(tmp_path):
     port = _free_port()
     gallery = tmp_path / "new.gallery"

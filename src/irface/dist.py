@@ -142,7 +142,7 @@ def gather_rows(tensor: torch.Tensor, sizes: list[int], dst: int = 0) -> torch.T
     padded[:tensor.shape[0]] = tensor
     out = [torch.empty_like(padded) for _ in sizes] if rank == dst else None
     dist.gather(padded, out, dst=dst)
-    if rank != dst:
+    if rank != dst or out is None:
         return None
     return torch.cat([part[:n] for part, n in zip(out, sizes)])
 

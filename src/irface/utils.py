@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from irface.errors import OutputError
 
@@ -108,3 +109,17 @@ def check_writable(path: str | os.PathLike) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: cannot write here ({parent} is not writable)")
     return path
+
+
+def lazy_exports(package: str, homes: dict[str, str]) -> Callable[[str], Any]:
+    """A package's module `__getattr__` (PEP 562) that imports each name from its submodule on first use,
+    so the package's light modules (defaults the CLI reads) load without its heavy ones (torch, numpy).
+    `homes` maps each exported name to its submodule (or to a module's full dotted name)."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in homes:
+            raise AttributeError(f"module '{package}' has no attribute '{name}'")
+        home = homes[name]
+        return getattr(importlib.import_module(home if "." in home else f"{package}.{home}"), name)
+
+    return __getattr__

@@ -52,6 +52,7 @@ def _resume_and_compare(out, data, reference):
         load_checkpoint(path)  # every file under a checkpoint name is whole
 
 
+@pytest.mark.slow  # training in a subprocess, killed
 @pytest.mark.parametrize("mode", ["kill", "term"])
 def test_killed_or_terminated_run_resumes_bit_identical(tmp_path, data, reference, mode):
     at = random.Random(f"{SEED}-{mode}").randint(7, 22)
@@ -72,6 +73,7 @@ def test_killed_or_terminated_run_resumes_bit_identical(tmp_path, data, referenc
     _resume_and_compare(out, data, reference)
 
 
+@pytest.mark.slow  # training in a subprocess, killed
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, data, reference):
     at = random.Random(f"{SEED}-save").randint(2, 6)  # the n-th write: steps 5, 6, 10, 12, 15, 18
     out = tmp_path / "run"

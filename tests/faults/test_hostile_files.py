@@ -184,6 +184,7 @@ BOMB_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess of its own
 def test_image_bombs_are_refused_before_memory_explodes(tmp_path, world):
     """100000 x 100000 PNG (30 GB of pixels) and 65000 x 65000 JPEG in every place an image can come from."""
     import shutil

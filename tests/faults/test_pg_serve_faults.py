@@ -78,8 +78,8 @@ def test_two_workers_enrolling_one_identity_at_once_both_append(served, crops):
         rounds += 1
         a, b = served.pinned_clients(2).values()
         answers = _with_change_lock_held(
-            served, [lambda: served.enroll("race same", crops["kit_harington"][:1], client=a),
-                     lambda: served.enroll("race same", crops["kit_harington"][1:2], client=b)])
+            served, [lambda a=a: served.enroll("race same", crops["kit_harington"][:1], client=a),
+                     lambda b=b: served.enroll("race same", crops["kit_harington"][1:2], client=b)])
         a.close(), b.close()
         assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
         if len({r.headers["x-irface-worker"] for r in answers}) == 2 or rounds == 5:

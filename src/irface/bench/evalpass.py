@@ -63,6 +63,7 @@ def bench_eval(opts: EvalOptions) -> dict[str, Any]:
         t0 = time.perf_counter()
         result = evaluate_bin(embedder.embed, bin_path, batch_size, flip)
         times.append((time.perf_counter() - t0) * 1e3)
+    assert result is not None  # steps >= 1, checked above
     issame_count = result.pairs
     images = 2 * issame_count * (2 if flip else 1)
     # One "step" is the whole pass: images per second counts every image embedded, mirrors included.
@@ -71,6 +72,6 @@ def bench_eval(opts: EvalOptions) -> dict[str, Any]:
     return {
         "benchmark": "eval", "bin": str(bin_path), "model": model, "network": network, "batch_size": batch_size,
         "steps": steps, "warmup": warmup, "flip": flip, "pairs": issame_count, "images_embedded": images,
-        "accuracy": float(result.accuracy_flip if flip else result.accuracy), "gflop_per_image": sig(flop / 1e9),
+        "accuracy": float(result.accuracy_flip if flip and result.accuracy_flip is not None else result.accuracy), "gflop_per_image": sig(flop / 1e9),
         "peaks_gflops": {"fp32": round(peak, 1)}, "machine": device_info(dev), "timings": [timing.to_dict()],
     }

@@ -50,11 +50,11 @@ def faces_for(opts: InferOptions, size: int) -> tuple[np.ndarray, np.ndarray]:
     if opts.calib:
         from irface.export.calibration import load_calibration_images
 
-        faces = load_calibration_images(opts.calib, CALIB_FACES + AGREEMENT_FACES, size)
-        if len(faces) < 4:
-            raise ConfigError(f"{opts.calib}: only {len(faces)} images; need at least 4")
-        half = len(faces) // 2
-        return faces[:half], faces[half:]
+        given = load_calibration_images(opts.calib, CALIB_FACES + AGREEMENT_FACES, size)
+        if len(given) < 4:
+            raise ConfigError(f"{opts.calib}: only {len(given)} images; need at least 4")
+        half = len(given) // 2
+        return given[:half], given[half:]
     from irface.data.synth import faces
 
     calib, _ = faces(1, CALIB_FACES // 2, 2, size)
@@ -103,7 +103,7 @@ def torch_variant(name: str, base: nn.Module, device: torch.device, batch: int, 
     size = base.input_size
 
     def build() -> Prepared:
-        from irface.export.fold import fold_batchnorm
+        from irface.models.fold import fold_batchnorm
 
         model = fold_batchnorm(base, leading=fold == "all") if fold != "none" else copy.deepcopy(base).eval()
         model = model.to(device)
@@ -166,7 +166,7 @@ def default_variant(name: str, base: nn.Module, opts: InferOptions, device: torc
             torch.save(base.state_dict(), path)
         embedder = load_model(path, device=device, precision=opts.precision)
         rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (batch, embedder.input_size, embedder.input_size, 3), dtype=np.uint8)
+        images = rng.integers(0, 256, (batch, *embedder.input_hw, 3), dtype=np.uint8)
         return Prepared(step=lambda: embedder.embed(images), embed=embedder.embed,
                         notes={"path": "irface.infer.load_model defaults", "precision": opts.precision})
 
@@ -191,7 +191,7 @@ def _onnx_file(base: nn.Module, workdir: Path) -> Path:
     """The BN-folded fp32 export, as `irface export` writes it, made once per run."""
     path = workdir / "fp32.onnx"
     if not path.exists():
-        from irface.export.fold import fold_batchnorm
+        from irface.models.fold import fold_batchnorm
         from irface.export.onnx_export import export_onnx
 
         export_onnx(fold_batchnorm(base), path, base.input_size)
@@ -210,7 +210,7 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
     def build() -> Prepared:
         import onnxruntime as ort
 
-        if int8:  # made from the PyTorch network, as `irface export --int8` does; no fp32 file needed
+        if calib_faces is not None:  # int8: made from the PyTorch network, as `irface export --int8` does; no fp32 file needed
             from irface.export.quantize import write_int8_onnx
 
             path = workdir / f"int8-{int8_form}.onnx"
@@ -234,7 +234,7 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
 
         notes = {"runtime": f"onnxruntime {ort.__version__}", "providers": sess.get_providers(),
                  "model_mb": round(path.stat().st_size / 2 ** 20, 1)}
-        if int8:
+        if calib_faces is not None:  # int8
             from irface.export.quantize import INT8_FORMS, INT8_METHOD
 
             spec = INT8_FORMS[int8_form]
@@ -314,9 +314,10 @@ def agreement(prepared: dict[str, Prepared], baseline: str, faces: np.ndarray) -
     """
     from irface.export.check import cosine_similarity
 
-    if baseline not in prepared or prepared[baseline].embed is None:
+    base_embed = prepared[baseline].embed if baseline in prepared else None
+    if base_embed is None:
         return {}
-    ref = np.asarray(prepared[baseline].embed(faces), dtype=np.float64)
+    ref = np.asarray(base_embed(faces), dtype=np.float64)
     ref_n = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
     ref_pairs = ref_n @ ref_n.T
     out = {}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from irface.config import TrainConfig
+from irface.detect.settings import DEFAULT_DETECTOR
 
 _CFG = TrainConfig()
 RUNTIMES = ("torch", "ort", "ort-int8", "ort-int8-cpu")
@@ -94,7 +95,7 @@ class PhotoOptions:
     photo: str = ""
     model: str = ""
     sizes: str = "640x480,1280x960"  # WIDTHxHEIGHT,...: the photo is resized to each
-    det_size: int = 640  # as the commands detect
+    det_size: int = DEFAULT_DETECTOR.det_size  # as the commands detect
     steps: int = 20
     warmup: int = 3
     device: str = "cpu"

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from irface.bench.options import PhotoOptions
@@ -39,7 +38,7 @@ def bench_photo(opts: PhotoOptions) -> dict[str, Any]:
     """Median (and minimum, and median CPU) ms per photo of detection and of photo -> embedding, for each size."""
     import torch
 
-    from irface.bench.timing import cpu_times_of, device_info, interleaved_times_ms
+    from irface.bench.timing import Step, cpu_times_of, device_info, interleaved_times_ms
     from irface.detect import load_detector
     from irface.infer.images import open_rgb
     from irface.device import resolve_device
@@ -56,7 +55,8 @@ def bench_photo(opts: PhotoOptions) -> dict[str, Any]:
     original = Image.fromarray(open_rgb(photo))
     rows = []
     with tempfile.TemporaryDirectory(prefix="irface-bench-photo-") as tmp:
-        steps_by_name, found = {}, {}
+        steps_by_name: dict[str, Step] = {}
+        found: dict[tuple[int, int], int] = {}
         for w, h in sizes:
             path = Path(tmp) / f"photo_{w}x{h}.jpg"
             original.resize((w, h), Image.Resampling.BILINEAR).save(path, quality=90)

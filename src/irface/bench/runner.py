@@ -127,7 +127,7 @@ def run_variants(variants: list[Variant], device: torch.device, batch: int, step
         log.info("bench: timing %d configurations side by side, %d rounds", len(prepared), steps)
         timed = {n: p.step for n, p in prepared.items()}
         timed.update({f"peak:{k}": step for k, (step, _) in probes.items()})
-        times = interleaved_times_ms(timed, device, steps)
+        times = dict(interleaved_times_ms(timed, device, steps))
         for k, (_, flop) in probes.items():
             in_rounds[k] = sig(flop / (min(times.pop(f"peak:{k}")) / 1e3) / 1e9)
             # The peak is what the hardware can do: the best of every measurement of it in this run.

@@ -166,7 +166,6 @@ def measure_row(opts: ScaleOptions, classes: int, ranks: int, rate: float, devic
         peak = peak_memory_mb(device) - before
     row.update(ms_per_step=round(statistics.median(times), 2), peak_memory_mb=round(peak, 1),
                implementation=type(head).__name__)
-    del head, opt, emb
     return row
 
 

@@ -93,14 +93,14 @@ def step_times_ms(step: Step, device: torch.device, steps: int, warmup: int) -> 
     return times
 
 
-def interleaved_times_ms(steps_by_name: dict[str, Step], device: torch.device, rounds: int) -> dict[str, list[float]]:
+def interleaved_times_ms(steps_by_name: dict[str, Step], device: torch.device, rounds: int) -> dict[str, StepTimes]:
     """Time one call of every step per round, `rounds` rounds, the order rotating each round.
 
     The callers warm every step up first. Rotating the order keeps any one configuration from always
     following the same neighbour (whose caches or clocks it would inherit).
     """
     names = list(steps_by_name)
-    times: dict[str, list[float]] = {n: StepTimes() for n in names}
+    times: dict[str, StepTimes] = {n: StepTimes() for n in names}
     for r in range(rounds):
         k = r % len(names) if names else 0
         for name in names[k:] + names[:k]:

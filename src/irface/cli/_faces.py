@@ -5,23 +5,24 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from irface.detect.retinaface import MIN_FACE_SIZE
+from irface.detect.settings import DEFAULT_DETECTOR
 
-DETECTOR_DEFAULTS = {"min_score": 0.6, "min_size": MIN_FACE_SIZE, "max_faces": 0, "det_size": 640}
+# The detector's settings the commands expose, with the detector's own defaults.
+DETECTOR_DEFAULTS = {k: getattr(DEFAULT_DETECTOR, k) for k in ("min_score", "min_size", "max_faces", "det_size")}
 
 
 def add_detector_arguments(p: argparse.ArgumentParser, max_faces: bool = False) -> None:
     g = p.add_argument_group("face detection (needs the detect extra: pip install 'irface[detect]')")
     g.add_argument("--min-score", type=float, default=DETECTOR_DEFAULTS["min_score"],
-                   help="lowest face score kept, in [0, 1] (default 0.6)")
+                   help="lowest face score kept, in [0, 1] (default %(default)g)")
     g.add_argument("--min-size", type=float, default=DETECTOR_DEFAULTS["min_size"],
                    help="smallest face kept: shorter side of its box in photo pixels (default %(default)g; smaller faces "
                         "hold too little to recognise)")
     if max_faces:
         g.add_argument("--max-faces", type=int, default=DETECTOR_DEFAULTS["max_faces"],
-                       help="keep at most this many faces per photo, largest first (default 0: all)")
+                       help="keep at most this many faces per photo, largest first (default %(default)d; 0: all)")
     g.add_argument("--det-size", type=int, default=DETECTOR_DEFAULTS["det_size"],
-                   help="the photo's longer side is resized to this many pixels for detection (default 640)")
+                   help="the photo's longer side is resized to this many pixels for detection (default %(default)d)")
 
 
 def add_face_arguments(p: argparse.ArgumentParser, all_faces: bool = True) -> None:

@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from irface.errors import ConfigError
-    from irface.infer.align import align_face, parse_landmarks
+    from irface.data.align import align_face, parse_landmarks
     from irface.infer.images import open_rgb, save_image
     from irface.infer.photo import align_photo
 
@@ -50,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
     written = align_photo(args.image, args.output, largest=args.largest, size=size,
                           detector=detector_from_args(args))
     for path, face in written:
+        assert face.box is not None  # a detected face
         print(f"wrote {path} (score {face.score:.3f}, box [{', '.join(f'{v:.0f}' for v in face.box)}])")
     return 0

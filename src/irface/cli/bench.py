@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import Any, Callable, Optional
 
+from irface.cli._model import add_model_argument
 from irface.cli._output import add_json_argument, emit
 from irface.errors import ConfigError
 
@@ -73,7 +74,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="Measure training, inference, data and eval speed", description=DESCRIPTION)
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
 
-    d = TrainOptions()
+    d: Any = TrainOptions()  # each command's options in turn (Train, Infer, Data, ... Options)
     t = bsub.add_parser("train", help="a training step (forward, head, backward, SGD)",
                         description="Time a training step of backbone and head on random data; defaults are "
                                     "`irface train`'s.")
@@ -95,8 +96,8 @@ def register(sub) -> None:
     _common(i, d)
     _network(i, d, None)
     _speed(i, d)
-    i.add_argument("--model", metavar="FILE", help="a model file irface reads (default: the network with random "
-                                                   "weights and BatchNorm statistics set on synthetic faces)")
+    add_model_argument(i, required=False, default="the network with random weights and BatchNorm statistics set on "
+                                                  "synthetic faces")
     i.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
                    help="PyTorch, onnxruntime fp32, onnxruntime int8 as `irface export --int8` writes it (QDQ), "
                         f"or int8 in onnxruntime's CPU form (QOperator, uint8 activations) (default {d.runtime})")
@@ -120,7 +121,7 @@ def register(sub) -> None:
     e.add_argument("bin", metavar="BIN", help="a verification .bin (lfw.bin, ...)")
     _common(e, d)
     _network(e, d, None)
-    e.add_argument("--model", metavar="FILE", help="a model file (default: the network with random weights)")
+    add_model_argument(e, required=False, default="the network with random weights")
     e.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=d.precision,
                    help=f"as `irface eval` (default {d.precision})")
     e.add_argument("--no-flip", dest="flip", action="store_false", help="skip the mirrored images")
@@ -132,7 +133,7 @@ def register(sub) -> None:
                                      "embedding of its face (decode, detect, align, embed), the photo resized to each "
                                      "size, in interleaved rounds.")
     ph.add_argument("photo", metavar="PHOTO", help="a photo with a face (resized to each --sizes)")
-    ph.add_argument("--model", required=True, metavar="FILE", help="the embedding model (any file irface reads)")
+    add_model_argument(ph)
     ph.add_argument("--sizes", default=d.sizes, metavar="WxH,..", help=f"photo sizes (default {d.sizes})")
     ph.add_argument("--det-size", type=int, default=d.det_size, metavar="S",
                     help=f"detection size (default {d.det_size}, as the commands)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
 
 
@@ -18,7 +18,7 @@ def register(sub) -> None:
                     "every two faces make a pair). The threshold, with the model's input settings given here, "
                     "goes to MODEL.irface.json beside the model, which verify and embed read. "
                     "See docs/inference.md.")
-    p.add_argument("model", metavar="MODEL", help="checkpoint, run folder, .pth, .safetensors, .onnx or TorchScript")
+    add_model_argument(p, positional=True)
     p.add_argument("pairs", metavar="PAIRS", help="a verification .bin, or a folder of identity folders")
     p.add_argument("--far", type=float, help="target false accept rate (e.g. 0.001); default: best accuracy")
     p.add_argument("--dry-run", action="store_true", help="report the threshold without storing it")

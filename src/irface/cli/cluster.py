@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
 
 EVALUATE = "evaluate"
 
 
 def register(sub) -> None:
-    from irface.cluster.graph import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD
+    from irface.cluster.settings import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD
 
     p = sub.add_parser(
         "cluster", help="Group every face of unlabelled photos by person (or evaluate that on labelled folders)",
@@ -25,7 +25,7 @@ def register(sub) -> None:
                     "STATE, new photos join the people of an earlier run. 'irface cluster evaluate DIR' clusters "
                     "DIR/<person>/* and scores the result against the folders. See docs/cluster.md.")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos or folders of photos (or: evaluate DIR)")
-    p.add_argument("--model", required=True, metavar="MODEL", help="the model that embeds the faces")
+    add_model_argument(p)
     p.add_argument("--threshold", type=float,
                    help="cosine similarity above which two faces are linked (default: the state's, else the "
                         "model's calibrated threshold, else the one stored in it, else "

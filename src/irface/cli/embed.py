@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args, model_options
 from irface.cli._output import add_json_argument, emit
 
 LOCAL = "local"  # --ray without an address
@@ -22,7 +22,7 @@ def register(sub) -> None:
                     "or .parquet (needs pyarrow). An image of exactly the model's input size (112x112) is taken as "
                     "an aligned crop; any other is detected and aligned (largest face, or each with --all-faces). "
                     "Photos without a face or unreadable are reported and skipped. See docs/inference.md.")
-    p.add_argument("model", metavar="MODEL", help="checkpoint, run folder, .pth, .safetensors, .onnx or TorchScript")
+    add_model_argument(p, positional=True, spill="inputs")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, image folders, or a folder with train.rec")
     p.add_argument("--output", "-o", required=True, metavar="FILE",
                    help="emb.npy, emb.npz or emb.parquet; with --ray, a folder of Parquet shards")
@@ -88,8 +88,7 @@ def run_ray(args: argparse.Namespace) -> int:
     from irface.infer.ray_embed import embed_to_shards
 
     options = detector_options(args)
-    model = {"path": args.model, "network": args.network, "device": args.device, "precision": args.precision,
-             "input_mean": args.input_mean, "input_std": args.input_std, "bgr": args.bgr}
+    model = model_options(args, precision=args.precision)
     summary = embed_to_shards(
         model, args.inputs, args.output, address=None if args.ray == LOCAL else args.ray, num_cpus=args.ray_cpus,
         shard_size=args.shard_size or DEFAULT_SHARD_SIZE, actors=args.actors, batch_size=args.batch_size,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from irface.cli._model import add_model_argument
 from irface.errors import UserError
 
 DEFAULT_TARGETS = "lfw,cfp_fp,agedb_30"
@@ -17,9 +18,7 @@ def register(sub) -> None:
         description="Evaluate a model with the seed's 10-fold verification protocol. Prints, per target, "
                     "[name]XNorm, [name]Accuracy and [name]Accuracy-Flip exactly as the seed's eval.py does, "
                     "then a table with AUC, EER, TAR@FAR and the best threshold as a cosine similarity.")
-    p.add_argument("--ckpt", metavar="MODEL",
-                   help="irface checkpoint or run folder, bare state dict (.pth), .safetensors, ONNX, "
-                        "TorchScript or MindSpore .ckpt")
+    add_model_argument(p, required=False, aliases=("--ckpt",))
     p.add_argument("--data", metavar="DIR", help="folder holding the <target>.bin files")
     p.add_argument("--targets", default=DEFAULT_TARGETS,
                    help=f"comma-separated .bin names in DIR (default: {DEFAULT_TARGETS}); any set works, "
@@ -70,15 +69,15 @@ def _preflight(args: argparse.Namespace, *more_outputs: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.ijb:
         return run_ijb(args)
-    if not args.ckpt or not args.data:
-        raise UserError("irface eval needs --ckpt MODEL and --data DIR (or --ijb ROOT for IJB-B/IJB-C)")
+    if not args.model or not args.data:
+        raise UserError("irface eval needs --model MODEL and --data DIR (or --ijb ROOT for IJB-B/IJB-C)")
     from irface.eval import format_seed_lines, format_table, run_verification
     from irface.cli._output import emit
     from irface.eval.result import report
     from irface.infer import load_model
 
     _preflight(args)
-    model = load_model(args.ckpt, network=args.network, device=args.device, precision=args.precision)
+    model = load_model(args.model, network=args.network, device=args.device, precision=args.precision)
     targets = [t for t in args.targets.split(",") if t.strip()]
     results = run_verification(model.embed, args.data, targets, args.batch_size, flip=not args.no_flip)
 
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=out)
 
     if args.json:
-        meta = {"model": str(args.ckpt), "kind": model.info.get("kind"), "network": model.info.get("network"),
+        meta = {"model": str(args.model), "kind": model.info.get("kind"), "network": model.info.get("network"),
                 "data": str(args.data), "device": str(getattr(model, "device", args.device)),
                 "precision": args.precision, "batch_size": args.batch_size, "flip": not args.no_flip}
         emit(report(results, **meta), args.json, None)
@@ -120,16 +119,16 @@ def run_ijb(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if not (args.features and Path(args.features).exists()):
-        if not args.ckpt:
-            raise UserError("--ijb needs --ckpt MODEL (or an existing --features FILE)")
+        if not args.model:
+            raise UserError("--ijb needs --model MODEL (or an existing --features FILE)")
         from irface.infer import load_model
 
-        model = load_model(args.ckpt, network=args.network, device=args.device, precision=args.precision)
+        model = load_model(args.model, network=args.network, device=args.device, precision=args.precision)
     feats = embed_ijb(model, meta, args.features, batch_size=args.batch_size, workers=args.workers,
                       flip=mode.flip, skip_missing=args.skip_missing)
     report = evaluate_ijb(meta, feats.feats, feats.present, feats.mirrored, mode)
     fpr, tpr = report.pop("_roc")
-    report = {"model": args.ckpt, "root": str(meta.root), "features": args.features, **report}
+    report = {"model": args.model, "root": str(meta.root), "features": args.features, **report}
     if feats.skipped:
         report["skipped"] = feats.skipped[:100]
     emit(report, args.json, "\n".join(format_report(report)))

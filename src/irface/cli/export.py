@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from irface.cli._model import add_model_argument
 from irface.cli._output import add_json_argument, emit
 
 
@@ -21,18 +22,16 @@ def batch_size_arg(text: str):
 
 
 def register(sub) -> None:
-    from irface.export.api import FORMATS
-    from irface.export.calibration import DEFAULT_CALIB_COUNT
-    from irface.export.onnx_export import DEFAULT_OPSET
-    from irface.export.quantize import CALIB_METHODS, INT8_FORMS
+    from irface.export.options import (
+        CALIB_METHODS, DEFAULT_CALIB_COUNT, DEFAULT_OPSET, FORMATS, INT8_FORMS, INT8_METHOD, Int8Options,
+    )
 
     p = sub.add_parser(
         "export", help="Export a model to ONNX, TorchScript, .pth or safetensors (checked against PyTorch)",
         description="Export a backbone to ONNX, TorchScript, a bare state dict (.pth) or safetensors. The file "
                     "is checked (onnx.checker; outputs vs PyTorch at batch 1 and 7) before it is put in place; "
                     "a failed check leaves no file and exits 1. See docs/export.md.")
-    p.add_argument("--ckpt", required=True, metavar="MODEL",
-                   help="checkpoint, run folder, bare state dict, safetensors or MindSpore .ckpt")
+    add_model_argument(p, weights_only=True, aliases=("--ckpt",))
     p.add_argument("--format", choices=FORMATS, type=str.lower, help="output format (default: from --output's suffix)")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -41,14 +40,14 @@ def register(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="half-precision weights (input/output stay float32)")
     p.add_argument("--int8", action="store_true", help="ONNX int8 (onnxruntime static quantisation, per-channel weights); "
                    "needs --calib")
-    p.add_argument("--int8-form", choices=tuple(INT8_FORMS), default="qdq",
+    p.add_argument("--int8-form", choices=tuple(INT8_FORMS), default=Int8Options.form,
                    help="qdq: portable QDQ (default; any ONNX Runtime provider, TensorRT, OpenVINO); cpu: ONNX "
                         "Runtime's CPU operators, uint8 activations, faster there")
     p.add_argument("--calib", metavar="DIR_OR_BIN", help="int8 calibration faces: a RecordIO training folder, an image folder or a .bin")
     p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT,
                    help=f"calibration images, spread over the source (default {DEFAULT_CALIB_COUNT})")
     p.add_argument("--calib-method", choices=CALIB_METHODS, default=None,
-                   help="int8 range estimation (default percentile)")
+                   help=f"int8 range estimation (default {INT8_METHOD})")
     p.add_argument("--network", help="check that the model is this backbone (e.g. iresnet100)")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="keep BatchNorm layers instead of folding them into the convs (ONNX, TorchScript)")
@@ -86,15 +85,15 @@ def run(args: argparse.Namespace) -> int:
     int8 = Int8Options(args.calib, args.calib_count, args.calib_method, args.int8_form) if args.int8 else None
     opts = ExportOptions(args.format, args.network, args.opset, args.batch_size, args.fp16, args.fold_bn, int8)
     try:
-        report = export_model(args.ckpt, args.output, opts)
+        report = export_model(args.model, args.output, opts)
     except ParityError as e:
         print(f"irface export: check failed: {e}", file=sys.stderr)
         return 1
     if args.eval_bin:
         from irface.infer import load_model
-        from irface.infer.accuracy import compare_accuracy
+        from irface.export.accuracy import compare_accuracy
 
-        reference = load_model(args.ckpt, args.network, fold_bn=False)
+        reference = load_model(args.model, args.network, fold_bn=False)
         report["accuracy"] = compare_accuracy(reference, load_model(args.output), args.eval_bin, args.eval_batch_size)
     emit(report, args.json, _summary(report))
     return 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
 from irface.errors import ConfigError
+from irface.infer.settings import DEFAULT_THRESHOLD
 
 GALLERY_HELP = "a gallery file, or a PostgreSQL database: postgresql://USER@HOST/DB (docs/gallery.md)"
 INDEX_HELP = ("flat: exact inner product (default); ivf or hnsw: approximate, for galleries of a million faces "
@@ -15,9 +16,8 @@ INDEX_HELP = ("flat: exact inner product (default); ivf or hnsw: approximate, fo
 
 
 def _model_arguments(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required, metavar="MODEL",
-                   help="the model that embeds the photos" + ("" if required else
-                        " (default: the one the gallery was built with, if its file is still there)"))
+    add_model_argument(p, required=required, default=None if required else
+                       "the one the gallery was built with, if its file is still there")
     p.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
     add_model_arguments(p)
     add_face_arguments(p, all_faces=False)
@@ -80,7 +80,7 @@ def register(sub) -> None:
     s = gsub.add_parser("search", help="who is in these photos? ranked identities with similarities",
                         description="Search the largest face of each photo. A photo whose best match is not above "
                                     "the threshold is 'unknown' (open-set); the threshold is --threshold, else the "
-                                    "one calibrated or stored with the model, else 0.28.")
+                                    f"one calibrated or stored with the model, else {DEFAULT_THRESHOLD:g}.")
     s.add_argument("gallery", metavar="G", help=GALLERY_HELP)
     s.add_argument("photos", nargs="+", metavar="PHOTO")
     s.add_argument("--top-k", type=int, default=5, help="identities listed per photo (default 5)")

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from irface.cli._faces import add_detector_arguments, detector_from_args
-from irface.cli._model import add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
+from irface.infer.settings import DEFAULT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,7 @@ def register(sub) -> None:
         description="Load the model once and answer POST /v1/detect, /v1/embed, /v1/verify, /v1/search, "
                     "/v1/gallery/enroll, DELETE /v1/gallery/{identity} and GET /v1/health; the page at / "
                     "compares two photos, searches the gallery and enrolls people. See docs/serve.md.")
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="checkpoint, run folder, .pth, .safetensors, .onnx or TorchScript")
+    add_model_argument(p)
     p.add_argument("--gallery", metavar="G", help="gallery to search and enroll into (created empty if new): a file, "
                                                   "or a PostgreSQL database postgresql://USER@HOST/DB (docs/gallery.md)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"key that gallery changes must carry (header X-API-Key); default: ${API_KEY_ENV}")
     p.add_argument("--threshold", type=float, help="cosine similarity above which two faces are the same person "
-                                                   "(default: the model's, else 0.28)")
+                                                   f"(default: the model's, else {DEFAULT_THRESHOLD:g})")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     # Pixel defaults: irface.serve.Limits's (not imported here: it would load the model stack for every command).
     p.add_argument("--max-pixels", type=int,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
 from irface.cli._output import add_json_argument, emit
+from irface.infer.settings import DEFAULT_THRESHOLD
 
 
 def register(sub) -> None:
@@ -14,10 +15,10 @@ def register(sub) -> None:
         "verify", help="Compare the faces of two photos (cosine similarity, same or different)",
         description="Find and embed the face of each photo and compare them: cosine similarity against a "
                     "threshold (default: the one irface calibrate stored beside the model, else the one stored in "
-                    "it, else 0.28, which is uncalibrated). A photo of exactly the model's input size (112x112) "
+                    f"it, else {DEFAULT_THRESHOLD:g}, which is uncalibrated). A photo of exactly the model's input size (112x112) "
                     "is taken as an aligned crop; any other is detected and aligned (its largest face), or "
                     "aligned from 5 landmarks given with --landmarks-a/-b. See docs/inference.md.")
-    p.add_argument("model", metavar="MODEL", help="checkpoint, run folder, .pth, .safetensors, .onnx or TorchScript")
+    add_model_argument(p, positional=True)
     p.add_argument("image_a", metavar="A", help="first photo or face crop")
     p.add_argument("image_b", metavar="B", help="second photo or face crop")
     p.add_argument("--threshold", type=float, help="cosine similarity above which the faces are the same person")

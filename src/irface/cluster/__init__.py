@@ -1,7 +1,10 @@
-"""Unlabelled faces into people: DBSCAN over a faiss k-NN graph, an incremental state, clustering metrics."""
+"""Unlabelled faces into people: DBSCAN over a faiss k-NN graph, an incremental state, clustering metrics.
 
-from irface.cluster.graph import assign, cluster_embeddings
-from irface.cluster.metrics import clustering_scores
-from irface.cluster.state import ClusterState
+Names are imported on first use, so `irface.cluster.settings` (the CLI's defaults) loads without numpy.
+"""
 
-__all__ = ["ClusterState", "assign", "cluster_embeddings", "clustering_scores"]
+from irface.utils import lazy_exports
+
+_HOMES = {"assign": "graph", "cluster_embeddings": "graph", "clustering_scores": "metrics", "ClusterState": "state"}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -17,16 +17,11 @@ import logging
 import math
 import numpy as np
 
+from irface.cluster.settings import DEFAULT_MIN_FACES
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Without a calibrated threshold: above every different-person pair measured with the fixture MobileFaceNet
-# (49 photos of 21 people: highest 0.408, tests/fixtures/realface/README.md), with a margin because in a
-# clustering one false link merges two people; same-person pairs below it still join through other photos.
-# Immich clusters ArcFace embeddings with the same value (maximum cosine distance 0.5).
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MIN_FACES = 2
 
 # Neighbours per face in the graph: enough that a person's faces stay joined (a face's nearest faces
 # are its own person's first), few enough that the graph is small (N x 32 edges).

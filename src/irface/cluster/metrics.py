@@ -41,7 +41,7 @@ def _pairs(counts: np.ndarray) -> float:
     return float((counts * (counts - 1) / 2).sum())
 
 
-def clustering_scores(predicted: Sequence[int], truth: Sequence[Any]) -> dict[str, Any]:
+def clustering_scores(predicted: Sequence[int] | np.ndarray, truth: Sequence[Any]) -> dict[str, Any]:
     """Pairwise and BCubed precision / recall / F1, people found vs true, and the noise fraction."""
     predicted = np.asarray(predicted, np.int64)
     true = _codes(truth)

@@ -14,7 +14,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from irface.cluster.graph import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD, assign, check_knobs, cluster_embeddings
+from irface.cluster.graph import assign, check_knobs, cluster_embeddings
+from irface.cluster.settings import DEFAULT_MIN_FACES, DEFAULT_THRESHOLD
 from irface.cluster.metrics import clustering_scores
 from irface.cluster.state import ClusterState
 from irface.errors import DataError

@@ -2,7 +2,7 @@
 
 One `.npz` file (numpy, no pickles): `embeddings` float32 (N, E) L2-normalised, `labels` int64 (N,)
 (-1 noise), and `header`, UTF-8 JSON bytes: format and version, the model's path and fingerprint
-(`irface.gallery.fingerprint`), the threshold and min faces in use, every face's photo, number in the
+(`irface.infer.fingerprint`), the threshold and min faces in use, every face's photo, number in the
 photo, box and score, and every photo already looked at (with or without a face), so that a growing
 library's next run embeds only its new photos. Written atomically: a run that fails leaves the old file.
 """

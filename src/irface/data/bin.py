@@ -108,7 +108,7 @@ def load_bin(path: str | Path, image_size: int = INPUT_SIZE) -> tuple[np.ndarray
     return decode_images(bins, image_size, str(path)), issame
 
 
-def save_bin(path: str | Path, images: Sequence[bytes] | np.ndarray, issame: Sequence[bool]) -> None:
+def save_bin(path: str | Path, images: Sequence[bytes] | np.ndarray, issame: Sequence[bool] | np.ndarray) -> None:
     """Write a `.bin` in the archive's format: a protocol-2 pickle of (list of encoded bytes, list of bools).
 
     `images` may be encoded bytes or a uint8 (2N, H, W, 3) array (encoded as JPEG).

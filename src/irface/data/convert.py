@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def pack_image_folder(folder: str | Path, out_dir: str | Path, image_size: Optio
     """
     src = ImageFolderDataset(folder)
     out = Path(out_dir)
-    stats = {"skipped": 0, "other_size": 0, "size": None}
+    stats: dict[str, Any] = {"skipped": 0, "other_size": 0, "size": None}
     target = image_size or 112
 
     def items() -> Iterator[tuple[int, bytes]]:

@@ -138,7 +138,7 @@ def resize_center(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
     pil = Image.fromarray(img)
     if (nw, nh) != (w, h):
-        pil = pil.resize((nw, nh), Image.BILINEAR)
+        pil = pil.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - tw) // 2, (nh - th) // 2
     return np.asarray(pil.crop((left, top, left + tw, top + th)), dtype=np.uint8)
 

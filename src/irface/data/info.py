@@ -40,7 +40,7 @@ def describe_recordio(folder: Path, scan: bool = False, progress: Optional[bool]
     if meta.property:
         info["property_size"] = [meta.property[1], meta.property[2]]
     counts = None
-    if meta.layout == "header":
+    if meta.layout == "header" and meta.identity_range is not None:
         ranges = meta.identity_ranges()
         counts = ranges[:, 1] - ranges[:, 0]
         if (counts < 0).any() or ranges.min() < 1 or ranges.max() > len(ds) + 1:
@@ -53,7 +53,7 @@ def describe_recordio(folder: Path, scan: bool = False, progress: Optional[bool]
         if over.size:
             raise DataError(f"{ds.reader.rec_path}: record {int(ds.keys[over[0]])}: label {int(labels[over[0]])} "
                             f"is outside the {ds.num_classes} classes")
-        if meta.layout == "header":
+        if counts is not None:  # the header layout's identity records
             expected = np.repeat(np.arange(len(counts)), counts)
             if len(expected) != len(labels) or not np.array_equal(expected, labels):
                 i = int(np.flatnonzero(expected[:len(labels)] != labels[:len(expected)])[0]) \
@@ -62,6 +62,7 @@ def describe_recordio(folder: Path, scan: bool = False, progress: Optional[bool]
                                 "match the identity records' ranges")
         counts = np.bincount(labels, minlength=ds.num_classes)
         info["labels_checked"] = True
+    assert counts is not None  # from the identity records (header) or the labels (plain: always scanned)
     info["per_class"] = _class_stats(counts)
     return info
 

@@ -189,7 +189,7 @@ class RecordIOReader:
     def read_at(self, offset: int, where: str = "") -> tuple[bytes, int]:
         """The record starting at byte `offset` (parts joined) and the offset just after it."""
         where = where or f"record at byte {offset}"
-        chunks = []
+        chunks: list[bytes] = []
         pos = offset
         while True:
             head = self._pread(8, pos)
@@ -282,7 +282,7 @@ def read_idx(path: str | Path, rec_size: Optional[int] = None) -> tuple[np.ndarr
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a RecordIO index (expected text lines 'key<TAB>offset')") from None
     k, o = _parse_idx_fast(text)
-    if k is None:
+    if k is None or o is None:
         k, o = _parse_idx_slow(text, path)
     if len(k) == 0:
         raise DataError(f"{path}: index is empty")
@@ -556,16 +556,14 @@ class RecordIOLayout:
             out[i] = int(lab[0]), int(lab[1])
         return out
 
-    def scan_labels(self, progress: bool = False) -> np.ndarray:
-        """Every image record's class label, in image order (reads every record header)."""
+    def scan_labels(self, progress: Optional[bool] = False) -> np.ndarray:
+        """Every image record's class label, in image order (reads every record header). `progress`: a bar
+        on stderr (None: when stderr is a terminal)."""
+        from irface.data.progress import progress_bar
+
         keys = self.image_keys
         labels = np.empty(len(keys), dtype=np.int64)
-        it = range(len(keys))
-        if progress:
-            from irface.data.progress import progress_bar
-
-            it = progress_bar(it, desc="labels", unit="rec")
-        for i in it:
+        for i in progress_bar(range(len(keys)), desc="labels", unit="rec", enabled=progress):
             key = int(keys[i])
             labels[i] = _label_of(self.reader.read_idx(key), self.reader.rec_path, key)
         return labels
@@ -601,7 +599,7 @@ class RecordIODataset(Dataset):
     the dataset raises `DataError`.
     """
 
-    def __init__(self, path: str | Path, image_size: int = 112, max_bad_images: int = 100):
+    def __init__(self, path: str | Path, image_size: int | tuple[int, int] = 112, max_bad_images: int = 100):
         folder = _resolve_folder(path)
         rec, idx = folder / REC_NAME, folder / IDX_NAME
         if not rec.is_file():

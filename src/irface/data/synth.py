@@ -84,7 +84,7 @@ def draw_nuisance(rng: np.random.Generator, n: int, flavour: str = "train", diff
         "gain": np.exp(rng.normal(0, 0.16 * g, (n, 3))).astype(np.float32),
         "bg": (0.5 + (rng.uniform(0.05, 0.95, (n, 3)) - 0.5) * bgs).astype(np.float32),
         "bg_grad": sym(0.4 * bgs), "bg_angle": u(0, 2 * np.pi),
-        "blob": rng.uniform(0, 1, (n, 2, 7)).astype(np.float32) * np.float32([1] * 6 + [bgs]),
+        "blob": rng.uniform(0, 1, (n, 2, 7)).astype(np.float32) * np.array([1] * 6 + [bgs], np.float32),
         "mouth_open": u(0, 1) ** 2 * min(d, 1.0), "brow_raise": sym(0.03 * g),
         "blink": 1.0 - u(0, 1) * min(d, 1.0),
         "occ": (u(0, 1) < 0.3 * min(g, 2.0)).astype(np.float32), "occ_kind": u(0, 3),
@@ -336,9 +336,9 @@ def render(traits: np.ndarray, nz: dict, size: int = 112, render_size: Optional[
         # Blur by going through a lower resolution: as soft as a Gaussian here, at a tenth of the cost.
         mid = int(round(size / (1.0 + 0.3 * float(nz["blur"][i]))))
         if mid < size - 1:
-            pixels = np.asarray(Image.fromarray(pixels).resize((mid, mid), Image.BILINEAR))
+            pixels = np.asarray(Image.fromarray(pixels).resize((mid, mid), Image.Resampling.BILINEAR))
         if pixels.shape[0] != final:
-            pixels = np.asarray(Image.fromarray(pixels).resize((final, final), Image.BILINEAR))
+            pixels = np.asarray(Image.fromarray(pixels).resize((final, final), Image.Resampling.BILINEAR))
         k = int(pick[i])
         noise = bank[k % 16]
         if k & 16:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from irface.data.align import ARCFACE_TEMPLATE, warp_affine  # the aligner's own template and warp
 from irface.data.ijb import GALLERIES, LANDMARKS, PAIRS, PROBE, TEMPLATES, gallery_names, meta_name, normalize_target
 from irface.data.synth import draw_nuisance, encode, identity_traits, render
 from irface.utils import atomic_write
@@ -49,10 +50,6 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def place_face(rng: np.random.Generator, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An aligned 112x112 face put into a loose photo: (uint8 photo, its 5 landmarks (5, 2))."""
-    # The template and the warp have one home, the aligner; imported here so that `irface.data`
-    # does not import `irface.infer` at module level (the layering in DESIGN.md).
-    from irface.infer.align import ARCFACE_TEMPLATE, warp_affine
-
     size = int(rng.integers(150, 240))
     scale = rng.uniform(0.9, 1.6)
     angle = rng.uniform(-0.35, 0.35)
@@ -79,7 +76,7 @@ def write_synth_ijb(out_dir: str | Path, target: str = "IJBC", subjects: int = 1
     rng = np.random.default_rng([seed, _STREAM_IJB])
     traits_all = identity_traits(seed, list(range(subjects)))
     lmk_lines, tid_lines = [], []
-    gallery_rows = {g: [] for g in GALLERIES[target]}
+    gallery_rows: dict[str, list[list]] = {g: [] for g in GALLERIES[target]}
     probe_rows, probe_tids, subject_of = [], [], {}
     image_no, template_id, media_id = 0, 0, 0
     for subj in range(subjects):

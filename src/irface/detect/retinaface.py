@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from irface.detect.settings import DEFAULT_DETECTOR
 from irface.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,7 @@ STRIDES = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCES = (0.1, 0.2)
 BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)  # subtracted from BGR pixels, no scaling
-# Smaller faces (shorter box side, photo pixels) are dropped: enlarged for the detector they are still
-# found, but hold too little to recognise (eyes about 7 pixels apart at 20).
-MIN_FACE_SIZE = 20.0
+D = DEFAULT_DETECTOR
 
 
 @dataclass
@@ -106,8 +105,9 @@ class Detector:
     which finds small faces in them), padded to a multiple of 32, and run once.
     """
 
-    def __init__(self, min_score: float = 0.6, min_size: float = MIN_FACE_SIZE, max_faces: int = 0,
-                 det_size: int = 640, nms_threshold: float = 0.4, device: str = "cpu", threads: int = 0):
+    def __init__(self, min_score: float = D.min_score, min_size: float = D.min_size, max_faces: int = D.max_faces,
+                 det_size: int = D.det_size, nms_threshold: float = D.nms_threshold, device: str = "cpu",
+                 threads: int = 0):
         if not 0.0 <= min_score <= 1.0:
             raise ConfigError(f"--min-score {min_score}: a face score lies in [0, 1]")
         if min_size < 0:
@@ -184,8 +184,9 @@ def _session(device: str, threads: int):
     return ort.InferenceSession(retinaface_onnx(), sess_options=opts, providers=providers)
 
 
-def load_detector(min_score: float = 0.6, min_size: float = MIN_FACE_SIZE, max_faces: int = 0, det_size: int = 640,
-                  nms_threshold: float = 0.4, device: str = "cpu", threads: int = 0) -> Detector:
+def load_detector(min_score: float = D.min_score, min_size: float = D.min_size, max_faces: int = D.max_faces,
+                  det_size: int = D.det_size, nms_threshold: float = D.nms_threshold, device: str = "cpu",
+                  threads: int = 0) -> Detector:
     """The RetinaFace detector from the `detect` extra's weights (ConfigError naming the extra when missing)."""
     return Detector(min_score=min_score, min_size=min_size, max_faces=max_faces, det_size=det_size,
                     nms_threshold=nms_threshold, device=device, threads=threads)

@@ -28,7 +28,7 @@ def weights_path() -> Path:
         raise ConfigError(EXTRA_HINT) from None
     for f in dist.files or ():
         if f.as_posix() == WEIGHTS_FILE:
-            path = Path(dist.locate_file(f))
+            path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 return path
     raise ConfigError(f"{DISTRIBUTION} is installed but holds no {WEIGHTS_FILE}; reinstall it: {EXTRA_HINT}")

@@ -127,6 +127,7 @@ def copy_as_best(path: Path) -> Path:
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """This process's RNG states, in types that `weights_only=True` accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    assert isinstance(keys, np.ndarray)  # the legacy tuple, as get_state() returns by default
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

@@ -61,7 +61,8 @@ class _ScaleGrad(torch.autograd.Function):
 def train_step(parts: Components, state: TrainState, batches: Iterator) -> StepOutput:
     """Take `cfg.grad_accum` batches of (uint8 images, labels) from `batches` and make one optimizer step
     at `state`'s position. Raises `NonFiniteLossError` when training cannot go on. `state` is not advanced."""
-    cfg, device, world = parts.cfg, parts.device, parts.world
+    cfg, device, world, model = parts.cfg, parts.device, parts.world, parts.model
+    assert model is not None, "Components.wrap() makes the model that trains"
     lr = parts.schedule.apply((parts.opt_backbone, parts.opt_head), state.epoch * parts.steps_per_epoch + state.step_in_epoch)
     total = torch.zeros((), device=device)
     for micro in range(cfg.grad_accum):
@@ -71,10 +72,10 @@ def train_step(parts: Components, state: TrainState, batches: Iterator) -> StepO
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         last = micro == cfg.grad_accum - 1
-        sync = parts.model.no_sync() if world > 1 and not last and hasattr(parts.model, "no_sync") else contextlib.nullcontext()
+        sync = model.no_sync() if world > 1 and not last and hasattr(model, "no_sync") else contextlib.nullcontext()
         with sync:
             with autocast(DTYPES[cfg.precision], device):
-                emb = parts.model(x)
+                emb = model(x)
             emb = emb.float()  # the head runs in fp32: margins are sensitive near |cos| = 1
             if world > 1:
                 emb = _ScaleGrad.apply(emb, float(world))

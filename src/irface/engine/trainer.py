@@ -66,15 +66,16 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, dataset: Optional[Dataset] = None):
         self.cfg = cfg
-        self.dataset = dataset
+        self.dataset: Any = dataset  # a torch Dataset (untyped); _build_data opens one when None
         self.out = Path(cfg.output_dir)
         self.device = torch.device("cpu")
         self.rank, self.world, self.is_main = 0, 1, True
-        self.parts: Optional[Components] = None
+        # Set by _setup before anything reads them (fit calls it first); None until then.
+        self.parts: Components = None  # type: ignore[assignment]
         self.state = TrainState(best={"target": cfg.best_target, "value": None, "step": None})
         self.loader: Any = None
         self.steps_per_epoch = 0
-        self.logger: Optional[TrainLogger] = None
+        self.logger: TrainLogger = None  # type: ignore[assignment]  # as parts
         self.val_targets: dict[str, Path] = {}
         self.has_val = False
         self.last_checkpoint: Optional[Path] = None
@@ -362,6 +363,7 @@ class Trainer:
         path = self.out / ckpt_io.checkpoint_name(state.epoch + 1 if state.step_in_epoch else state.epoch, state.step)
 
         def write() -> Path:
+            assert payload is not None  # state_dict's contents on rank 0, where write runs
             ckpt_io.save_checkpoint(path, payload)
             if best:
                 ckpt_io.copy_as_best(path)

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from irface.eval.identification import FPIRS, RANKS, mate_ranks, rank_k, tpir_at_fpir
-from irface.eval.protocol import l2_normalize
 
 # Ascending, the order of the reference's table (`irface.eval.protocol.FARS` is the .bin sets', descending).
 IJB_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -99,7 +98,7 @@ def segment_sums(x: np.ndarray, segments: np.ndarray, n: int) -> np.ndarray:
     return acc
 
 
-def pool_templates(features: Callable[[np.ndarray], np.ndarray], templates: np.ndarray, medias: np.ndarray,
+def pool_templates(features: Callable[[np.ndarray | slice], np.ndarray], templates: np.ndarray, medias: np.ndarray,
                    chunk: int = POOL_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique template ids, float64 (T, E) unnormalised template features).
 

@@ -82,7 +82,7 @@ def format_seed_lines(name: str, result: TargetResult) -> list[str]:
     """The seed's lines, byte for byte: `[lfw]XNorm: %f`, `[lfw]Accuracy: %1.5f+-%1.5f`, `[lfw]Accuracy-Flip: ...`."""
     lines = ["[%s]XNorm: %f" % (name, result.xnorm),
              "[%s]Accuracy: %1.5f+-%1.5f" % (name, result.accuracy, result.accuracy_std)]
-    if result.accuracy_flip is not None:
+    if result.accuracy_flip is not None and result.accuracy_flip_std is not None:
         lines.append("[%s]Accuracy-Flip: %1.5f+-%1.5f" % (name, result.accuracy_flip, result.accuracy_flip_std))
     return lines
 

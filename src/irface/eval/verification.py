@@ -42,7 +42,7 @@ EmbedFn = Callable[[np.ndarray], np.ndarray]
 DEFAULT_BATCH_SIZE = 64
 
 
-def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool],
+def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray,
                         embeddings_flip: Optional[np.ndarray] = None, seconds: float = 0.0) -> TargetResult:
     """All figures of one set from its raw embeddings (2N, E) (and those of the mirrored images)."""
     issame = np.asarray(issame, dtype=bool)
@@ -112,7 +112,7 @@ def run_embed(embed_fn: EmbedFn, images: np.ndarray, source: str, expected_dim: 
     return out.astype(np.float32, copy=False)
 
 
-_RESIZES_REPORTED: set[tuple[str, int, int, int]] = set()
+_RESIZES_REPORTED: set[tuple[str, int, int, int, int]] = set()
 
 
 def _report_resize(path: Path, width: int, height: int, size: int | tuple[int, int]) -> None:
@@ -158,10 +158,11 @@ def embed_bin(embed_fn: EmbedFn, path: str | Path, batch_size: int = DEFAULT_BAT
             emb = np.zeros((n, expected_dim), dtype=np.float32)
             emb_flip = np.zeros((n, expected_dim), dtype=np.float32) if flip else None
         emb[start:start + len(images)] = out
-        if flip:
+        if emb_flip is not None:  # flip
             # Horizontal mirror: the width axis of NHWC (the reference flips axis 2 of CHW).
             emb_flip[start:start + len(images)] = run_embed(embed_fn, np.ascontiguousarray(images[:, :, ::-1]), path.name,
                                                             expected_dim)
+    assert emb is not None, f"{path}: no pairs"  # refused above (min_pairs >= 1)
     if not np.isfinite(emb).all() or (emb_flip is not None and not np.isfinite(emb_flip).all()):
         log.warning("%s: some embeddings are NaN or infinite; the figures are meaningless", path)
     return emb, emb_flip, issame

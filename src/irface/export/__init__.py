@@ -1,7 +1,11 @@
-"""Export: ONNX, TorchScript, bare state dict, safetensors, int8 ONNX; each checked against PyTorch."""
+"""Export: ONNX, TorchScript, bare state dict, safetensors, int8 ONNX; each checked against PyTorch.
 
-from irface.export.api import FORMATS, ExportOptions, Int8Options, export_model, format_for
-from irface.export.check import ParityError, check_parity, relative_error
-from irface.export.fold import fold_batchnorm
+Names are imported on first use, so `irface.export.options` (the CLI's defaults) loads without torch.
+"""
 
-__all__ = ["FORMATS", "ExportOptions", "Int8Options", "ParityError", "check_parity", "export_model", "fold_batchnorm", "format_for", "relative_error"]
+from irface.utils import lazy_exports
+
+_HOMES = {"FORMATS": "options", "ExportOptions": "options", "Int8Options": "options", "export_model": "api",
+          "format_for": "api", "ParityError": "check", "check_parity": "check", "relative_error": "check"}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

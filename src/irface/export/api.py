@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,54 +18,28 @@ import numpy as np
 import torch
 
 from irface.errors import ConfigError, UserError, first_line
-from irface.export.calibration import DEFAULT_CALIB_COUNT, load_calibration_images
+from irface.export.calibration import load_calibration_images
 from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
     reference_embeddings,
 )
-from irface.export.fold import fold_batchnorm
-from irface.export.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
+from irface.models.fold import fold_batchnorm
+from irface.models.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
-    DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
+    INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
 )
-from irface.export.quantize import INT8_FORMS, INT8_METHOD, normalised_batch, write_int8_onnx
+from irface.export.options import (  # noqa: F401 (FORMATS and the options are re-exported)
+    DEFAULT_OPSET, FORMATS, INT8_FORMS, INT8_METHOD, INT8_MIN_COSINE, ExportOptions, Int8Options,
+)
+from irface.export.quantize import normalised_batch, write_int8_onnx
 from irface.models.loading import load_backbone
 from irface.utils import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "pth", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pth": ".pth", "safetensors": ".safetensors"}
 _FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
                      ".pth": "pth", ".safetensors": "safetensors"}
-# Mean cosine similarity int8 vs fp32 embeddings of the calibration faces below which int8 is refused.
-INT8_MIN_COSINE = 0.95
-
-
-@dataclass
-class Int8Options:
-    """`--int8`: the faces to calibrate on (RecordIO folder, image folder or `.bin`), how many, the
-    calibration method (None: the form's), the form, and the least mean cosine to fp32 accepted."""
-
-    calib: Optional[str | Path] = None
-    count: int = DEFAULT_CALIB_COUNT
-    method: Optional[str] = None
-    form: str = "qdq"
-    min_cosine: float = INT8_MIN_COSINE
-
-
-@dataclass
-class ExportOptions:
-    """How `export_model` writes: `fmt` (None: from the suffix), `network` (to check the file against),
-    ONNX `opset`, `batch_size` (None: dynamic), `fp16` weights, `fold_bn`, and `int8` (ONNX only)."""
-
-    fmt: Optional[str] = None
-    network: Optional[str] = None
-    opset: int = DEFAULT_OPSET
-    batch_size: Optional[int] = None
-    fp16: bool = False
-    fold_bn: bool = True
-    int8: Optional[Int8Options] = None
 MIN_OPSET = 11
 
 
@@ -127,6 +100,7 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
     import onnx
 
     q, batch_size = opts.int8, opts.batch_size
+    assert q is not None  # export_model calls this only with --int8
     try:
         write_int8_onnx(reference, tmp, calib_images, q.form, batch_size=batch_size, opset=opts.opset, method=q.method,
                         fold_bn=opts.fold_bn)
@@ -158,7 +132,7 @@ def _export_int8(reference: torch.nn.Module, tmp: Path, label: str, meta: dict[s
         got.append(run(chunk))
         ref.append(reference_embeddings(reference, chunk))
     if not got:  # fewer faces than one fixed batch
-        chunk = np.resize(faces, (batch_size,) + faces.shape[1:])
+        chunk = np.resize(faces, (step,) + faces.shape[1:])
         got, ref = [run(chunk)], [reference_embeddings(reference, chunk)]
     cos = cosine_similarity(np.concatenate(got), np.concatenate(ref))
     agreement = {"faces": int(len(cos)), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
@@ -231,9 +205,9 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
         raise ConfigError("--fp16 and --int8 exclude each other")
     if int8 and fmt != "onnx":
         raise ConfigError(f"--int8 needs --format onnx (onnxruntime quantisation), not {fmt}")
-    if int8 and q.calib is None:
+    if q is not None and q.calib is None:
         raise ConfigError("--int8 needs --calib (a RecordIO training folder, a folder of aligned faces or a .bin)")
-    if int8 and q.form not in INT8_FORMS:
+    if q is not None and q.form not in INT8_FORMS:
         raise ConfigError(f"unknown int8 form '{q.form}'; known: {', '.join(INT8_FORMS)}")
     if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
@@ -248,7 +222,7 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     meta = export_metadata(info, model.input_size, model.embedding_size, precision,
                            batch_size if fmt == "onnx" else None)
-    calib_images = load_calibration_images(q.calib, q.count, model.input_size) if int8 else None
+    calib_images = load_calibration_images(q.calib, q.count, model.input_size) if q is not None and q.calib else None
     tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     batches = (batch_size,) if batch_size and fmt == "onnx" else CHECK_BATCHES
     label = str(output)
@@ -265,7 +239,7 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
     }
     log.info("exporting %s (%s) to %s as %s %s", model_path, info.get("network") or info.get("family"), output, fmt, precision)
     with atomic_path(output, f".partial{output.suffix}") as tmp:
-        if fmt == "onnx" and int8:
+        if fmt == "onnx" and q is not None and calib_images is not None:
             checks, agreement = _export_int8(model, tmp, label, meta, opts, batches, calib_images)
             report["int8_agreement"] = agreement
             report["int8_form"] = {"name": q.form, "description": INT8_FORMS[q.form].description}

@@ -11,10 +11,9 @@ from irface.data.recordio import REC_NAME
 from irface.data.bin import read_bin
 from irface.data.images import IMAGE_SUFFIXES, decode_image, decode_images, list_image_files
 from irface.errors import DataError
+from irface.export.options import DEFAULT_CALIB_COUNT
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CALIB_COUNT = 256
 
 
 def _spread(n: int, count: int) -> np.ndarray:

@@ -15,9 +15,10 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from irface.export.options import DEFAULT_OPSET
+
 INPUT_NAME = "data"
 OUTPUT_NAME = "embedding"
-DEFAULT_OPSET = 17
 
 
 class HalfPrecision(nn.Module):

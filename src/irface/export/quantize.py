@@ -26,7 +26,6 @@ import contextlib
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,10 +33,10 @@ import numpy as np
 
 from irface.data.transforms import normalize, to_nchw_tensor
 from irface.errors import UserError, first_line
+from irface.export.options import CALIB_METHODS, INT8_FORMS, INT8_METHOD, INT8_OP_TYPES, Int8Form
 
 log = logging.getLogger(__name__)
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_BATCH = 16
 
 
@@ -66,38 +65,6 @@ def _reader(images: np.ndarray, input_name: str, batch: int):
             return None
 
     return FaceReader()
-
-
-# Both forms calibrate with percentiles and quantise only Conv ops: the residual Adds and PReLUs were
-# further from fp32 and no faster quantised; the 1x1 shortcut convs and the FC (kept float by
-# `shortcut_conv_names` and this list) read the raw residual stream, channels of very different ranges
-# under one activation scale, and carried most of the int8 error for ~1% of the FLOPs. The blocks'
-# leading BatchNorms stay unfolded for the same reason: folded, they leave the conv's input the raw
-# residual stream. Activation equalisation (SmoothQuant) lowered the error by cosine but changed more
-# decisions for the worse than the better. Figures: benchmarks/README.md, "int8 accuracy".
-INT8_METHOD = "percentile"
-INT8_OP_TYPES = ("Conv",)
-
-
-@dataclass(frozen=True)
-class Int8Form:
-    """How an fp32 backbone becomes int8: graph preparation, then onnxruntime's quantiser's settings."""
-
-    name: str
-    prelu_as_max: bool  # rewrite PRelu as Mul + Max (irface.export.graph)
-    quant_format: str  # qdq or qoperator
-    activations: str  # int8 or uint8
-    description: str
-
-
-INT8_FORMS = {
-    "qdq": Int8Form("qdq", False, "qdq", "int8",
-                    "QDQ, per-channel int8 weights, int8 activations, 3x3 convs quantised, stem conv, "
-                    "shortcuts and FC in float (portable)"),
-    "cpu": Int8Form("cpu", True, "qoperator", "uint8",
-                    "QOperator, per-channel int8 weights, uint8 activations, 3x3 convs quantised, PReLU as "
-                    "Max, stem conv, shortcuts and FC in float (ONNX Runtime CPU)"),
-}
 
 
 def stem_conv_names(model_path: str | Path) -> list[str]:
@@ -138,7 +105,7 @@ def write_int8_onnx(model, output: str | Path, calib_images: np.ndarray, form: s
 
     `fold_bn=False` keeps every BatchNorm (as `irface export --no-fold-bn`); otherwise the form decides.
     """
-    from irface.export.fold import fold_batchnorm
+    from irface.models.fold import fold_batchnorm
     from irface.export.graph import prelu_as_max
     from irface.export.onnx_export import DEFAULT_OPSET, export_onnx
 

@@ -2,7 +2,7 @@
 PostgreSQL (many processes); `open_gallery` / `create_gallery` take either a path or a `postgresql://` URL."""
 
 from irface.errors import GalleryError, GalleryUnavailable
-from irface.gallery.fingerprint import model_fingerprint
+from irface.infer.fingerprint import model_fingerprint
 from irface.gallery.gallery import UNKNOWN, Gallery, Match, decision, validate_identity
 from irface.gallery.index import INDEX_KINDS
 from irface.gallery.opener import copy_gallery, create_gallery, describe, open_gallery

@@ -166,7 +166,7 @@ class Gallery:
         self._save_lock = threading.Lock()
         self._db_lock = threading.Lock()  # one sqlite connection, used from many threads
         self._load_codes()
-        self._template_cache: Optional[tuple[list[str], np.ndarray, dict[str, str]]] = None
+        self._template_cache: Optional[tuple[list[str], np.ndarray, dict[str, int]]] = None
         self._journal: Optional[Journal] = None  # a file gallery on disk: its changes since the last save
         self._file_bytes = self.path.stat().st_size if self.path is not None and self.path.is_file() else 0
 
@@ -554,7 +554,8 @@ class Gallery:
         k = min(n, top_k * 4 + 16)
         while True:
             sims, ids = self._index.search(q, k)
-            rows, short = [], False
+            rows: list[list[tuple[str, float, Optional[int]]]] = []
+            short = False
             for srow, irow in zip(sims, ids):
                 seen: dict[int, tuple[float, int]] = {}
                 codes = self._identity_of[np.where(irow >= 0, irow, 0)]

@@ -23,7 +23,7 @@ INDEX_KINDS = ("flat", "ivf", "hnsw")
 # Defaults from benchmarks/gallery_search.py (benchmarks/README.md): IVF nprobe 32 found exact search's
 # top identity for 99.9% of queries at 1 M x 512; HNSW's reached recall 0.996+ at 50,000 faces only
 # (at 1 M a cheaper graph, m 16 / ef_construction 40, found the identity for 59%).
-DEFAULT_PARAMS = {
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "flat": {},
     "ivf": {"nlist": None, "nprobe": 32},  # nlist None: sqrt(faces) of the first batch trained on
     "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64},
@@ -193,6 +193,7 @@ class FaceIndex:
                     v, j = torch.topk(v, min(k, v.shape[1]), dim=1)
                     i = torch.gather(i, 1, j)
             best_s, best_i = v, i
+        assert best_s is not None and best_i is not None  # search() comes here only with rows in the index
         sims = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         sims[:, :best_s.shape[1]] = best_s.numpy()

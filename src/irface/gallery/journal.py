@@ -119,7 +119,8 @@ class Journal:
             if new:
                 _sync_folder(self.path.parent)
         except OSError as e:
-            # The disk's failure (full, read-only, too large), not the caller's: a server answers 507.
+            # The disk's failure (full, too large, read-only), not a bad gallery: an OutputError, which
+            # the server answers as its own storage error (507).
             raise OutputError(f"{self.path}: could not write the gallery's journal ({e.strerror}); "
                               "the change was not made", e.strerror or "") from None
         self._end += len(record)

@@ -306,7 +306,7 @@ class PgGallery(Gallery):
         if trained is not None:
             conn.execute("INSERT INTO irface_meta (key, blob) VALUES ('ivf_trained', %s)", (trained,))
 
-    def save(self, path: Any = None) -> Any:  # type: ignore[override]
+    def save(self, path: Any = None) -> Any:
         """Every change is committed when made; this only makes the tables of a new, empty gallery."""
         if path is not None:
             raise GalleryError(f"{self.location}: a PostgreSQL gallery is saved as it changes; "

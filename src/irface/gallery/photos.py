@@ -16,7 +16,7 @@ import numpy as np
 from irface.errors import DataError, GalleryError
 from irface.eval.identification import FPIRS, RANKS, rank_k, tpir_at_fpir
 from irface.eval.rates import threshold_at_rate
-from irface.gallery.fingerprint import model_fingerprint
+from irface.infer.fingerprint import model_fingerprint
 from irface.gallery.gallery import Gallery, decision, validate_identity
 from irface.gallery.opener import create_gallery
 from irface.infer.embed import EmbedResult, embed_sources
@@ -211,8 +211,9 @@ def identification_figures(mate_rank: Sequence[int], mate_score: Sequence[float]
     scores = np.asarray(mate_score, np.float64)
     out: dict[str, Any] = {"mated": int((ranks >= 1).sum()), "nonmated": len(nonmated_top)}
     out.update({f"rank_{k}": v for k, v in rank_k(ranks, RANKS).items()})
-    tpir = tpir_at_fpir(scores, ranks, np.asarray(nonmated_top, np.float64), FPIRS)
-    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_rate(nonmated_top, f)}
+    nonmated = np.asarray(nonmated_top, np.float64)
+    tpir = tpir_at_fpir(scores, ranks, nonmated, FPIRS)
+    out["tpir_at_fpir"] = {f"{f:.0e}": {"tpir": tpir[f], "threshold": threshold_at_rate(nonmated, f)}
                            for f in FPIRS}
     return out
 

@@ -22,7 +22,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import IO, Any, Callable
 
 from irface.errors import GalleryError
 from irface.utils import atomic_write
@@ -38,7 +38,7 @@ _CHUNK = 1 << 20
 class _HashingWriter:
     """A file wrapper that hashes what it writes and counts the bytes (section offsets)."""
 
-    def __init__(self, f: BinaryIO):
+    def __init__(self, f: IO[bytes]):
         self.f = f
         self.hash = hashlib.sha256()
         self.offset = 0

@@ -1,13 +1,15 @@
-"""Inference: open any model file, embed images, compare two faces, 5-point alignment."""
+"""Inference: open any model file, embed images, compare two faces, 5-point alignment.
 
-from irface.infer.align import ARCFACE_TEMPLATE, align_face, parse_landmarks, similarity_transform
-from irface.infer.embed import embed_to_file, l2_normalize, read_embeddings, read_norms, write_embeddings
-from irface.infer.images import collect_faces, open_rgb, read_face
-from irface.infer.model_file import Embedder, load_model
-from irface.infer.verify import DEFAULT_THRESHOLD, similarity, verify_pair
+Names are imported on first use, so `irface.infer.settings` (the CLI's defaults) loads without torch.
+"""
 
-__all__ = [
-    "ARCFACE_TEMPLATE", "DEFAULT_THRESHOLD", "Embedder", "align_face", "collect_faces",
-    "embed_to_file", "l2_normalize", "load_model", "open_rgb", "parse_landmarks", "read_embeddings", "read_face", "read_norms",
-    "similarity", "similarity_transform", "verify_pair", "write_embeddings",
-]
+from irface.utils import lazy_exports
+
+ALIGN = "irface.data.align"  # alignment is an image transform of the data layer; re-exported here
+_HOMES = {"ARCFACE_TEMPLATE": ALIGN, "align_face": ALIGN, "parse_landmarks": ALIGN, "similarity_transform": ALIGN,
+          "embed_to_file": "embed", "l2_normalize": "embed", "read_embeddings": "embed",
+          "read_norms": "embed", "write_embeddings": "embed", "collect_faces": "images", "open_rgb": "images",
+          "read_face": "images", "Embedder": "model_file", "load_model": "model_file", "DEFAULT_THRESHOLD": "settings",
+          "similarity": "verify", "verify_pair": "verify"}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_exports(__name__, _HOMES)

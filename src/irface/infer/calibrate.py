@@ -10,7 +10,7 @@ between neighbouring distinct scores (and one just outside each end); of equally
 middle one of the first run is taken (`irface.eval.rates.middle_of_best_run`, the rule `irface eval`'s
 threshold follows), a margin on both sides for new faces. Target FAR: `irface.eval.rates.threshold_at_rate`
 of the different-person pairs, the rule of `irface eval`'s TAR at FAR. It is written
-with how it was found to `<model>.irface.json` (`irface.export.metadata.calibration_path`), which
+with how it was found to `<model>.irface.json` (`irface.models.metadata.calibration_path`), which
 `load_model` reads: `irface verify` then uses it.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 from irface.errors import ConfigError, DataError
-from irface.export.metadata import THRESHOLD_KEY, calibration_path
+from irface.models.metadata import THRESHOLD_KEY, calibration_path
 from irface.infer.embed import l2_normalize
 from irface.infer.model_file import Embedder
 from irface.utils import atomic_write

@@ -19,7 +19,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ def embed_sources(embedder: Embedder, sources: Sequence[FaceSource], batch_size:
 
 
 def source_faces(source: FaceSource, *, mode: str = "auto", all_faces: bool = False, detector=None,
-                 size: int = 112, strict: bool = False) -> tuple[list, Optional[dict]]:
+                 size: int | tuple[int, int] = 112, strict: bool = False) -> tuple[list, Optional[dict]]:
     """The faces of one input, or none and why it was skipped (`{"name", "reason"}`, logged): the one rule
     for a photo that cannot be read or holds no face, shared by `embed_sources` and `irface embed --ray`.
     With `strict`, the DataError is raised instead."""
@@ -169,7 +169,7 @@ def write_embeddings(path: str | Path, embeddings: np.ndarray, names: Sequence[s
             norms_path(path).unlink(missing_ok=True)  # an earlier run's norms would not belong to these rows
             return [path, names_path(path)]
         return [path, norms_path(path), names_path(path)]
-    extra = {} if norms is None else {"norm": norms}
+    extra: dict[str, Any] = {} if norms is None else {"norm": norms}
     if suffix == ".npz":
         with atomic_write(path, "wb") as f:
             np.savez(f, embeddings=embeddings.astype(np.float32), names=np.asarray(list(names), dtype=str), **extra)

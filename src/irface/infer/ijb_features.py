@@ -27,8 +27,8 @@ from irface.data.ijb import LANDMARKS, IJBMeta, meta_name
 from irface.data.images import crop_shape
 from irface.data.progress import progress_bar
 from irface.errors import DataError, ModelFileError
+from irface.data.align import align_face
 from irface.eval.verification import run_embed
-from irface.infer.align import align_face
 from irface.infer.images import open_rgb
 from irface.utils import atomic_write
 
@@ -113,7 +113,7 @@ def embed_ijb(model, meta: IJBMeta, features: Optional[str | Path] = None, batch
     if cache is not None and cache.exists():
         return _load_cache(cache, meta, flip)
     if model is None:
-        raise ModelFileError("no model given and no features file to read (--ckpt MODEL or an existing --features FILE)")
+        raise ModelFileError("no model given and no features file to read (--model MODEL or an existing --features FILE)")
     n = len(meta.names)
     chunks = [(lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)]
     parts = cache.with_name(cache.name + ".parts") if cache else None
@@ -172,7 +172,8 @@ def embed_ijb(model, meta: IJBMeta, features: Optional[str | Path] = None, batch
                 with atomic_write(parts / f"{c:06d}.npz") as f:
                     np.savez(f, features=np.stack([r[1] for r in rows]), present=np.array([r[2] for r in rows]),
                              skipped=np.array([r[3] for r in rows if r[3]], dtype=str))
-    if parts is None:
+    if parts is None or cache is None:
+        assert memory is not None, "an IJB set with no image"
         return IJBFeatures(memory, flip, present_all, skipped)
     return _join_parts(parts, cache, chunks, info)
 
@@ -189,6 +190,7 @@ def _join_parts(parts: Path, cache: Path, chunks: list, info: dict) -> IJBFeatur
             feats[lo:hi] = part
             present[lo:hi] = z["present"]
             skipped += [str(s) for s in z["skipped"]]
+    assert feats is not None, "an IJB set with no image"
     with atomic_write(cache) as f:
         np.savez(f, features=feats, present=present, skipped=np.array(skipped, dtype=str),
                  info=np.array(json.dumps(info)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -93,9 +94,9 @@ def collect_faces(inputs: Sequence[str | Path], size: int | tuple[int, int] = 11
             files = list_image_files(path)
             if not files:
                 raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            sources += [FaceSource(str(p), (lambda p=p: read_face(p, size)), p) for p in files]
+            sources += [FaceSource(str(p), functools.partial(read_face, p, size), p) for p in files]
         else:
-            sources.append(FaceSource(str(path), (lambda p=path: read_face(p, size)), path))
+            sources.append(FaceSource(str(path), functools.partial(read_face, path, size), path))
     return sources
 
 

@@ -24,8 +24,8 @@ import torch
 from irface.data.transforms import MEAN, STD, embed_images
 from irface.device import precision_dtype, resolve_device
 from irface.errors import ConfigError, ModelFileError, first_line
-from irface.export.fold import fold_batchnorm
-from irface.export.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
+from irface.models.fold import fold_batchnorm
+from irface.models.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
                                     threshold_from)
 from irface.models.loading import is_torchscript_archive, load_backbone
 
@@ -220,11 +220,12 @@ class OnnxEmbedder(Embedder):
         if not str(meta.get("producer", "")).startswith("irface"):
             log.info("%s: %s. Force with --layout nchw|nhwc, --output-name NAME.", path, self.feed.describe())
         self.embedding_size = self.feed.embedding_size or self._probe_embedding_size()
-        self.norm = norm or norm_from_metadata(meta, str(path))
-        if self.norm is None:
-            self.norm, why = guess_onnx_norm(path)
+        stored = norm or norm_from_metadata(meta, str(path))
+        if stored is None:
+            stored, why = guess_onnx_norm(path)
             log.info("%s: no input normalisation stored with the model; assumed %s (%s). "
-                     "Give --input-mean/--input-std/--bgr if the model wants otherwise.", path, self.norm.describe(), why)
+                     "Give --input-mean/--input-std/--bgr if the model wants otherwise.", path, stored.describe(), why)
+        self.norm = stored
         self.info["input"] = self.norm.describe()
         self.info["feed"] = {"input": self.feed.input_name, "layout": self.feed.layout, "size": list(self.input_hw),
                              "output": self.feed.output_name, "ignored_inputs": self.feed.dropped}

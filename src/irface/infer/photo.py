@@ -1,7 +1,7 @@
 """From a photo to aligned face crops: detect (when needed), pick the face(s), align to the model's size.
 
 `size` is the model's crop: one side (112 by default) or (height, width) for a model that is not
-square (SphereFace's 112x96); `irface.infer.align` places the five points for each.
+square (SphereFace's 112x96); `irface.data.align` places the five points for each.
 
 A photo whose pixels are exactly the model's input size (112x112 by default) is taken as an already
 aligned crop, the form `.bin` sets, RecordIO archives and `irface align` outputs have; any other photo
@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from irface.errors import ConfigError, DataError
-from irface.infer.align import align_face
+from irface.data.align import align_face
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ class ShardJob:
     """What the tasks and actors need to know (sent to them pickled)."""
 
     output: str
-    model: dict[str, Any]  # load_model's arguments: path, network, precision, input_mean, input_std, bgr, device
+    model: dict[str, Any]  # load_model's keyword arguments (irface.cli._model.model_options)
     input_size: int
     embedding_size: int
     mode: str = "auto"
@@ -258,7 +258,7 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
                     verbose: bool = False) -> dict[str, Any]:
     """Embed every face under `inputs` into Parquet shards in the folder `output` (resuming a run there);
     returns the summary `irface embed --json` prints. `model` holds `load_model`'s arguments."""
-    from irface.gallery.fingerprint import model_fingerprint
+    from irface.infer.fingerprint import model_fingerprint
     from irface.infer import load_model
     from irface.infer.images import collect_faces
     from irface.infer.photo import _check_mode

@@ -4,8 +4,7 @@ Each image is a photo (its largest face is detected and aligned) or an aligned c
 `irface.infer.photo` decides, or a photo aligned from 5 landmarks given by the caller.
 The threshold is a cosine similarity. By default it is the one `irface calibrate` stored beside the
 model, else the one stored in the model (see `Embedder.threshold`); without either,
-`DEFAULT_THRESHOLD`, the value ONNX Runtime ArcFace pipelines use to call two faces the same person,
-which is uncalibrated for any given model.
+`irface.infer.settings.DEFAULT_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ from typing import Any, Optional
 import numpy as np
 
 from irface.errors import ConfigError
-from irface.infer.align import align_face, parse_landmarks
+from irface.data.align import align_face, parse_landmarks
 from irface.infer.embed import l2_normalize
 from irface.infer.images import open_rgb
 from irface.infer.model_file import Embedder
 from irface.infer.photo import PhotoFace, largest_face
-
-DEFAULT_THRESHOLD = 0.28
+from irface.infer.settings import DEFAULT_THRESHOLD
 
 
 def load_face(path: str | Path, size: int | tuple[int, int] = 112, landmarks: Optional[str | np.ndarray] = None, *,

@@ -90,9 +90,9 @@ class MindSporeCheckpoint:
             size = os.fstat(self._file.fileno()).st_size
             if size == 0:
                 raise ModelFileError(f"{self.path}: empty file, not a MindSpore checkpoint")
-            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-            self._refuse_other_formats()
-            self.entries = self._scan()
+            self._mm = mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._refuse_other_formats(mm)
+            self.entries = self._scan(mm)
         except BaseException:
             self.close()
             raise
@@ -109,8 +109,8 @@ class MindSporeCheckpoint:
             self._mm = None
         self._file.close()
 
-    def _refuse_other_formats(self) -> None:
-        head = self._mm[:4]
+    def _refuse_other_formats(self, mm: mmap.mmap) -> None:
+        head = mm[:4]
         # PyTorch Lightning also names its files .ckpt: say so instead of "malformed protobuf".
         if head == b"PK\x03\x04":
             raise ModelFileError(f"{self.path}: a zip archive (a PyTorch / Lightning checkpoint?), not a MindSpore "
@@ -122,8 +122,7 @@ class MindSporeCheckpoint:
     def _bad(self, why: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: not a MindSpore checkpoint ({why})")
 
-    def _scan(self) -> dict[str, TensorEntry]:
-        buf = self._mm
+    def _scan(self, buf: mmap.mmap) -> dict[str, TensorEntry]:
         entries: dict[str, TensorEntry] = {}
         previous: Optional[TensorEntry] = None
         try:

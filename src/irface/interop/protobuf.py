@@ -8,11 +8,12 @@ checked against the bytes that are really there before anything is sliced or all
 
 from __future__ import annotations
 
-from typing import Iterator, Union
+import mmap
+from typing import Any, Iterator, Union
 
 VARINT, FIXED64, LENGTH_DELIMITED, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # mmap: the checkpoint reader maps its file
 
 
 class WireError(ValueError):
@@ -42,11 +43,11 @@ def as_int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def iter_fields(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, object]]:
+def iter_fields(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, Any]]:
     """Yield (field number, wire type, value) for every field in buf[start:end].
 
-    The value is an int for varint and fixed fields and a (start, end) pair of offsets for
-    length-delimited fields. Groups (wire types 3, 4, deprecated since proto2) are refused.
+    The value (typed Any: which one the wire type says) is an int for varint and fixed fields and a
+    (start, end) pair of offsets for length-delimited fields. Groups (wire types 3, 4, deprecated since proto2) are refused.
     """
     end = len(buf) if end is None else end
     pos = start

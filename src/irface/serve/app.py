@@ -39,10 +39,10 @@ def _fastapi_class():
 
 
 def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: Limits = Limits(),
-               allowed_hosts: AllowedHosts = AllowedHosts()) -> Any:
+               allowed_hosts: Optional[AllowedHosts] = None) -> Any:
     """The ASGI app serving `service`; gallery changes need `api_key` (header X-API-Key or Bearer) when set.
 
-    Requests are answered only when their Host is one of `allowed_hosts` (default: loopback names).
+    Requests are answered only when their Host is one of `allowed_hosts` (default `AllowedHosts()`: loopback names).
     """
     app_class = _fastapi_class()
     from fastapi import Depends, File, Form, Header, Request, UploadFile
@@ -192,4 +192,4 @@ def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: L
             return JSONResponse({"detail": "no such picture"}, status_code=404)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
-    return HostCheck(BodySizeLimit(app, limits.max_request_bytes), allowed_hosts)
+    return HostCheck(BodySizeLimit(app, limits.max_request_bytes), allowed_hosts or AllowedHosts())

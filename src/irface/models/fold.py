@@ -136,9 +136,9 @@ def _fold_leading(original: IResNet, model: IResNet) -> None:
     shifts = [_leading_shift(b.bn1) for stage in original.stages for b in stage]
     zeros = [torch.zeros(b.conv1.in_channels, dtype=torch.float64) for b in blocks]
     carried = [s[1] if s is not None else z for s, z in zip(shifts, zeros)]  # stream entering block k is x - carried[k]
-    for k, block in enumerate(blocks):
-        if shifts[k] is not None:
-            a = shifts[k][0].to(block.conv1.weight.device)
+    for k, (block, shift) in enumerate(zip(blocks, shifts)):
+        if shift is not None:
+            a = shift[0].to(block.conv1.weight.device)
             block.conv1.weight.copy_((block.conv1.weight.double() * a.view(1, -1, 1, 1)).to(block.conv1.weight.dtype))
             block.bn1 = nn.Identity()
         incoming = carried[k].to(block.conv2.weight.device)
