@@ -55,13 +55,14 @@ def fill_postgres(url: str, n: int) -> float:
     import psycopg
 
     from irface.gallery import create_gallery
+    from irface.gallery.names import identity_key
 
     t0 = time.perf_counter()
     create_gallery(url, fingerprint=FINGERPRINT, embedding_size=DIM).save()  # irface's own schema and settings
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        with cur.copy("COPY irface_identities (name, faces) FROM STDIN") as copy:
+        with cur.copy("COPY irface_identities (name, key, faces) FROM STDIN") as copy:
             for i in range(0, n, 4):
-                copy.write_row((f"id{i // 4}", min(4, n - i)))
+                copy.write_row((f"id{i // 4}", identity_key(f"id{i // 4}"), min(4, n - i)))
         for a in range(0, n, _CHUNK):
             b = min(n, a + _CHUNK)
             x = faces(b - a, a)

@@ -229,3 +229,24 @@ def test_an_empty_enrolment_changes_nothing(tmp_path, saved):
     if saved:
         g.save()
     assert g.add_many([], np.zeros((0, E)), []) == [] and len(g) == 0
+
+
+def test_one_spelling_per_person(tmp_path):
+    # "Bob" and "bob" (or full-width "ＢＯＢ") are one person: a new spelling of an enrolled name is refused,
+    # also within one batch; the enrolled spelling appends; once it is gone, any spelling is free.
+    from irface.gallery.names import NameTaken
+
+    g = Gallery.create(tmp_path / "g.gallery", fingerprint="sha256:x", embedding_size=8)
+    rng = np.random.default_rng(0)
+    g.add("Bob", rng.normal(size=(1, 8)), ["a.jpg"])
+    for other in ("bob", "ＢＯＢ"):
+        with pytest.raises(NameTaken, match=f"{other!r} already exists as 'Bob'"):
+            g.add(other, rng.normal(size=(1, 8)), ["b.jpg"])
+    with pytest.raises(NameTaken):
+        g.add_many(["Ann", "ANN"], rng.normal(size=(2, 8)), ["c.jpg", "d.jpg"])
+    assert g.identities() == ["Bob"]
+    g.add("Bob", rng.normal(size=(1, 8)), ["e.jpg"])
+    assert g.remove("Bob") == 2
+    g.add("bob", rng.normal(size=(1, 8)), ["f.jpg"])
+    g.save()
+    assert Gallery.open(tmp_path / "g.gallery").identities() == ["bob"]

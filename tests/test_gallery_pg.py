@@ -117,6 +117,27 @@ def test_same_identity_from_two_processes_appends_and_removal_is_ordered(pg_url)
     assert [f["source"] for f in b.faces("same")] == ["a3"]
 
 
+def test_one_spelling_per_person_across_processes(pg_url):
+    # Two workers enrolling "Bob" and "bob": each process's memory may not have the other's name yet, so the
+    # rule is checked in the database, under the change lock (a check in the server alone let both in).
+    from irface.gallery.names import NameTaken
+
+    a = create_gallery(pg_url, fingerprint=FP, embedding_size=E)
+    a.save()
+    b = open_gallery(pg_url)
+    b.identities()  # b's memory is current now; a's enrolment below is not in it
+    a.add("Bob", _faces(1, 1), ["a1"])
+    with pytest.raises(NameTaken, match="'bob' already exists as 'Bob'"):
+        b.add("bob", _faces(1, 2), ["b1"])
+    with pytest.raises(NameTaken):
+        b.add("ＢＯＢ", _faces(1, 3), ["b2"])  # full-width letters: the same name in another form
+    b.add("Bob", _faces(1, 4), ["b3"])  # the same spelling appends
+    assert a.identities() == ["Bob"] and len(a.faces("Bob")) == 2
+    assert b.remove("Bob") == 2
+    b.add("bob", _faces(1, 5), ["b4"])  # once Bob is gone, the name is free in any spelling
+    assert a.identities() == ["bob"]
+
+
 def test_thumbnails_are_stored_and_removed_with_their_face(pg_url, tmp_path):
     g = create_gallery(pg_url, fingerprint=FP, embedding_size=E)
     ids = g.add_many(["t", "t"], _faces(2, 5), ["up:1", "up:2"], thumbnails=[b"jpeg-1", None])

@@ -33,6 +33,7 @@ import numpy as np
 from irface.errors import GalleryError, UserError
 from irface.gallery.index import FaceIndex, index_params
 from irface.gallery.journal import Journal, generation_of, journal_path
+from irface.gallery.names import check_spellings, identity_key
 from irface.gallery.store import GalleryFile, write_gallery_file
 
 _SCHEMA = """
@@ -300,9 +301,12 @@ class Gallery:
             rows = self._db.execute("SELECT id, identity FROM faces").fetchall()
         self._names: list[str] = []
         self._code: dict[str, int] = {}
+        # identity_key -> the spellings with faces (one per person for names enrolled since the rule).
+        self._spellings: dict[str, set[str]] = {}
         self._identity_of = np.full(max(self._next_id, 1), -1, np.int64)
         for face_id, identity in rows:
             self._identity_of[face_id] = self._code_for(identity)
+            self._spellings.setdefault(identity_key(identity), set()).add(identity)
 
     def _code_for(self, identity: str) -> int:
         code = self._code.get(identity)
@@ -411,6 +415,7 @@ class Gallery:
     def _commit_add(self, names: list[str], x: np.ndarray, sources: list[str], box_rows: list[tuple],
                     thumbs: list[Optional[bytes]]) -> list[int]:
         with self._lock.write():
+            check_spellings(names, self._spellings)
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             self._persist_add(ids, names, sources, box_rows, x, thumbs)
             self._apply_add(ids, names, sources, box_rows, x, thumbs)
@@ -435,6 +440,8 @@ class Gallery:
             grown[:len(self._identity_of)] = self._identity_of
             self._identity_of = grown
         self._identity_of[ids] = [self._code_for(who) for who in names]
+        for who in set(names):
+            self._spellings.setdefault(identity_key(who), set()).add(who)
         self._template_cache = None
 
     def _add_to_templates(self, names: list[str], x: np.ndarray) -> None:
@@ -498,6 +505,7 @@ class Gallery:
             for who in names:
                 if self._db.execute("SELECT 1 FROM faces WHERE identity = ? LIMIT 1", (who,)).fetchone() is None:
                     self._db.execute("DELETE FROM templates WHERE identity = ?", (who,))
+                    self._spellings.get(identity_key(who), set()).discard(who)
         self._identity_of[ids] = -1
         self._template_cache = None
 

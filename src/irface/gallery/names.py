@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from irface.errors import GalleryError
 
@@ -57,3 +57,28 @@ def same_name(name: str, existing: Iterable[str]) -> Optional[str]:
         if match is None and identity_key(other) == key:
             match = other
     return match
+
+
+class NameTaken(GalleryError):
+    """A new identity that is an enrolled one spelled differently (case, NFKC form): refused, 409 in a server."""
+
+    status = 409
+
+
+def check_spellings(names: Iterable[str], spellings: Mapping[str, set[str]]) -> None:
+    """Refuse (NameTaken) a name that is not enrolled itself but whose `identity_key` an enrolled name (in
+    `spellings`: key -> names with faces) or an earlier name of `names` already has: one spelling per person.
+    The stores call it inside their change (file: the write lock; PostgreSQL: the change's transaction), so
+    two processes cannot enrol "Bob" and "bob" at once."""
+    first: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        key = identity_key(name)
+        taken = spellings.get(key, set()) | ({first[key]} if key in first else set())
+        if taken and name not in taken:
+            raise name_taken(name, min(taken))
+        first.setdefault(key, name)
+
+
+def name_taken(name: str, other: str) -> NameTaken:
+    return NameTaken(f"identity {name!r} already exists as {other!r} (names are compared ignoring case and "
+                     "character forms); enrol under that name")

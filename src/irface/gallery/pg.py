@@ -34,6 +34,7 @@ import numpy as np
 from irface.errors import GalleryError, GalleryUnavailable
 from irface.gallery.gallery import _SCHEMA, Gallery, _check_fingerprint, _now
 from irface.gallery.index import FaceIndex, index_params
+from irface.gallery.names import identity_key, name_taken
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ _CHANGE_LOCK = 0x1F_ACE_6A11
 _LOAD_CHUNK = 50_000
 _PG_SCHEMA = """
 CREATE TABLE irface_meta (key text PRIMARY KEY, value text, blob bytea);
-CREATE TABLE irface_identities (name text PRIMARY KEY, faces integer NOT NULL, total bytea);
+CREATE TABLE irface_identities (name text PRIMARY KEY, key text NOT NULL, faces integer NOT NULL, total bytea);
+CREATE INDEX irface_identities_key ON irface_identities(key);
 CREATE TABLE irface_faces (id bigint PRIMARY KEY, identity text NOT NULL REFERENCES irface_identities(name),
                            source text NOT NULL, x1 float8, y1 float8, x2 float8, y2 float8,
                            fingerprint text NOT NULL, embedding bytea NOT NULL);
@@ -401,14 +403,20 @@ class PgGallery(Gallery):
             who = sorted_names[a]
             rows = x[order[a:b]]
             row = conn.execute("SELECT faces, total FROM irface_identities WHERE name = %s", (who,)).fetchone()
+            if row is None:
+                # One spelling per person, checked under the change lock: another worker's "Bob" is seen here.
+                other = conn.execute("SELECT name FROM irface_identities WHERE key = %s AND name <> %s ORDER BY name "
+                                     "LIMIT 1", (identity_key(who), who)).fetchone()
+                if other is not None:
+                    raise name_taken(who, other[0])
             total = None
             if self.templates:
                 old = np.zeros(self.embedding_size) if row is None or row[1] is None else \
                     np.frombuffer(bytes(row[1]), np.float64)
                 total = (old + rows.sum(0, dtype=np.float64)).tobytes()
-            conn.execute("INSERT INTO irface_identities (name, faces, total) VALUES (%s, %s, %s) "
+            conn.execute("INSERT INTO irface_identities (name, key, faces, total) VALUES (%s, %s, %s, %s) "
                          "ON CONFLICT (name) DO UPDATE SET faces = irface_identities.faces + excluded.faces, "
-                         "total = excluded.total", (who, len(rows), total))
+                         "total = excluded.total", (who, identity_key(who), len(rows), total))
             if total is not None:
                 out[who] = ((0 if row is None else row[0]) + len(rows), total)
         return out
@@ -503,10 +511,10 @@ class PgGallery(Gallery):
         totals = source.template_totals()
         with self._change() as conn:
             with conn.cursor() as cur:
-                with cur.copy("COPY irface_identities (name, faces, total) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(["text", "int4", "bytea"])
+                with cur.copy("COPY irface_identities (name, key, faces, total) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["text", "text", "int4", "bytea"])
                     for who, n in source.identity_counts().items():
-                        copy.write_row((who, n, totals.get(who, (0, None))[1]))
+                        copy.write_row((who, identity_key(who), n, totals.get(who, (0, None))[1]))
                 for ids, rows, x, thumbs in source.export_rows():
                     _copy_faces(cur, ((int(i), *r, vec.tobytes()) for i, r, vec in zip(ids, rows, x)))
                     pictures = [(int(i), t) for i, t in zip(ids, thumbs) if t is not None]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -92,8 +91,6 @@ class FaceService:
         self.threshold, self.threshold_source = choose_threshold(embedder, threshold)
         self.gallery = gallery
         self.thumbnails = Thumbnails(gallery) if gallery is not None else None
-        # Serialises this process's changes, so the name checks of `enrolment_name` hold until the change is made.
-        self._change_lock = threading.Lock()
 
     @classmethod
     def open(cls, embedder: Embedder, gallery: Optional[str | Path] = None, *, detector: Any = None,
@@ -206,19 +203,15 @@ class FaceService:
     def enrolment_name(self, identity: str) -> str:
         """The name `identity` is enrolled under: checked, NFKC-normalised, free of look-alike letters.
 
-        A name that differs from an enrolled one only in case (or NFKC form) is refused (409):
-        it would be the same person under two names.
+        A name that differs from an enrolled one only in case (or NFKC form) is refused (409) by the
+        gallery itself, inside its change (`irface.gallery.names.check_spellings`): it would be the same
+        person under two names, and a check here could not see another worker's enrolment.
         """
         from irface.gallery import validate_identity
-        from irface.gallery.names import check_lookalikes, normalize_identity, same_name
+        from irface.gallery.names import check_lookalikes, normalize_identity
 
-        gallery = self._need_gallery()
-        name = check_lookalikes(validate_identity(normalize_identity(identity)))
-        existing = same_name(name, gallery.identities())
-        if existing is not None and existing != name:
-            raise RequestError(f"identity {name!r} already exists as {existing!r} (names are compared ignoring "
-                               "case); enrol under that name", 409)
-        return name
+        self._need_gallery()
+        return check_lookalikes(validate_identity(normalize_identity(identity)))
 
     def enrolment_face(self, photo: np.ndarray, name: str) -> "FoundFace | dict[str, str]":
         """The largest face of one photo to enrol, or the skip record of a photo without one."""
@@ -252,10 +245,8 @@ class FaceService:
         if not crops:
             raise RequestError(f"{identity}: no face found in any of the {len(found)} photo(s)", 422)
         emb = self.batcher.embed(np.stack(crops))
-        with self._change_lock:
-            self.enrolment_name(identity)  # again: another spelling of the name may have been enrolled meanwhile
-            # The pictures go in the same change as the faces: none is stored without its face, or outlives it.
-            gallery.add(identity, emb, sources, boxes=boxes, thumbnails=[thumbnail_jpeg(c) for c in crops])
+        # The pictures go in the same change as the faces: none is stored without its face, or outlives it.
+        gallery.add(identity, emb, sources, boxes=boxes, thumbnails=[thumbnail_jpeg(c) for c in crops])
         return {"identity": identity, "added": len(crops), "faces": faces, "skipped": skipped}
 
     def remove(self, identity: str) -> dict[str, Any]:
@@ -264,11 +255,14 @@ class FaceService:
 
         gallery = self._need_gallery()
         identity = validate_identity(identity)
-        with self._change_lock:
-            # The name as enrolled now (NFKC), or as an older gallery may hold it.
-            if normalize_identity(identity) in gallery.identities():
-                identity = normalize_identity(identity)
-            removed = gallery.remove(identity)  # the faces' pictures with them, in the same change
+        # The name as enrolled now (NFKC), else as an older gallery may hold it; the faces' pictures go with
+        # them, in the same change.
+        normal = normalize_identity(identity)
+        removed = gallery.remove(normal)
+        if not removed and normal != identity:
+            removed = gallery.remove(identity)
+        else:
+            identity = normal
         if not removed:
             raise RequestError(f"{identity}: not in the gallery", 404)
         return {"identity": identity, "removed": removed}
