@@ -92,6 +92,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         yield f
 
 
+def sync_folder(folder: str | os.PathLike) -> None:
+    """Make a rename or a new file in `folder` durable: its entry is on disk only once the folder is synced
+    (best effort: some file systems cannot sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Refuse, before any work, an output file that cannot be written: `OutputError` naming it and why.
 

@@ -132,6 +132,16 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
+def rows_by_identity(names: Sequence[str], x: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Each identity of `names` (sorted) with its rows of `x`, in their order: how a batch's template sums
+    are added (the same order in both stores, so the sums are the same bits)."""
+    order = np.argsort(np.array(names, dtype=object), kind="stable")
+    sorted_names = [names[i] for i in order]
+    starts = [0] + [i for i in range(1, len(order)) if sorted_names[i] != sorted_names[i - 1]] + [len(order)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        yield sorted_names[a], x[order[a:b]]
+
+
 def _unit_rows(embeddings: Any, dim: int, what: str) -> np.ndarray:
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim == 1:
@@ -445,12 +455,7 @@ class Gallery:
         self._template_cache = None
 
     def _add_to_templates(self, names: list[str], x: np.ndarray) -> None:
-        order = np.argsort(np.array(names, dtype=object), kind="stable")
-        sorted_names = [names[i] for i in order]
-        starts = [0] + [i for i in range(1, len(order)) if sorted_names[i] != sorted_names[i - 1]] + [len(order)]
-        for a, b in zip(starts[:-1], starts[1:]):
-            who = sorted_names[a]
-            rows = x[order[a:b]]
+        for who, rows in rows_by_identity(names, x):
             row = self._db.execute("SELECT count, total FROM templates WHERE identity = ?", (who,)).fetchone()
             count, total = (0, np.zeros(self.embedding_size)) if row is None else \
                 (row[0], np.frombuffer(row[1], np.float64))

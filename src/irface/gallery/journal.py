@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from irface.errors import GalleryError, OutputError
-from irface.utils import atomic_write
+from irface.utils import atomic_write, sync_folder
 
 MAGIC = b"IRFJ"
 _HEAD = struct.Struct("<4sII")
@@ -117,7 +117,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
             if new:
-                _sync_folder(self.path.parent)
+                sync_folder(self.path.parent)
         except OSError as e:
             # The disk's failure (full, too large, read-only), not a bad gallery: an OutputError, which
             # the server answers as its own storage error (507).
@@ -145,18 +145,6 @@ class Journal:
             raise OutputError(f"{self.path}: the gallery was saved but its journal could not be emptied "
                               f"({e.strerror})", e.strerror or "") from None
 
-
-def _sync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def generation_of(digest: Optional[bytes]) -> str:

@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from irface.errors import GalleryError, GalleryUnavailable
-from irface.gallery.gallery import _SCHEMA, Gallery, _check_fingerprint, _now
+from irface.gallery.gallery import _SCHEMA, Gallery, _check_fingerprint, _now, rows_by_identity
 from irface.gallery.index import FaceIndex, index_params
 from irface.gallery.names import identity_key, name_taken
 
@@ -396,12 +396,7 @@ class PgGallery(Gallery):
         """Each identity's face count, and with templates its float64 sum, updated as the file gallery sums;
         returns the new (count, sum) of each (templates only)."""
         out = {}
-        order = np.argsort(np.array(names, dtype=object), kind="stable")
-        sorted_names = [names[i] for i in order]
-        starts = [0] + [i for i in range(1, len(order)) if sorted_names[i] != sorted_names[i - 1]] + [len(order)]
-        for a, b in zip(starts[:-1], starts[1:]):
-            who = sorted_names[a]
-            rows = x[order[a:b]]
+        for who, rows in rows_by_identity(names, x):
             row = conn.execute("SELECT faces, total FROM irface_identities WHERE name = %s", (who,)).fetchone()
             if row is None:
                 # One spelling per person, checked under the change lock: another worker's "Bob" is seen here.

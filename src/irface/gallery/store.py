@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from irface.errors import GalleryError
-from irface.utils import atomic_write
+from irface.utils import atomic_write, sync_folder
 
 MAGIC = b"IRFGAL01"
 END = b"IRFGEND1"
@@ -69,22 +69,8 @@ def write_gallery_file(path: str | Path, header: dict[str, Any],
         out.write(struct.pack("<Q", len(body)))
         digest = out.hash.digest()
         f.write(digest + END)
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
     return digest
-
-
-def _sync_folder(folder: Path) -> None:
-    # The rename is only durable once the folder's entry is on disk: save() promises that.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _refuse(path: Path, why: str) -> GalleryError:
