@@ -189,6 +189,34 @@ def build_from_embeddings(folders: Sequence[str | Path], output: str | Path, *, 
             "embeddings": [str(f) for f in folders]}
 
 
+def build_on_ray(root: str | Path, model: dict[str, Any], output: str | Path, shards: str | Path, *,
+                 templates: bool = False, index: str = "flat", params: Optional[dict[str, Any]] = None,
+                 **ray: Any) -> dict[str, Any]:
+    """`irface gallery build GALLERY_DIR --ray`: the gallery `build_from_folders` makes, the photos embedded on
+    Ray into the shards folder `shards` and enrolled from there, as `--from-embeddings` enrols them.
+
+    `model`: `load_model`'s arguments (the actors open their own); `ray`: `embed_to_shards`' options (address,
+    num_cpus, shard_size, actors, batch_size, mode, detector, progress, verbose). The photos embedded are those
+    of `identity_folders(root)`, so the faces and the skips (bad folder names, empty folders, files beside the
+    folders; then unreadable or faceless photos) are the one-process build's. A rerun resumes the shards; the
+    gallery is made before any photo is embedded, so a refused `output` costs no work.
+    """
+    from irface.infer import load_model
+    from irface.infer.ray_embed import embed_to_shards
+
+    embedder = load_model(**{**model, "device": "cpu"})  # as embed_to_shards opens it: fingerprint and sizes
+    folders, skipped = identity_folders(root, embedder.input_size)
+    gallery = create_gallery(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
+                             index=index, templates=templates, model=str(model["path"]), params=params)
+    with gallery:
+        embedded = embed_to_shards(model, [root], shards, listing=_flatten(folders)[0], embedder=embedder, **ray)
+        summary = enroll_embeddings(gallery, [shards])
+        gallery.save()
+    summary["skipped"] = skipped + summary["skipped"]
+    return {**summary, "gallery": gallery.location, "index": index, "templates": templates,
+            "embeddings": [str(shards)], "shards": embedded["shards"]}
+
+
 def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,
                   threshold: Optional[float] = None, **options: Any) -> dict[str, Any]:
     """Search each photo's largest face: `{"results": [{"photo", "identity", "matches"}], "skipped"}`."""
