@@ -229,3 +229,16 @@ def test_an_empty_enrolment_changes_nothing(tmp_path, saved):
     if saved:
         g.save()
     assert g.add_many([], np.zeros((0, E)), []) == [] and len(g) == 0
+
+
+def test_identity_folders_skip_hidden_folders_as_the_photo_listing_does(tmp_path):
+    # `irface embed GALLERY_DIR` (and so `embed --ray` + `gallery build --from-embeddings`) lists no photo
+    # under a hidden folder; `gallery build GALLERY_DIR` made one an identity (".thumbnails", ".git", ...).
+    from irface.gallery.photos import identity_folders
+
+    for folder in ("alice", ".thumbnails"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.jpg").write_bytes(b"listed, never read here")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    found, skipped = identity_folders(tmp_path)
+    assert list(found) == ["alice"] and skipped == []

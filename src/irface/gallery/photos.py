@@ -51,16 +51,18 @@ def identity_of(photo: str, roots: Sequence[str]) -> str:
 def identity_folders(root: str | Path, size: int | tuple[int, int] = 112
                      ) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
     """`{identity: [its photos]}` of `root/<identity>/...` (faces of a model with `size` x `size` input),
-    and what was skipped (bad names, empty folders)."""
+    and what was skipped (bad names, empty folders, files beside the folders). Hidden folders and files are
+    passed over, as `irface embed` lists photos."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected one folder of photos per identity)")
     found: dict[str, list[FaceSource]] = {}
     skipped: list[dict[str, str]] = []
     for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):  # hidden, as the photo listing (`list_image_files`) has it: no identity
+            continue
         if not entry.is_dir():
-            if not entry.name.startswith("."):
-                skipped.append({"name": str(entry), "reason": not_in_identity_folder(entry)})
+            skipped.append({"name": str(entry), "reason": not_in_identity_folder(entry)})
             continue
         try:
             validate_identity(entry.name)
