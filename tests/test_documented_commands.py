@@ -81,6 +81,9 @@ EXPECT: dict[str, list[str]] = {
     "--ray --shard-size 8 --output photos_out/shards --no-progress --json": ["21 embeddings", "0 now, 3 done before"],
     "--ray --shard-size 8 --output photos_out/shards --no-progress": ["21 embeddings", "3 Parquet shards (3 now, 0 done"],
     "irface gallery build --from-embeddings photos_out/shards": ["21 faces of 10 identities"],
+    # ... and `gallery build --ray` does both steps into a folder of its own.
+    "--ray --shards photos_out/gallery_shards": ["21 faces of 10 identities",
+                                                 "3 shards in photos_out/gallery_shards (3 now, 0 done before)"],
     "irface verify photos_out/mobilefacenet_128d.onnx tests/fixtures/realface/photos/obama/obama.jpg "
     "tests/fixtures/realface/photos/biden/biden.jpg": ["different people", "from the calibration"],
     # Clustering (README, docs/cluster.md): the fixture people found, the group photo's strangers noise, a

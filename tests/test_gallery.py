@@ -250,3 +250,16 @@ def test_one_spelling_per_person(tmp_path):
     g.add("bob", rng.normal(size=(1, 8)), ["f.jpg"])
     g.save()
     assert Gallery.open(tmp_path / "g.gallery").identities() == ["bob"]
+
+
+def test_identity_folders_skip_hidden_folders_as_the_photo_listing_does(tmp_path):
+    # `irface embed GALLERY_DIR` (and so `embed --ray` + `gallery build --from-embeddings`) lists no photo
+    # under a hidden folder; `gallery build GALLERY_DIR` made one an identity (".thumbnails", ".git", ...).
+    from irface.gallery.photos import identity_folders
+
+    for folder in ("alice", ".thumbnails"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.jpg").write_bytes(b"listed, never read here")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    found, skipped = identity_folders(tmp_path)
+    assert list(found) == ["alice"] and skipped == []

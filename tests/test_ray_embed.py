@@ -379,3 +379,119 @@ def test_quieting_ray_data_leaves_other_log_handlers_alone():
         assert ours.level == logging.NOTSET
     finally:
         logger.removeHandler(ours)
+
+
+# ---- irface gallery build GALLERY_DIR --ray ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gallery_dir(photos, tmp_path_factory) -> Path:
+    """The module's photos plus what `identity_folders` skips before any photo is read: a folder whose name
+    is no identity, an empty identity folder, a photo beside the identity folders."""
+    root = tmp_path_factory.mktemp("gallery_photos") / "people"
+    shutil.copytree(photos, root)
+    (root / "bad#name").mkdir()
+    shutil.copy(REALFACE / "photos" / "adams" / "adams.jpg", root / "bad#name")
+    (root / "empty").mkdir()
+    shutil.copy(REALFACE / "photos" / "carell" / "carell.jpg", root / "stray.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_process_gallery(gallery_dir, tmp_path_factory) -> tuple[Path, dict]:
+    pytest.importorskip("faiss")
+    out = tmp_path_factory.mktemp("one_gallery") / "one.gallery"
+    json_file = out.with_suffix(".json")
+    assert main(["gallery", "build", str(gallery_dir), "--model", MODEL, "--device", "cpu", "--output", str(out),
+                 "--json", str(json_file)]) == 0
+    return out, json.loads(json_file.read_text())
+
+
+def _gallery_rows(spec) -> tuple[list[tuple], np.ndarray, np.ndarray]:
+    """(identity, source, fingerprint) of every face in id order, their boxes and their embeddings."""
+    from irface.gallery import open_gallery
+
+    rows, vectors = [], []
+    with open_gallery(spec) as gallery:
+        for _, chunk, x, _ in gallery.export_rows():
+            rows += chunk
+            vectors.append(x)
+    return [(r[0], r[1], r[6]) for r in rows], np.array([r[2:6] for r in rows], np.float64), np.concatenate(vectors)
+
+
+def _assert_same_gallery(got, summary: dict, one_process_gallery) -> None:
+    one, one_summary = one_process_gallery
+    assert (summary["faces"], summary["identities"]) == (one_summary["faces"], one_summary["identities"]) == (22, 11)
+    # The same skips in the same order: the folders identity_folders refuses, then the photo that is no image.
+    assert summary["skipped"] == one_summary["skipped"]
+    root = Path(one_summary["skipped"][0]["name"]).parent
+    assert [s["name"] for s in summary["skipped"]] == [str(root / "bad#name"), str(root / "empty"),
+                                                        str(root / "stray.jpg"), str(root / "obama" / "broken.jpg")]
+    rows, boxes, x = _gallery_rows(got)
+    one_rows, one_boxes, one_x = _gallery_rows(one)
+    assert rows == one_rows  # the same faces, identities and model, under the same ids
+    assert np.abs(x - one_x).max() <= 1e-5
+    # The photo path keeps boxes rounded to 0.01 px (PhotoFace.to_dict); the shards keep them whole.
+    assert np.abs(boxes - one_boxes).max() <= 0.005 + 1e-9
+
+
+@pytest.mark.slow
+def test_gallery_build_on_ray_equals_the_one_process_build(gallery_dir, one_process_gallery, ray_cluster, tmp_path,
+                                                           capsys):
+    shards = tmp_path / "shards"
+    argv = ["gallery", "build", str(gallery_dir), "--model", MODEL, "--device", "cpu", "--ray", "--shards",
+            str(shards), "--shard-size", "5", "--no-progress"]
+    summary = _json_run(capsys, argv + ["--output", str(tmp_path / "ray.gallery")])
+    assert summary["shards"] == {"total": 5, "written": 5, "done_before": 0}  # 22 photos of identity folders
+    _assert_same_gallery(tmp_path / "ray.gallery", summary, one_process_gallery)
+    # A rerun finds every shard done and embeds nothing; the folder is also one --from-embeddings reads.
+    again = _json_run(capsys, argv + ["--output", str(tmp_path / "again.gallery")])
+    assert again["shards"] == {"total": 5, "written": 0, "done_before": 5}
+    _assert_same_gallery(tmp_path / "again.gallery", again, one_process_gallery)
+    enrolled = _json_run(capsys, ["gallery", "build", "--from-embeddings", str(shards),
+                                  "--output", str(tmp_path / "from.gallery")])
+    assert _gallery_rows(tmp_path / "from.gallery")[0] == _gallery_rows(tmp_path / "ray.gallery")[0]
+    assert enrolled["skipped"] == [s for s in summary["skipped"] if s["name"].endswith("broken.jpg")]
+
+
+@pytest.mark.slow
+def test_gallery_build_on_ray_into_postgresql(gallery_dir, one_process_gallery, ray_cluster, pg_url, pg_server,
+                                              tmp_path, capsys):
+    import psycopg
+
+    argv = ["gallery", "build", str(gallery_dir), "--model", MODEL, "--device", "cpu", "--ray", "--shards",
+            str(tmp_path / "shards"), "--shard-size", "8", "--no-progress"]
+    # A database that cannot take the gallery is refused before any photo is embedded.
+    taken = pg_server.url(pg_server.new_database())
+    with psycopg.connect(taken, autocommit=True) as conn:
+        conn.execute("CREATE TABLE theirs (x int)")
+    capsys.readouterr()
+    assert main(argv + ["--output", taken]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other tables (theirs); give an empty database" in err[0], err
+    assert not (tmp_path / "shards").exists()
+
+    summary = _json_run(capsys, argv + ["--output", pg_url])
+    assert summary["shards"] == {"total": 3, "written": 3, "done_before": 0}
+    _assert_same_gallery(pg_url, summary, one_process_gallery)
+
+
+def test_gallery_build_ray_options_are_one_line_before_any_work(tmp_path, capsys):
+    photos = str(REALFACE / "photos")
+    cases = [
+        (["gallery", "build", photos, "--model", MODEL, "--ray", "--output", str(tmp_path / "g")],
+         "gallery build --ray needs --shards DIR"),
+        (["gallery", "build", photos, "--model", MODEL, "--shards", str(tmp_path / "s"), "--output", str(tmp_path / "g")],
+         "--shards, --shard-size, --actors and --ray-cpus go with --ray"),
+        (["gallery", "build", photos, "--model", MODEL, "--actors", "2", "--output", str(tmp_path / "g")],
+         "--shards, --shard-size, --actors and --ray-cpus go with --ray"),
+        (["gallery", "build", "--from-embeddings", str(tmp_path), "--ray", "--shards", str(tmp_path / "s"),
+          "--output", str(tmp_path / "g")], "--from-embeddings enrols embeddings made already: give one of them"),
+        (["gallery", "build", photos, "--model", MODEL, "--ray", "--shards", str(tmp_path / "s"),
+          "--output", str(tmp_path)], "is a folder; give a file name"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "g").exists()

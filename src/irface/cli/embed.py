@@ -7,10 +7,7 @@ import argparse
 from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_argument, add_model_arguments, model_from_args, model_options
 from irface.cli._output import add_json_argument, emit
-
-LOCAL = "local"  # --ray without an address
-# Photos per shard when --shard-size is not given (declared here: building the parser imports no irface.infer).
-DEFAULT_SHARD_SIZE = 1000
+from irface.cli._ray import add_ray_arguments, ray_options, refuse_without_ray
 
 
 def register(sub) -> None:
@@ -36,18 +33,8 @@ def register(sub) -> None:
                         "score only for MagFace- or AdaFace-trained models")
     add_model_arguments(p)
     add_face_arguments(p)
-    r = p.add_argument_group("many photos on Ray Data (needs the ray extra: pip install 'irface[ray]'; "
-                             "docs/scaling.md)")
-    r.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
-                   help="detect and align in Ray tasks, embed in a pool of model actors (one per GPU), and write "
-                        "--output as a folder of Parquet shards with a manifest; a rerun resumes. ADDRESS: a Ray "
-                        "cluster's head (host:6379); without it a local Ray on this machine's CPUs")
-    r.add_argument("--shard-size", type=int, default=None, metavar="N",
-                   help=f"photos per shard: the unit of work, of output file and of resuming (default {DEFAULT_SHARD_SIZE})")
-    r.add_argument("--actors", type=int, default=0, metavar="N",
-                   help="model actors (default: one per GPU; on CPUs only, a quarter of the cluster's CPUs)")
-    r.add_argument("--ray-cpus", type=int, default=None, metavar="N",
-                   help="CPUs of the local Ray (default: this machine's); ignored with ADDRESS")
+    add_ray_arguments(p, "detect and align in Ray tasks, embed in a pool of model actors (one per GPU), and write "
+                         "--output as a folder of Parquet shards with a manifest; a rerun resumes")
     add_json_argument(p)
     p.set_defaults(func=run)
 
@@ -55,10 +42,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return run_ray(args)
-    if args.shard_size is not None or args.actors or args.ray_cpus is not None:
-        from irface.errors import ConfigError
-
-        raise ConfigError("--shard-size, --actors and --ray-cpus go with --ray")
+    refuse_without_ray(args)
     from irface.infer.embed import check_output, embed_to_file
 
     check_output(args.output)  # refuse a bad output before loading anything
@@ -84,17 +68,10 @@ def _norms_and_skips(summary: dict) -> str:
 
 
 def run_ray(args: argparse.Namespace) -> int:
-    from irface.cli._faces import DETECTOR_DEFAULTS, detector_options
     from irface.infer.ray_embed import embed_to_shards
 
-    options = detector_options(args)
-    model = model_options(args, precision=args.precision)
-    summary = embed_to_shards(
-        model, args.inputs, args.output, address=None if args.ray == LOCAL else args.ray, num_cpus=args.ray_cpus,
-        shard_size=args.shard_size or DEFAULT_SHARD_SIZE, actors=args.actors, batch_size=args.batch_size,
-        mode=args.face_mode, all_faces=args.all_faces, strict=args.strict,
-        detector=None if options == {k: DETECTOR_DEFAULTS[k] for k in options} else options,
-        quality=args.quality, progress=args.progress, verbose=args.verbose)
+    summary = embed_to_shards(model_options(args, precision=args.precision), args.inputs, args.output,
+                              all_faces=args.all_faces, strict=args.strict, quality=args.quality, **ray_options(args))
     summary["model"] = args.model
     shards = summary["shards"]
     text = (f"wrote {summary['count']} embeddings ({summary['embedding_size']}-d, L2-normalised) of "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
-from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
+from irface.cli._model import add_model_argument, add_model_arguments, model_from_args, model_options
 from irface.cli._output import add_json_argument, emit
+from irface.cli._ray import add_ray_arguments, ray_options, refuse_without_ray
 from irface.errors import ConfigError
 from irface.infer.settings import DEFAULT_THRESHOLD
 
@@ -32,7 +33,8 @@ def register(sub) -> None:
 
     b = gsub.add_parser("build", help="a new gallery from GALLERY_DIR/<identity>/*.jpg",
                         description="Detect, align and embed the largest face of every photo under "
-                                    "GALLERY_DIR/<identity>/ and write the gallery file OUTPUT (atomically); or, "
+                                    "GALLERY_DIR/<identity>/ and write the gallery file OUTPUT (atomically); with "
+                                    "--ray, do that on Ray Data through a resumable folder of shards; or, "
                                     "with --from-embeddings, enrol what irface embed --ray wrote without "
                                     "embedding again.")
     b.add_argument("folder", metavar="GALLERY_DIR", nargs="?",
@@ -53,6 +55,14 @@ def register(sub) -> None:
     k.add_argument("--ef-construction", type=int, help="hnsw: candidates while building")
     k.add_argument("--ef-search", type=int, help="hnsw: candidates while searching")
     _model_arguments(b, required=False)
+    r = add_ray_arguments(b, "detect and align in Ray tasks and embed in a pool of model actors (one per GPU) into "
+                             "the --shards folder, then enrol the faces from there (as --from-embeddings does); a "
+                             "rerun resumes the shards")
+    r.add_argument("--shards", metavar="DIR",
+                   help="with --ray (needed): the folder of Parquet shards and manifest the photos are embedded into "
+                        "(new, empty, or the same build's folder to resume); kept, for --from-embeddings")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="with --ray: no progress bar of photos on stderr")
     add_json_argument(b)
     b.set_defaults(func=run_build)
 
@@ -145,14 +155,38 @@ def run_build(args: argparse.Namespace) -> int:
               if getattr(args, k) is not None}
     index_params(args.index, params)  # refuse a wrong parameter before any work
     if args.from_embeddings is not None:
+        if args.ray is not None:
+            raise ConfigError("--ray embeds GALLERY_DIR; --from-embeddings enrols embeddings made already: "
+                              "give one of them")
+        refuse_without_ray(args, also=("shards",))
         return _build_from_embeddings(args, params)
     if args.folder is None or args.model is None:
         raise ConfigError("gallery build needs GALLERY_DIR and --model (or --from-embeddings DIR)")
+    if args.ray is not None:
+        return _build_on_ray(args, params)
+    refuse_without_ray(args, also=("shards",))
     embedder = model_from_args(args)
     summary = build_from_folders(args.folder, embedder, args.output, templates=args.templates, index=args.index,
                                  params=params, model=args.model, **_options(args))
     emit(summary, args.json, f"wrote {describe(args.output)}: {summary['faces']} faces of {summary['identities']} identities "
                              f"({args.index} index{', templates' if args.templates else ''})" + _skips(summary))
+    return 0
+
+
+def _build_on_ray(args: argparse.Namespace, params: dict) -> int:
+    from irface.gallery import describe
+    from irface.gallery.photos import build_on_ray
+
+    if args.shards is None:
+        raise ConfigError("gallery build --ray needs --shards DIR: the folder the photos are embedded into, "
+                          "which a rerun resumes")
+    summary = build_on_ray(args.folder, model_options(args), args.output, args.shards, templates=args.templates,
+                           index=args.index, params=params, **ray_options(args))
+    shards = summary["shards"]
+    emit(summary, args.json, f"wrote {describe(args.output)}: {summary['faces']} faces of {summary['identities']} "
+                             f"identities ({args.index} index{', templates' if args.templates else ''}) from "
+                             f"{shards['total']} shards in {args.shards} ({shards['written']} now, "
+                             f"{shards['done_before']} done before)" + _skips(summary))
     return 0
 
 

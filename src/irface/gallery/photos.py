@@ -51,16 +51,18 @@ def identity_of(photo: str, roots: Sequence[str]) -> str:
 def identity_folders(root: str | Path, size: int | tuple[int, int] = 112
                      ) -> tuple[dict[str, list[FaceSource]], list[dict[str, str]]]:
     """`{identity: [its photos]}` of `root/<identity>/...` (faces of a model with `size` x `size` input),
-    and what was skipped (bad names, empty folders)."""
+    and what was skipped (bad names, empty folders, files beside the folders). Hidden folders and files are
+    passed over, as `irface embed` lists photos."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected one folder of photos per identity)")
     found: dict[str, list[FaceSource]] = {}
     skipped: list[dict[str, str]] = []
     for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):  # hidden, as the photo listing (`list_image_files`) has it: no identity
+            continue
         if not entry.is_dir():
-            if not entry.name.startswith("."):
-                skipped.append({"name": str(entry), "reason": not_in_identity_folder(entry)})
+            skipped.append({"name": str(entry), "reason": not_in_identity_folder(entry)})
             continue
         try:
             validate_identity(entry.name)
@@ -187,6 +189,34 @@ def build_from_embeddings(folders: Sequence[str | Path], output: str | Path, *, 
         gallery.save()
     return {**summary, "gallery": gallery.location, "index": index, "templates": templates,
             "embeddings": [str(f) for f in folders]}
+
+
+def build_on_ray(root: str | Path, model: dict[str, Any], output: str | Path, shards: str | Path, *,
+                 templates: bool = False, index: str = "flat", params: Optional[dict[str, Any]] = None,
+                 **ray: Any) -> dict[str, Any]:
+    """`irface gallery build GALLERY_DIR --ray`: the gallery `build_from_folders` makes, the photos embedded on
+    Ray into the shards folder `shards` and enrolled from there, as `--from-embeddings` enrols them.
+
+    `model`: `load_model`'s arguments (the actors open their own); `ray`: `embed_to_shards`' options (address,
+    num_cpus, shard_size, actors, batch_size, mode, detector, progress, verbose). The photos embedded are those
+    of `identity_folders(root)`, so the faces and the skips (bad folder names, empty folders, files beside the
+    folders; then unreadable or faceless photos) are the one-process build's. A rerun resumes the shards; the
+    gallery is made before any photo is embedded, so a refused `output` costs no work.
+    """
+    from irface.infer import load_model
+    from irface.infer.ray_embed import embed_to_shards
+
+    embedder = load_model(**{**model, "device": "cpu"})  # as embed_to_shards opens it: fingerprint and sizes
+    folders, skipped = identity_folders(root, embedder.input_size)
+    gallery = create_gallery(output, fingerprint=model_fingerprint(embedder), embedding_size=embedder.embedding_size,
+                             index=index, templates=templates, model=str(model["path"]), params=params)
+    with gallery:
+        embedded = embed_to_shards(model, [root], shards, listing=_flatten(folders)[0], embedder=embedder, **ray)
+        summary = enroll_embeddings(gallery, [shards])
+        gallery.save()
+    summary["skipped"] = skipped + summary["skipped"]
+    return {**summary, "gallery": gallery.location, "index": index, "templates": templates,
+            "embeddings": [str(shards)], "shards": embedded["shards"]}
 
 
 def search_photos(gallery: Gallery, embedder: Embedder, photos: Sequence[str], *, top_k: int = 5,

@@ -24,13 +24,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from irface.errors import ConfigError, DataError, first_line
 from irface.infer.shards import (Manifest, check_output_folder, exclusive, listing_digest, remove_partial_files,
                                  shard_metadata, shard_name, shard_ranges, write_shard)
+
+if TYPE_CHECKING:
+    from irface.infer.images import FaceSource
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +258,16 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
                     shard_size: int, actors: int = 0, batch_size: int = 64,
                     mode: str = "auto", all_faces: bool = False, strict: bool = False,
                     detector: Optional[dict[str, Any]] = None, quality: bool = False, progress: bool = True,
-                    verbose: bool = False) -> dict[str, Any]:
+                    verbose: bool = False, listing: Optional[Sequence[FaceSource]] = None,
+                    embedder: Any = None) -> dict[str, Any]:
     """Embed every face under `inputs` into Parquet shards in the folder `output` (resuming a run there);
-    returns the summary `irface embed --json` prints. `model` holds `load_model`'s arguments."""
+    returns the summary `irface embed --json` prints. `model` holds `load_model`'s arguments.
+
+    `listing`: the photos to embed when the caller listed `inputs` itself and keeps only some (`irface gallery
+    build --ray`: the photos of its identity folders, `identity_folders`); default every image under `inputs`
+    (`collect_faces`). `inputs` is recorded in the manifest either way: the folders the photos are named below.
+    `embedder`: the model of `model`, opened on the CPU by a caller that needed it first (the gallery's
+    fingerprint); default: opened here."""
     from irface.infer.fingerprint import model_fingerprint
     from irface.infer import load_model
     from irface.infer.images import collect_faces
@@ -274,13 +284,14 @@ def embed_to_shards(model: dict[str, Any], inputs: Sequence[str | Path], output:
     output = check_output_folder(output)
     # The model is opened here once (on the CPU) to refuse a bad file before Ray starts, and for its
     # fingerprint and sizes; the actors open their own.
-    embedder = load_model(**{**model, "device": "cpu"})
-    sources = collect_faces(inputs, embedder.input_size)
+    if embedder is None:
+        embedder = load_model(**{**model, "device": "cpu"})
+    sources = collect_faces(inputs, embedder.input_size) if listing is None else listing
     if any(s.photo is None for s in sources):
         raise ConfigError("--ray takes image files and folders; a RecordIO archive holds aligned crops already: "
                           "embed it without --ray")
     names = [s.name for s in sources]
-    del sources  # the driver holds the listing of every photo: keep only the names
+    del sources, listing  # the driver holds the listing of every photo: keep only the names
     ranges = shard_ranges(len(names), shard_size)
     job = ShardJob(str(output.resolve()), {**model, "path": str(Path(model["path"]).resolve())}, embedder.input_size,
                    embedder.embedding_size, mode, all_faces, detector, quality, batch_size, os.getcwd())
