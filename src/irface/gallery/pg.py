@@ -136,17 +136,12 @@ class PgGallery(Gallery):
         psycopg = _psycopg()
         with self._conn_lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        self._conn.close()
-                self._conn = None
+                self.close()  # the lock is re-entrant
                 self._conn = _connect(self._url, self.location)
             try:
                 yield self._conn
             except psycopg.OperationalError as e:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
+                self.close()
                 raise GalleryUnavailable(f"{self.location}: the database is unavailable ({_libpq_reason(e)}); "
                                          "try again") from None
 
