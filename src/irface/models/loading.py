@@ -123,13 +123,20 @@ def _torch_load(path: Path) -> Any:
     if is_torchscript_archive(path):
         raise ModelFileError(f"{path}: a TorchScript model, not a weights file; use a checkpoint, a .pth state dict "
                              "or .safetensors here (embed, verify and eval run TorchScript files)")
+    return load_weights_only(path, "a PyTorch weights file")
+
+
+def load_weights_only(path: Path, what: str) -> Any:
+    """`torch.load(weights_only=True)`: nothing in the file runs; `what` names the file expected, in errors."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:
         raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
                              "nothing in it was run") from None
     except Exception as e:
-        raise ModelFileError(f"{path}: not a PyTorch weights file ({first_line(e)})") from None
+        raise ModelFileError(f"{path}: not {what} ({first_line(e)})") from None
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
