@@ -108,14 +108,10 @@ class TrainConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"config key '{key}': {why}")
 
-        if self.head not in HEADS:
-            raise bad("head", f"{self.head!r} is not one of {', '.join(HEADS)}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise bad("scheduler", f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        for key, choices in (("head", HEADS), ("precision", PRECISIONS), ("scheduler", SCHEDULERS),
+                             ("optimizer", OPTIMIZERS)):
+            if getattr(self, key) not in choices:
+                raise bad(key, f"{getattr(self, key)!r} is not one of {', '.join(choices)}")
         for key in ("embedding_size", "num_classes", "image_size", "batch_size", "epoch_size", "grad_accum"):
             if getattr(self, key) <= 0:
                 raise bad(key, f"must be positive, got {getattr(self, key)}")
