@@ -108,31 +108,22 @@ class TrainConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"config key '{key}': {why}")
 
-        if self.head not in HEADS:
-            raise bad("head", f"{self.head!r} is not one of {', '.join(HEADS)}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise bad("scheduler", f"{self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        for key in ("embedding_size", "num_classes", "image_size", "batch_size", "epoch_size", "grad_accum"):
+        for key, choices in (("head", HEADS), ("precision", PRECISIONS), ("scheduler", SCHEDULERS),
+                             ("optimizer", OPTIMIZERS)):
+            if getattr(self, key) not in choices:
+                raise bad(key, f"{getattr(self, key)!r} is not one of {', '.join(choices)}")
+        for key in ("embedding_size", "num_classes", "image_size", "batch_size", "epoch_size", "grad_accum", "lr",
+                    "gamma"):
             if getattr(self, key) <= 0:
                 raise bad(key, f"must be positive, got {getattr(self, key)}")
         for key in ("max_steps", "num_workers", "log_every", "checkpoint_every", "eval_every",
-                    "keep_checkpoints", "max_bad_images", "lr_batch_reference"):
+                    "keep_checkpoints", "max_bad_images", "lr_batch_reference", "max_minutes", "stem_width"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must not be negative, got {getattr(self, key)}")
-        if self.max_minutes < 0:
-            raise bad("max_minutes", f"must not be negative, got {self.max_minutes}")
         if not 0.0 < self.sample_rate <= 1.0:
             raise bad("sample_rate", f"must be in (0, 1], got {self.sample_rate}")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", f"must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise bad("lr", f"must be positive, got {self.lr}")
-        if self.gamma <= 0:
-            raise bad("gamma", f"must be positive, got {self.gamma}")
         if list(self.schedule) != sorted(self.schedule):
             raise bad("schedule", f"epochs must be in increasing order, got {self.schedule}")
         if len(self.margins) != 3:
@@ -144,8 +135,6 @@ class TrainConfig:
                 raise bad(key, f"entries must be positive, got {getattr(self, key)}")
         if self.network_layers and self.network_widths and len(self.network_layers) != len(self.network_widths):
             raise bad("network_widths", f"needs one width per stage of network_layers {self.network_layers}, got {self.network_widths}")
-        if self.stem_width < 0:
-            raise bad("stem_width", f"must not be negative, got {self.stem_width}")
         for key in ("drop_path_rate", "mask_ratio"):
             value = getattr(self, key)
             if value is not None and not 0.0 <= value < 1.0:

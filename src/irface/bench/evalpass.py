@@ -16,6 +16,7 @@ import torch
 
 from irface.bench.flops import count_flops
 from irface.bench.options import EvalOptions
+from irface.bench.runner import create_network
 from irface.bench.timing import device_info, make_timing, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, sig
 from irface.errors import ConfigError, DataError
 
@@ -41,12 +42,7 @@ def bench_eval(opts: EvalOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="irface-bench-") as tmp:
         path = model
         if path is None:
-            from irface.models import create_backbone
-
-            try:
-                net = create_backbone(network, **opts.backbone_kwargs)
-            except KeyError as e:
-                raise ConfigError(f"--network: {e.args[0]}") from None
+            net = create_network(network, **opts.backbone_kwargs)
             path = str(Path(tmp) / "model.pth")
             torch.save(net.state_dict(), path)
         backbone, _ = load_backbone(path)

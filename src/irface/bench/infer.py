@@ -25,7 +25,7 @@ from torch import nn
 from irface.bench.flops import count_flops
 from irface.bench.inputs import calibrate_batchnorm
 from irface.bench.options import RUNTIMES, InferOptions
-from irface.bench.runner import Prepared, RunResult, Variant, run_variants, select_variants
+from irface.bench.runner import Prepared, RunResult, Variant, create_network, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
 from irface.data.transforms import embed_images, normalize, to_nchw_tensor
 from irface.device import DTYPES, autocast
@@ -69,12 +69,7 @@ def base_network(opts: InferOptions) -> tuple[nn.Module, dict[str, Any]]:
 
         model, info = load_backbone(opts.model, None)
         return model.eval(), {"model": opts.model, "network": info.get("network")}
-    from irface.models import create_backbone
-
-    try:
-        model = create_backbone(opts.network, **opts.backbone_kwargs)
-    except KeyError as e:
-        raise ConfigError(f"--network: {e.args[0]}") from None
+    model = create_network(opts.network, **opts.backbone_kwargs)
     calib, _ = faces_for(opts, model.input_size)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

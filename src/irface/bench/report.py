@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
 def _machine(m: dict[str, Any]) -> str:
@@ -13,15 +13,19 @@ def _machine(m: dict[str, Any]) -> str:
     return text + (f", load {load[0]}" if load else "")
 
 
+def _or_dash(row: dict[str, Any], key: str, spec: str) -> str:
+    """`row[key]` formatted by `spec`, or "-" where the figure was not measured."""
+    return "-" if row.get(key) is None else format(row[key], spec)
+
+
 def _timings(report: dict[str, Any]) -> list[str]:
     lines = [f"{'configuration':<18} {'ms/step':>9} {'min ms':>9} {'images/s':>9} {'x base':>7} {'x min':>6} {'x cpu':>6} "
              f"{'GFLOP/s':>8} {'of peak':>13} {'peak MB':>8}"]
     for t in report["timings"]:
         frac = f"{t['fraction_of_peak']:.0%} {t['peak_name']}" if t.get("fraction_of_peak") is not None else "-"
-        ratio = f"{t['ratio_to_baseline']:.2f}" if t.get("ratio_to_baseline") is not None else "-"
-        mem = f"{t['peak_memory_mb']:.0f}" if t.get("peak_memory_mb") is not None else "-"
-        rmin = f"{t['ratio_min_to_baseline']:.2f}" if t.get("ratio_min_to_baseline") is not None else "-"
-        rcpu = f"{t['ratio_cpu_to_baseline']:.2f}" if t.get("ratio_cpu_to_baseline") is not None else "-"
+        ratio, rmin, rcpu = (_or_dash(t, k, ".2f") for k in ("ratio_to_baseline", "ratio_min_to_baseline",
+                                                              "ratio_cpu_to_baseline"))
+        mem = _or_dash(t, "peak_memory_mb", ".0f")
         lines.append(f"{t['name']:<18} {t['ms_per_step']:>9.1f} {t['ms_min']:>9.1f} {t['images_per_s']:>9.2f} "
                      f"{ratio:>7} {rmin:>6} {rcpu:>6} {t['achieved_gflops']:>8.1f} {frac:>13} {mem:>8}")
     for name, why in report.get("skipped", {}).items():
@@ -80,8 +84,7 @@ def _scale_report(r: dict[str, Any]) -> list[str]:
              f"{'classes':>11} {'ranks':>5} {'rate':>5} {'classes/rank':>12} {'used/step':>10} {'ms/step':>9} "
              f"{'peak MB':>8} {'est. MB':>8}"]
     for row in r["measured"]:
-        ms = f"{row['ms_per_step']:.1f}" if row.get("ms_per_step") is not None else "-"
-        mem = f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") is not None else "-"
+        ms, mem = _or_dash(row, "ms_per_step", ".1f"), _or_dash(row, "peak_memory_mb", ".0f")
         lines.append(f"{row['classes']:>11,} {row['ranks']:>5} {row['sample_rate']:>5g} {row['classes_per_rank']:>12,} "
                      f"{row['classes_used_per_step']:>10,} {ms:>9} {mem:>8} {row['estimated_mb']:>8.0f}"
                      + (f"  ({row['note']})" if row.get("note") else ""))
@@ -111,13 +114,6 @@ def _photo_report(r: dict[str, Any]) -> list[str]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    kind = report.get("benchmark")
-    if kind == "photo":
-        return "\n".join(_photo_report(report))
-    if kind == "data":
-        return "\n".join(_data_report(report))
-    if kind == "eval":
-        return "\n".join(_eval_report(report))
-    if kind == "scale":
-        return "\n".join(_scale_report(report))
-    return "\n".join(_speed_report(report))
+    lines: dict[Any, Callable[[dict[str, Any]], list[str]]] = {
+        "photo": _photo_report, "data": _data_report, "eval": _eval_report, "scale": _scale_report}
+    return "\n".join(lines.get(report.get("benchmark"), _speed_report)(report))

@@ -55,6 +55,16 @@ class RunResult:
     peaks: dict[str, Any]  # GFLOP/s by kind: "before" (alone, before timing) and, interleaved, "in_rounds"
 
 
+def create_network(name: str, **kwargs: Any) -> torch.nn.Module:
+    """The backbone a benchmark times (`create_backbone`); an unknown name is a ConfigError naming --network."""
+    from irface.models import create_backbone
+
+    try:
+        return create_backbone(name, **kwargs)
+    except KeyError as e:
+        raise ConfigError(f"--network: {e.args[0]}") from None
+
+
 def select_variants(variants: list[Variant], names: Optional[list[str]]) -> list[Variant]:
     """The `names` among `variants` (`--variants`; all when empty), and always the first: the baseline the
     ratios are taken to. An unknown name is a ConfigError listing the known ones."""

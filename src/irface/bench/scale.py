@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from irface.bench.options import ScaleOptions
-from irface.bench.timing import device_info, synchronize
+from irface.bench.timing import device_info, proc_field, synchronize
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,8 @@ def paper_table(opts: ScaleOptions) -> dict[str, Any]:
 
 
 def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    rss = proc_field("/proc/self/status", "VmRSS")
+    return int(rss.split()[0]) / 1024 if rss else 0.0
 
 
 def _release_freed_memory() -> None:

@@ -133,39 +133,34 @@ def peak_memory_mb(device: torch.device) -> float:
     """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    hwm = proc_field("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return int(hwm.split()[0]) / 1024
     # ru_maxrss is KiB on Linux: the high-water mark since the process began.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- the device ---------------------------------------------------------------------------------
 
-def cpu_model() -> str:
+def proc_field(path: str, key: str) -> Optional[str]:
+    """The value of the first `key: value` line of a /proc file (None where there is no such file or line)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((proc_field("/proc/cpuinfo", "flags") or "").split())
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -211,27 +206,14 @@ def peak_size(device: torch.device) -> int:
     return PEAK_N_CUDA if device.type == "cuda" else PEAK_N
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: Optional[int] = None,
-                       seconds: Optional[float] = None) -> float:
-    """The device's achievable dense matmul rate in `dtype`, measured now (GFLOP/s, best of the timed calls)."""
-    n = n or peak_size(device)
-    seconds = PEAK_SECONDS if seconds is None else seconds
+def _matmul_probe(device: torch.device, dtype: torch.dtype, n: int) -> tuple[Step, float]:
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    synchronize(device)
-    best, start = float("inf"), time.perf_counter()
-    reps = 0
-    while reps < 3 or time.perf_counter() - start < seconds:
-        best = min(best, _timed(lambda: a @ b, device) / 1e3)
-        reps += 1
-    # The best call, not the mean: on a shared machine the fastest call is the closest to the hardware's rate.
-    return 2 * n ** 3 / best / 1e9
+    return (lambda: a @ b), 2.0 * n ** 3
 
 
-def _ort_int8_session(n: int, threads: int):
-    """An onnxruntime session of one n x n MatMulInteger (uint8 x int8) and its feeds; None without onnxruntime."""
+def _ort_int8_probe(n: int, threads: int) -> Optional[tuple[Step, float]]:
+    """One n x n MatMulInteger (uint8 x int8) on onnxruntime and its FLOPs; None without onnxruntime."""
     try:
         import numpy as np
         import onnxruntime as ort
@@ -252,25 +234,27 @@ def _ort_int8_session(n: int, threads: int):
     sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
-    return sess, feeds
+    return (lambda: sess.run(None, feeds)), 2.0 * n ** 3
 
 
-def ort_int8_peak_gops(n: Optional[int] = None, seconds: Optional[float] = None, threads: int = 0) -> Optional[float]:
-    """onnxruntime's int8 matmul rate (MatMulInteger, uint8 x int8), measured now; None without onnxruntime."""
-    n = n or PEAK_N // 2
+def _best_gflops(probe: tuple[Step, float], device: torch.device, seconds: Optional[float] = None) -> float:
+    """A probe's rate (GFLOP/s) from its fastest call: at least 3 calls and `seconds` of them, after 2 untimed."""
+    step, flop = probe
     seconds = PEAK_SECONDS if seconds is None else seconds
-    made = _ort_int8_session(n, threads)
-    if made is None:
-        return None
-    sess, feeds = made
-    sess.run(None, feeds)
+    for _ in range(2):
+        step()
+    synchronize(device)
     best, start, reps = float("inf"), time.perf_counter(), 0
     while reps < 3 or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, _timed(step, device) / 1e3)
         reps += 1
-    return 2 * n ** 3 / best / 1e9
+    # The best call, not the mean: on a shared machine the fastest call is the closest to the hardware's rate.
+    return flop / best / 1e9
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """The device's achievable dense matmul rate in `dtype`, measured now (GFLOP/s, best of the timed calls)."""
+    return _best_gflops(_matmul_probe(device, dtype, peak_size(device)), device)
 
 
 def sig(x: float, digits: int = 4) -> float:
@@ -279,30 +263,20 @@ def sig(x: float, digits: int = 4) -> float:
 
 
 def peak_probe(device: torch.device, kind: str) -> Optional[tuple[Step, float]]:
-    """(one matmul call, its FLOPs) for `kind` (fp32, bf16, fp16, int8), to time beside the configurations."""
+    """(one matmul call, its FLOPs) for `kind` (fp32, bf16, fp16, int8), to time beside the configurations;
+    int8 is onnxruntime's, on CPU only."""
     if kind == "int8":
-        if device.type != "cpu":
-            return None
-        sess_feeds = _ort_int8_session(PEAK_N // 2, torch.get_num_threads())
-        if sess_feeds is None:
-            return None
-        sess, feeds = sess_feeds
-        return (lambda: sess.run(None, feeds)), 2.0 * (PEAK_N // 2) ** 3
-    n = peak_size(device)
-    a = torch.randn(n, n, device=device).to(DTYPES[kind] or torch.float32)
-    b = torch.randn(n, n, device=device).to(DTYPES[kind] or torch.float32)
-    return (lambda: a @ b), 2.0 * n ** 3
+        return _ort_int8_probe(PEAK_N // 2, torch.get_num_threads()) if device.type == "cpu" else None
+    return _matmul_probe(device, DTYPES[kind] or torch.float32, peak_size(device))
 
 
 def measure_peaks(device: torch.device, kinds: set[str]) -> dict[str, Optional[float]]:
     """Matmul peaks (GFLOP/s) for fp32 and every kind in `kinds`, measured now."""
     peaks: dict[str, Optional[float]] = {}
-    for kind in sorted(kinds | {"fp32"}):
-        if kind == "int8":
-            peaks[kind] = ort_int8_peak_gops(threads=torch.get_num_threads()) if device.type == "cpu" else None
-        else:
-            peaks[kind] = matmul_peak_gflops(device, DTYPES[kind] or torch.float32)
-    return {k: sig(v) if v else None for k, v in peaks.items()}
+    for kind in sorted(kinds | {"fp32"}):  # one probe's matrices at a time
+        probe = peak_probe(device, kind)
+        peaks[kind] = sig(_best_gflops(probe, device)) if probe else None
+    return peaks
 
 
 def make_timing(name: str, batch: int, times_ms: list[float], flop_per_image: float,

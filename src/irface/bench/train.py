@@ -21,7 +21,7 @@ import torch
 
 from irface.bench.flops import count_flops, head_flops, train_flops
 from irface.bench.options import TrainOptions
-from irface.bench.runner import Prepared, Variant, run_variants, select_variants
+from irface.bench.runner import Prepared, Variant, create_network, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, sig
 from irface.config import TrainConfig
 from irface.engine.precision import LossScaler, configure_backends
@@ -110,7 +110,6 @@ def bench_train(opts: TrainOptions) -> dict[str, Any]:
     """Run the training-step benchmark; returns the report (JSON-ready)."""
     from irface.bench.timing import device_info
     from irface.device import precision_dtype, resolve_device
-    from irface.models import create_backbone
 
     precision_dtype(opts.precision, "--precision")
     if opts.batch_size < 2 or opts.steps < 1 or opts.warmup < 0:
@@ -119,11 +118,8 @@ def bench_train(opts: TrainOptions) -> dict[str, Any]:
         raise ConfigError("--num-classes must be positive and --sample-rate in (0, 1]")
     device = resolve_device(opts.device)
     cfg = _config(opts, opts.precision, opts.channels_last, opts.compile)  # checks the options as `irface train` would
-    try:
-        with torch.device("meta"):  # shapes only, for the FLOP count
-            probe = create_backbone(opts.network, **cfg.backbone_kwargs())
-    except KeyError as e:
-        raise ConfigError(f"--network: {e.args[0]}") from None
+    with torch.device("meta"):  # shapes only, for the FLOP count
+        probe = create_network(opts.network, **cfg.backbone_kwargs())
     forward = count_flops(probe, probe.input_size)
     head = head_flops(opts.embedding_size, opts.num_classes, opts.sample_rate)
     flop = train_flops(forward + head)

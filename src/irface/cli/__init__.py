@@ -41,7 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):
-        parser.print_help()
+        # No command, or a command of actions (data, bench) given none: that parser's help.
+        getattr(args, "help_parser", parser).print_help()
         return 2
     try:
         return int(args.func(args) or 0)

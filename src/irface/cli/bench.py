@@ -172,12 +172,7 @@ def register(sub) -> None:
     add_json_argument(s)
     s.set_defaults(func=run_scale)
 
-    p.set_defaults(func=lambda args: _no_subcommand(p))
-
-
-def _no_subcommand(p: argparse.ArgumentParser) -> int:
-    p.print_help()
-    return 2
+    p.set_defaults(help_parser=p)
 
 
 def _backbone_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from irface.cli._output import add_json_argument, emit
 
@@ -109,12 +108,7 @@ def register(sub) -> None:
                               "(keys 0..N-1 in file order, as insightface's files have them).")
     reindex.add_argument("rec_dir", metavar="REC_DIR")
     reindex.set_defaults(func=run_reindex)
-
-    def usage(args: argparse.Namespace) -> int:
-        p.print_help(sys.stderr)
-        return 2
-
-    p.set_defaults(func=usage)
+    p.set_defaults(help_parser=p)
 
 
 def run_info(args: argparse.Namespace) -> int:

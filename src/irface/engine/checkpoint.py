@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 
 from irface import dist
-from irface.errors import ModelFileError, OutputError, first_line
-from irface.models.loading import CHECKPOINT_FORMAT, is_torchscript_archive, list_checkpoints, refusal_reason
+from irface.errors import ModelFileError, OutputError
+from irface.models.loading import CHECKPOINT_FORMAT, is_torchscript_archive, list_checkpoints, load_weights_only
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -65,15 +64,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     path = Path(path)
     if is_torchscript_archive(path):  # torch.load would hand it to torch.jit.load
         raise ModelFileError(f"{path}: a TorchScript model, not a training checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such checkpoint") from None
-    except pickle.UnpicklingError as e:
-        raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
-                             "nothing in it was run") from None
-    except Exception as e:
-        raise ModelFileError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
+    ckpt = load_weights_only(path, "a readable checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelFileError(f"{path}: not an irface training checkpoint (no format: {CHECKPOINT_FORMAT})")
     missing = [k for k in ("backbone", "head", "step", "epoch", "digest") if k not in ckpt]

@@ -187,19 +187,11 @@ class Gallery:
                templates: bool = False, model: Optional[str] = None,
                params: Optional[dict[str, Any]] = None) -> "Gallery":
         """A new, empty gallery that will be written to `path` by `save()` (nothing is written before)."""
-        if not isinstance(fingerprint, str) or not fingerprint:
-            raise GalleryError("a gallery needs the model's fingerprint (irface.gallery.model_fingerprint)")
-        if int(embedding_size) < 1:
-            raise GalleryError(f"embedding size must be positive, got {embedding_size}")
+        header, params = new_header(fingerprint, embedding_size, index, templates, model, params)
         path = Path(path)
         if path.is_dir():
             raise GalleryError(f"{path}: is a folder; a gallery is one file (e.g. {path}/faces.gallery)")
-        params = index_params(index, params)
-        db = sqlite3.connect(":memory:", check_same_thread=False)
-        db.executescript(_SCHEMA)
-        header = {"fingerprint": fingerprint, "embedding_size": int(embedding_size), "templates": bool(templates),
-                  "model": model, "created": _now(), "next_id": 0}
-        return cls(path, header, db, FaceIndex(index, int(embedding_size), params))
+        return cls(path, header, empty_db(), FaceIndex(index, int(embedding_size), params))
 
     @classmethod
     def open(cls, path: str | Path, *, fingerprint: Optional[str] = None) -> "Gallery":
@@ -715,6 +707,25 @@ def _db_bytes(db: sqlite3.Connection) -> bytes:
         db.backup(out)
         out.close()
         return (Path(tmp) / "meta.sqlite").read_bytes()
+
+
+def new_header(fingerprint: str, embedding_size: int, index: str, templates: bool, model: Optional[str],
+               params: Optional[dict[str, Any]], created: Optional[str] = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new gallery's header and index parameters (either store), its arguments checked."""
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise GalleryError("a gallery needs the model's fingerprint (irface.gallery.model_fingerprint)")
+    if int(embedding_size) < 1:
+        raise GalleryError(f"embedding size must be positive, got {embedding_size}")
+    header = {"fingerprint": fingerprint, "embedding_size": int(embedding_size), "templates": bool(templates),
+              "model": model, "created": created or _now(), "next_id": 0}
+    return header, index_params(index, params)
+
+
+def empty_db() -> sqlite3.Connection:
+    """The in-memory metadata tables of a gallery, empty (either store keeps its rows there)."""
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    db.executescript(_SCHEMA)
+    return db
 
 
 def _db_from_bytes(data: bytes) -> sqlite3.Connection:

@@ -32,8 +32,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from irface.errors import GalleryError, GalleryUnavailable
-from irface.gallery.gallery import _SCHEMA, Gallery, _check_fingerprint, _now, rows_by_identity
-from irface.gallery.index import FaceIndex, index_params
+from irface.gallery.gallery import Gallery, _check_fingerprint, empty_db, new_header, rows_by_identity
+from irface.gallery.index import FaceIndex
 from irface.gallery.names import identity_key, name_taken
 
 log = logging.getLogger(__name__)
@@ -136,17 +136,12 @@ class PgGallery(Gallery):
         psycopg = _psycopg()
         with self._conn_lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        self._conn.close()
-                self._conn = None
+                self.close()  # the lock is re-entrant
                 self._conn = _connect(self._url, self.location)
             try:
                 yield self._conn
             except psycopg.OperationalError as e:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
+                self.close()
                 raise GalleryUnavailable(f"{self.location}: the database is unavailable ({_libpq_reason(e)}); "
                                          "try again") from None
 
@@ -219,16 +214,8 @@ class PgGallery(Gallery):
     def _new(cls, url: str, conn: Any, *, fingerprint: str, embedding_size: int, index: str = "flat",
              templates: bool = False, model: Optional[str] = None, params: Optional[dict[str, Any]] = None,
              created: Optional[str] = None) -> "PgGallery":
-        if not isinstance(fingerprint, str) or not fingerprint:
-            raise GalleryError("a gallery needs the model's fingerprint (irface.gallery.model_fingerprint)")
-        if int(embedding_size) < 1:
-            raise GalleryError(f"embedding size must be positive, got {embedding_size}")
-        params = index_params(index, params)
-        db = sqlite3.connect(":memory:", check_same_thread=False)
-        db.executescript(_SCHEMA)
-        header = {"fingerprint": fingerprint, "embedding_size": int(embedding_size), "templates": bool(templates),
-                  "model": model, "created": created or _now(), "next_id": 0}
-        return cls(url, header, db, FaceIndex(index, int(embedding_size), params), conn, exists=False)
+        header, params = new_header(fingerprint, embedding_size, index, templates, model, params, created)
+        return cls(url, header, empty_db(), FaceIndex(index, int(embedding_size), params), conn, exists=False)
 
     @classmethod
     def _load(cls, url: str, conn: Any, where: str, faces: bool = True) -> "PgGallery":
@@ -254,9 +241,7 @@ class PgGallery(Gallery):
             trained = meta.get("ivf_trained", (None, None))[1]
             if trained is not None:
                 index.load_trained(bytes(trained))
-            db = sqlite3.connect(":memory:", check_same_thread=False)
-            db.executescript(_SCHEMA)
-            gallery = cls(url, header, db, index, conn, exists=True)
+            gallery = cls(url, header, empty_db(), index, conn, exists=True)
             if not faces:
                 return gallery
             with conn.cursor(name="irface_load", binary=True) as cur:

@@ -29,19 +29,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _model_path(path: Path) -> Path:
-    if path.is_dir():
-        from irface.models.loading import newest_checkpoint
-
-        ckpt = newest_checkpoint(path)
-        if ckpt is None:
-            raise ModelFileError(f"{path}: no complete checkpoint in this run folder")
-        return ckpt
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
-    return path
-
-
 def _input_settings(embedder: Any) -> dict[str, Any]:
     # How pixels become the model's input (`InputNorm`): the same file read with another mean, std or
     # channel order embeds differently. The default normalisation adds nothing, so a bare path and
@@ -61,7 +48,9 @@ def model_fingerprint(model: Any) -> str:
         if not info.get("path"):
             raise ModelFileError("this model has no file behind it; fingerprint its file instead")
         path, settings = Path(info["path"]), _input_settings(model)
-    digest = file_sha256(_model_path(path))
+    from irface.models.loading import model_file_path  # a run folder: the file load_model reads
+
+    digest = file_sha256(model_file_path(path))
     if settings:
         digest = hashlib.sha256((digest + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
     return f"sha256:{digest}"

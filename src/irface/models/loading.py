@@ -71,6 +71,19 @@ def newest_checkpoint(folder: Path) -> Optional[Path]:
     return None
 
 
+def model_file_path(path: str | Path) -> Path:
+    """The file a model argument names: itself, or a run folder's newest complete checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = newest_checkpoint(path)
+        if ckpt is None:
+            raise ModelFileError(f"{path}: a folder with no complete checkpoint ({CHECKPOINT_GLOB}) in it")
+        path = ckpt
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    return path
+
+
 def _looks_like_torch_file(path: Path) -> bool:
     """torch.save writes a zip archive (or, in the legacy format, a pickle starting with PROTO 0x80)."""
     with open(path, "rb") as f:
@@ -110,13 +123,20 @@ def _torch_load(path: Path) -> Any:
     if is_torchscript_archive(path):
         raise ModelFileError(f"{path}: a TorchScript model, not a weights file; use a checkpoint, a .pth state dict "
                              "or .safetensors here (embed, verify and eval run TorchScript files)")
+    return load_weights_only(path, "a PyTorch weights file")
+
+
+def load_weights_only(path: Path, what: str) -> Any:
+    """`torch.load(weights_only=True)`: nothing in the file runs; `what` names the file expected, in errors."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:
         raise ModelFileError(f"{path}: refused to load: the file holds more than weights ({refusal_reason(e)}); "
                              "nothing in it was run") from None
     except Exception as e:
-        raise ModelFileError(f"{path}: not a PyTorch weights file ({first_line(e)})") from None
+        raise ModelFileError(f"{path}: not {what} ({first_line(e)})") from None
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -128,14 +148,7 @@ def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
 
 def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Backbone state dict and what the file said about itself (`kind`, and `config` for checkpoints)."""
-    path = Path(path)
-    if path.is_dir():
-        ckpt = newest_checkpoint(path)
-        if ckpt is None:
-            raise ModelFileError(f"{path}: a folder with no checkpoint ({CHECKPOINT_GLOB}) in it")
-        path = ckpt
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such file")
+    path = model_file_path(path)
     suffix = path.suffix.lower()
     if suffix == ".ckpt":
         from irface.interop.mindspore import read_mindspore_backbone  # only this file type needs it

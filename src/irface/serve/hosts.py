@@ -71,6 +71,14 @@ class AllowedHosts:
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
+async def send_json_error(send: Callable[[dict], Awaitable[None]], status: int, detail: str) -> None:
+    """A middleware's refusal, as FastAPI words its errors: `{"detail": ...}`."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class HostCheck:
     """ASGI middleware: a request whose Host names no allowed host is answered 421, one JSON line."""
 
@@ -88,9 +96,6 @@ class HostCheck:
             return await self.app(scope, receive, send)
         header = raw.decode("latin-1")
 
-        body = json.dumps({"detail": f"requests for host {header[:100]!r} are refused: this server answers to "
-                                     f"{self.allowed.describe()} (--allowed-host adds names)"}).encode()
         # 421 Misdirected Request: the request reached a server that does not serve that name.
-        await send({"type": "http.response.start", "status": 421,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 421, f"requests for host {header[:100]!r} are refused: this server answers to "
+                                         f"{self.allowed.describe()} (--allowed-host adds names)")

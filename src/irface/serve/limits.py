@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from irface.errors import DataError, UserError
+from irface.serve.hosts import ASGIApp, send_json_error
 
 # Formats Pillow decodes that a face photo comes in; others (TIFF, EPS, ...) are refused untouched.
 # MPO is a JPEG with more pictures after the first (phones and cameras write them): the first is the photo.
@@ -170,9 +171,6 @@ class PixelBudget:
             turn.set_result(None)
 
 
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
-
-
 class BodySizeLimit:
     """ASGI middleware: a request body over `max_bytes` is answered 413 before it is parsed.
 
@@ -221,11 +219,7 @@ class BodySizeLimit:
             await self._refuse(send)
 
     async def _refuse(self, send: Callable[[dict], Awaitable[None]]) -> None:
-        body = (b'{"detail":"request body larger than allowed (%d bytes)"}' % self.max_bytes)
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 413, f"request body larger than allowed ({self.max_bytes} bytes)")
 
 
 class _TooLarge(Exception):
