@@ -191,7 +191,11 @@ class Trainer:
             # Only now: during set-up a signal should simply end the process (nothing to save yet,
             # and a handler cannot run while the process group is being formed).
             self._install_signals()
-            return self._loop()
+            result = self._loop()
+            # Every rank is done before any rank tears the group down: a gloo peer that leaves while the
+            # other is still in its last collective aborts it ("terminate called without an active exception").
+            dist.barrier()
+            return result
         finally:
             self._restore_signals()
             if self.logger is not None:
