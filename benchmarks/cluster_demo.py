@@ -12,8 +12,9 @@ on synthetic people it never saw.
    `people_sizes`), JPEG files at the model's input size in PEOPLE/<person>/ folders: aligned crops;
 3. `irface cluster evaluate PEOPLE --model model.onnx --aligned --json`, each in a child process of its
    own (wall time, CPU time, peak resident memory of that process, embedding included), at clustering's
-   default threshold and at the model's own: the one stored in or calibrated beside it if any, else the
-   one `irface calibrate --dry-run` picks on the demo's lfw.bin (held-out identities, best accuracy).
+   default threshold; at the model's own: the one stored in or calibrated beside it if any, else the
+   one `irface calibrate --dry-run` picks on the demo's lfw.bin (held-out identities, best accuracy);
+   at the one calibrated there for a false accept rate of --far; and at each of --thresholds.
 
     PYTHONPATH=src python benchmarks/cluster_demo.py [--out DIR | --reuse DEMO_DIR] [--faces 2000] [--json F]
 """
@@ -38,6 +39,10 @@ from cluster_scale import machine, people_sizes  # noqa: E402  (benchmarks/ is n
 
 # Unseen people start here: far beyond the demo's training identities (0..ids-1) and its held-out pairs.
 UNSEEN_FROM = 1_000_000
+# Clustering links every pair above the threshold, so it needs far fewer false accepts than verifying one
+# pair: also the threshold calibrated for a false accept rate of 1e-3, and a sweep.
+FAR = 0.001
+SWEEP = (0.7, 0.8, 0.9)
 SUMMARY = "demo.json"  # the demo's --json figures, kept in its --out folder by this script
 
 
@@ -105,18 +110,24 @@ def measured(cmd: list[str]) -> tuple[str, dict[str, float]]:
                     "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
+def calibrated(model: Path, data: Path, far: Optional[float] = None) -> tuple[float, str]:
+    """`irface calibrate --dry-run` on the demo's lfw.bin: the best-accuracy threshold, or with `far` the
+    lowest whose false accept rate is at most `far`."""
+    pairs = data / "lfw.bin"
+    cmd = irface("calibrate", str(model), str(pairs), "--dry-run", "--json") + (["--far", str(far)] if far else [])
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return float(json.loads(done.stdout)["threshold"]), f"irface calibrate{f' --far {far}' if far else ''} on {pairs}"
+
+
 def model_threshold(model: Path, data: Path) -> tuple[Optional[float], str]:
     """The model's own threshold: stored in it or calibrated beside it (None: `evaluate` finds it itself),
-    else `irface calibrate --dry-run` on the demo's lfw.bin."""
+    else the best-accuracy one on the demo's lfw.bin."""
     from irface.infer import load_model
 
     embedder = load_model(model)
     if embedder.threshold is not None:
         return None, str(embedder.threshold_source)
-    pairs = data / "lfw.bin"
-    done = subprocess.run(irface("calibrate", str(model), str(pairs), "--dry-run", "--json"), check=True,
-                          capture_output=True, text=True)
-    return float(json.loads(done.stdout)["threshold"]), f"irface calibrate --dry-run on {pairs}"
+    return calibrated(model, data)
 
 
 def evaluate(model: Path, people: Path, threshold: Optional[float]) -> dict[str, Any]:
@@ -144,6 +155,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget-minutes", type=float, default=4.0, help="the demo's whole budget (default 4)")
     p.add_argument("--faces", type=int, default=2000, help="photos of unseen people (default 2000)")
     p.add_argument("--max-per-person", type=int, default=50, help="most photos of one person (default 50)")
+    p.add_argument("--far", type=float, default=FAR,
+                   help=f"also at the threshold calibrated for this false accept rate (default {FAR:g}; 0: not)")
+    p.add_argument("--thresholds", type=float, nargs="*", default=list(SWEEP),
+                   help=f"also at these thresholds (default {' '.join(map(str, SWEEP))})")
     p.add_argument("--json", metavar="FILE", help="also write the report here")
     args = p.parse_args(argv)
 
@@ -164,10 +179,14 @@ def main(argv=None) -> int:
     if summary.is_file():  # the demo's own verification figures, when its summary was kept
         trained = json.loads(summary.read_text()).get("trained", {})
         report["demo_verification"] = {k: round(v["accuracy"], 4) for k, v in trained.items()}
-    own, source = model_threshold(setup["model"], setup["data"])
-    for label, threshold in (("default", DEFAULT_THRESHOLD), ("model", own)):
+    runs: list[tuple[str, Optional[float], Optional[str]]] = [("default", DEFAULT_THRESHOLD, None),
+                                                               ("model", *model_threshold(setup["model"], setup["data"]))]
+    if args.far:
+        runs.append((f"far {args.far:g}", *calibrated(setup["model"], setup["data"], args.far)))
+    runs += [("sweep", t, None) for t in args.thresholds]
+    for label, threshold, source in runs:
         row = {"run": label, **evaluate(setup["model"], args.out / "people", threshold)}
-        if label == "model" and own is not None:
+        if threshold is not None and source:
             row["threshold_source"] = source
         report["runs"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)

@@ -38,7 +38,7 @@ def fake_demo(folder: Path, train_ids: int = 5) -> Path:
 def test_reuse_clusters_unseen_people_at_the_default_and_the_calibrated_threshold(tmp_path, capsys):
     demo = fake_demo(tmp_path / "demo")
     assert BENCH.main(["--reuse", str(demo), "--out", str(tmp_path / "work"), "--faces", "40",
-                       "--max-per-person", "6"]) == 0
+                       "--max-per-person", "6", "--far", "0.1", "--thresholds"]) == 0
     report = json.loads(capsys.readouterr().out)
     people = report["people"]
     folders = sorted((tmp_path / "work" / "people").iterdir())
@@ -46,10 +46,11 @@ def test_reuse_clusters_unseen_people_at_the_default_and_the_calibrated_threshol
     # Unseen: none of the people is one of the training identities (0..4) or the held-out pairs' (5..8).
     assert all(int(f.name[2:]) >= BENCH.UNSEEN_FROM for f in folders)
     assert report["image_size"] == 112
-    default, own = report["runs"]
+    default, own, strict = report["runs"]
     assert (default["run"], default["threshold"], default["threshold_source"]) == ("default", 0.5, "argument")
-    assert own["run"] == "model" and "irface calibrate" in own["threshold_source"]
-    for row in (default, own):
+    assert own["run"] == "model" and own["threshold_source"].startswith("irface calibrate on")
+    assert strict["run"] == "far 0.1" and "--far 0.1" in strict["threshold_source"]
+    for row in report["runs"]:
         assert row["faces"] == 40 and row["people_true"] == people["people"]
         assert 0 <= row["bcubed"]["f1"] <= 1 and row["peak_rss_mb"] > 0 and row["cpu_s"] > 0
 
