@@ -53,6 +53,11 @@ def irface(*args: str) -> list[str]:
 
 def run_demo(out: Path, minutes: float, budget_minutes: float) -> None:
     """`irface demo` into `out`, its summary's figures kept as out/demo.json."""
+    from irface.demo_settings import MODEL_FILE
+    from irface.errors import ConfigError
+
+    if (out / MODEL_FILE).exists():
+        raise ConfigError(f"{out}: holds a finished demo; pass --reuse {out} to cluster with it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(irface("demo", "--out", str(out), "--minutes", str(minutes), "--budget-minutes",
                           str(budget_minutes), "--json", str(out / SUMMARY)), check=True)
