@@ -43,11 +43,12 @@ EXTRA_METHODS = ("graph-exact",)
 FIXTURES = ROOT / "tests" / "fixtures" / "realface"
 
 
-def people_sizes(n: int, rng: np.random.Generator) -> np.ndarray:
+def people_sizes(n: int, rng: np.random.Generator, cap: int = 1000) -> np.ndarray:
+    """Photos of each person, `n` in all: Zipf (exponent 2) counts capped at `cap`, as in a photo library."""
     sizes = []
     total = 0
     while total < n:
-        s = np.minimum(rng.zipf(2.0, max(1024, n // 4)), 1000)
+        s = np.minimum(rng.zipf(2.0, max(1024, n // 4)), cap)
         sizes.append(s)
         total += int(s.sum())
     sizes = np.concatenate(sizes)

@@ -58,6 +58,17 @@ def test_chunking_does_not_change_the_images():
     assert one == many
 
 
+def test_identity_images_draws_any_identities_as_training_does():
+    """Identity i's photos depend on (seed, i) alone: the same as in a training set that holds i; each
+    identity gets its own count (unseen people for benchmarks/cluster_demo.py)."""
+    train = list(synth.train_images(3, ids=4, per_id=2, size=32))
+    picked = list(synth.identity_images(3, {2: 2, 3: 2}, size=32, chunk_ids=1))
+    assert picked == train[4:]
+    uneven = list(synth.identity_images(3, {10: 3, 7: 1, 11: 2}, size=32))
+    assert [label for label, _ in uneven] == [10, 10, 10, 7, 11, 11]
+    assert len({data for _, data in uneven}) == 6
+
+
 def test_bin_sets_use_only_held_out_identities(tmp_path, monkeypatch):
     asked = []
     real = synth.identity_traits

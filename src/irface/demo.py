@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from irface.config import TrainConfig, load_config
-from irface.demo_settings import DemoSettings
+from irface.demo_settings import DATA_DIR, MODEL_FILE, RUN_DIR, DemoSettings
 from irface.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ def demo_config(settings: DemoSettings, plan: tuple[str, ...] = ()) -> TrainConf
     path = settings.config or REPO_CONFIG
     if not Path(path).exists():
         raise ConfigError(f"{path}: demo config not found; pass --config configs/demo.yaml from an irface checkout")
-    run_dir = settings.out_dir / "run"
-    base = [f"data_path={settings.out_dir / 'data'}", f"output_dir={run_dir}", f"num_classes={settings.ids}",
+    run_dir = settings.out_dir / RUN_DIR
+    base = [f"data_path={settings.out_dir / DATA_DIR}", f"output_dir={run_dir}", f"num_classes={settings.ids}",
             f"max_minutes={settings.minutes}", f"seed={settings.seed}", f"device={settings.device}",
             # The demo verifies once after training (stage 4) rather than after every epoch: on 2 CPU
             # cores a pass over the three sets costs about half an epoch of training.
@@ -243,7 +243,7 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
     seconds["eval_trained"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    onnx_path = out / "model.onnx"
+    onnx_path = out / MODEL_FILE
     log.info("[5/6] export to ONNX with a parity check -> %s", onnx_path)
     export_report = export_model(run_dir, onnx_path)
     seconds["export"] = time.perf_counter() - t0

@@ -10,6 +10,11 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+# Inside the demo's --out folder: the exported model, the synthetic data, the training run.
+MODEL_FILE = "model.onnx"
+DATA_DIR = "data"
+RUN_DIR = "run"
+
 
 @dataclasses.dataclass
 class DemoSettings:

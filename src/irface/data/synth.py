@@ -380,18 +380,31 @@ def _concat(parts: list[dict]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _train_batch(seed: int, group: list[int], per_id: int, difficulty: float) -> tuple[np.ndarray, dict, np.ndarray]:
-    traits = np.repeat(identity_traits(seed, group), per_id, axis=0)
-    nz = _concat([draw_nuisance(np.random.default_rng([seed, _STREAM_TRAIN, i]), per_id, "train", difficulty)
-                  for i in group])
-    return traits, nz, np.repeat(group, per_id)
+def _train_batch(seed: int, group: list[int], per_id: int | list[int], difficulty: float
+                 ) -> tuple[np.ndarray, dict, np.ndarray]:
+    counts = [per_id] * len(group) if isinstance(per_id, int) else list(per_id)
+    traits = np.repeat(identity_traits(seed, group), counts, axis=0)
+    nz = _concat([draw_nuisance(np.random.default_rng([seed, _STREAM_TRAIN, i]), n, "train", difficulty)
+                  for i, n in zip(group, counts)])
+    return traits, nz, np.repeat(group, counts)
 
 
 def train_images(seed: int, ids: int, per_id: int, size: int = 112, difficulty: float = 1.0,
                  chunk_ids: int = 16, render_size: Optional[int] = None) -> Iterator[tuple[int, bytes]]:
     """(label, JPEG bytes) for `per_id` images of each of `ids` identities, grouped by identity."""
-    for first in range(0, ids, chunk_ids):
-        traits, nz, labels = _train_batch(seed, list(range(first, min(ids, first + chunk_ids))), per_id, difficulty)
+    yield from identity_images(seed, dict.fromkeys(range(ids), per_id), size, difficulty, chunk_ids, render_size)
+
+
+def identity_images(seed: int, counts: dict[int, int], size: int = 112, difficulty: float = 1.0,
+                    chunk_ids: int = 16, render_size: Optional[int] = None) -> Iterator[tuple[int, bytes]]:
+    """(identity, JPEG bytes): `counts[i]` images of each identity i, drawn as the training images are
+    (every pose and age; identity i's traits and nuisances from (seed, i) alone). For identities the
+    training set does not hold (i >= its `ids`): unseen people to cluster or search, as many photos each
+    as a photo library has."""
+    ids = list(counts)
+    for first in range(0, len(ids), chunk_ids):
+        group = ids[first:first + chunk_ids]
+        traits, nz, labels = _train_batch(seed, group, [counts[i] for i in group], difficulty)
         yield from zip(labels.tolist(), render_encoded(traits, nz, size, render_size=render_size))
 
 
