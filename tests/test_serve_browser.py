@@ -119,8 +119,10 @@ def test_the_page_compares_two_photos_enrols_and_searches(tmp_path, browser):
             document.getElementById("drop-search").dispatchEvent(
                 new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
         """, base64.b64encode(dropped.read_bytes()).decode(), dropped.name)
-        WebDriverWait(browser, WAIT_S).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, "#photo-search img").get_attribute("alt") == dropped.name)
+        # Read in one script: the page replaces the preview <img> with the result's, and an element found
+        # before the swap and read after it is stale (the test failed so once in CI).
+        WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
+            "const i = document.querySelector('#photo-search img'); return i ? i.alt : null;") == dropped.name)
         _text(browser, "search-result", "Best match: obama")
 
         # Someone never enrolled: "Unknown".
