@@ -58,16 +58,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def build_app(args: argparse.Namespace):
-    """The app for these arguments: model, detector, gallery, limits and hosts (one per worker process)."""
-    from irface.device import resolve_device
-    from irface.serve import FaceService, Limits, create_app
-    from irface.serve.hosts import AllowedHosts
+def limits_from_args(args: argparse.Namespace):
+    """The request limits the flags give (a pixel flag left out keeps `Limits`' default)."""
+    from irface.serve import Limits
 
     given = {"max_pixels": args.max_pixels, "max_request_pixels": args.max_request_pixels,
              "max_decoding_pixels": args.max_decoding_pixels}
-    limits = Limits(max_request_bytes=int(args.max_upload_mb * 1024 * 1024),
-                    **{k: v for k, v in given.items() if v is not None})
+    return Limits(max_request_bytes=int(args.max_upload_mb * 1024 * 1024),
+                  **{k: v for k, v in given.items() if v is not None})
+
+
+def build_app(args: argparse.Namespace):
+    """The app for these arguments: model, detector, gallery, limits and hosts (one per worker process)."""
+    from irface.device import resolve_device
+    from irface.serve import FaceService, create_app
+    from irface.serve.hosts import AllowedHosts
+
+    limits = limits_from_args(args)
     detector = detector_from_args(args, device=resolve_device(args.device).type)
     service = FaceService.open(model_from_args(args), args.gallery, detector=detector, threshold=args.threshold)
     return create_app(service, api_key=args.api_key or None, limits=limits,
@@ -86,14 +93,11 @@ def _check_before_workers(args: argparse.Namespace) -> None:
     from irface.errors import ConfigError
     from irface.gallery import is_url, model_fingerprint
     from irface.gallery.pg import PgGallery
-    from irface.serve import Limits
 
     if args.gallery is not None and not is_url(args.gallery):
         raise ConfigError(f"--workers {args.workers}: a gallery file is served by one process (each worker would "
                           "hold its own copy); use a PostgreSQL gallery (--gallery postgresql://...) or --workers 1")
-    given = {"max_pixels": args.max_pixels, "max_request_pixels": args.max_request_pixels,
-             "max_decoding_pixels": args.max_decoding_pixels}
-    Limits(**{k: v for k, v in given.items() if v is not None})  # bad limits: one line here, not one per worker
+    limits_from_args(args)  # bad limits: one line here, not one per worker
     if args.gallery is not None:
         embedder = model_from_args(args)
         fingerprint = model_fingerprint(embedder)
