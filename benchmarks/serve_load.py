@@ -25,13 +25,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "realface"
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -48,11 +49,15 @@ def _photos(folder: Path) -> dict[str, list[Path]]:
     return people
 
 
-def _start_server(model: Path, gallery: Path, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(model: Path, gallery: Path, port: int, extra: list[str],
+                 env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """`python -m irface serve` on 127.0.0.1:`port`, returned once /v1/health answers (exits the script if
+    the server dies or stays silent for 180 s). Also used by serve_memory.py."""
     import httpx
 
     proc = subprocess.Popen([sys.executable, "-m", "irface", "serve", "--model", str(model), "--gallery", str(gallery),
-                             "--port", str(port), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -132,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     pairs = list(zip(every, every[1:] + every[:1]))
     verify_bodies = [[("a", (a.name, a.read_bytes())), ("b", (b.name, b.read_bytes()))] for a, b in pairs]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     extra = [a for a in args.serve_args if a != "--"]
     with tempfile.TemporaryDirectory(prefix="irface-serve-bench-") as tmp:
         import httpx
 
-        proc = _start_server(args.model, Path(tmp) / "bench.gallery", port, extra)
+        proc = start_server(args.model, Path(tmp) / "bench.gallery", port, extra)
         try:
             for name, files in people.items():
                 r = httpx.post(url + "/v1/gallery/enroll", data={"identity": name}, timeout=300,
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    report = {"date": started, "machine": _cpu_name(),
+    report = {"date": started, "machine": cpu_name(),
               "cores": os.cpu_count(), "python": platform.python_version(), "model": str(args.model),
               "gallery_identities": len(people), "photos": len(every),
               "load_average_before": load_before[0], "load_average_after": load_after[0], "results": results}
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r["failed"] for r in results) else 0
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

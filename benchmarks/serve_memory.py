@@ -22,23 +22,19 @@ import argparse
 import io
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from serve_load import cpu_name, free_port, start_server  # noqa: E402  (benchmarks/ is not a package)
+
 FIXTURES = ROOT / "tests" / "fixtures" / "realface"
 KEY = "bench-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _memory_mb(pid: int) -> dict[str, float]:
@@ -62,32 +58,11 @@ def _big_png(side: int, face: Path) -> bytes:
     return buf.getvalue()
 
 
-def _start(model: Path, gallery: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    import httpx
-
-    env = {**os.environ, "IRFACE_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "irface", "serve", "--model", str(model), "--gallery", str(gallery),
-                             "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).raise_for_status()
-            return proc
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                sys.exit(f"irface serve exited: {proc.stderr.read().strip()}")
-            if time.monotonic() > deadline:
-                proc.kill()
-                sys.exit("irface serve did not answer within 180 s")
-            time.sleep(0.2)
-
-
 def _probe(name: str, model: Path, extra: list[str], send) -> dict:
     """Start a server, measure its memory around `send(url)`, stop it."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="irface-serve-mem-") as tmp:
-        proc = _start(model, Path(tmp) / "mem.gallery", port, extra)
+        proc = start_server(model, Path(tmp) / "mem.gallery", port, extra, env={**os.environ, "IRFACE_API_KEY": KEY})
         try:
             started = _memory_mb(proc.pid)
             t0 = time.perf_counter()
@@ -148,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     results = [_probe(f"{args.clients} x verify", args.model, extra, verify),
                _probe(f"enrol {args.enrol}", args.model, extra, enrol)]
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _cpu_name(),
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": cpu_name(),
               "cores": os.cpu_count(), "python": platform.python_version(), "side": args.side,
               "png_kb": [round(len(a) / 1024), round(len(b) / 1024)], "serve_args": extra,
               "load_average_before": load_before, "load_average_after": os.getloadavg()[0], "results": results}
@@ -162,15 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     emit(report, args.json, "\n".join(lines))
     return 0
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
