@@ -308,7 +308,8 @@ class Gallery:
         self._identity_of = np.full(max(self._next_id, 1), -1, np.int64)
         for face_id, identity in rows:
             self._identity_of[face_id] = self._code_for(identity)
-            self._spellings.setdefault(identity_key(identity), set()).add(identity)
+        for who in self._names:  # once per name, not per face
+            self._spellings.setdefault(identity_key(who), set()).add(who)
 
     def _code_for(self, identity: str) -> int:
         code = self._code.get(identity)

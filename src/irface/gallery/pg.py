@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from irface.errors import GalleryError, GalleryUnavailable
-from irface.gallery.gallery import Gallery, _check_fingerprint, empty_db, new_header, rows_by_identity
+from irface.gallery.gallery import Gallery, empty_db, new_header, rows_by_identity
 from irface.gallery.index import FaceIndex
 from irface.gallery.names import identity_key, name_taken
 
@@ -480,9 +480,6 @@ class PgGallery(Gallery):
         with self._session() as conn:
             return {r[0]: bytes(r[1]) for r in conn.execute(
                 "SELECT face_id, jpeg FROM irface_thumbnails WHERE face_id BETWEEN %s AND %s", (lo, hi))}
-
-    def check_model(self, fingerprint: str) -> None:
-        _check_fingerprint(self.location, {"fingerprint": self.fingerprint, "model": self.model}, fingerprint)
 
     # ---- `irface gallery copy` into a database ------------------------------------------------------
     def import_all(self, source: Gallery) -> None:

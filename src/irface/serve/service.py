@@ -191,14 +191,14 @@ class FaceService:
         if not 1 <= top_k <= MAX_TOP_K:
             raise RequestError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}", 422)
         t, source = self._threshold(threshold)
-        face = self._faces(photo, name)[0]
-        emb = self.batcher.embed(face.crop[None])
+        found = self.largest_face(photo, name)
+        emb = self.batcher.embed(found.face.crop[None])
         matches = gallery.search(emb, top_k=top_k, threshold=t)[0]
         # Each match carries its face's id: its picture's URL needs no look-up per match.
         rows = [{"identity": m.identity, "similarity": float(m.similarity), "source": _public_source(m.source),
                  "accepted": bool(m.accepted), "thumbnail": Thumbnails.url(m)} for m in matches]
         return {"identity": decision(matches), "threshold": t, "threshold_source": source, "matches": rows,
-                "face": _face_json(face, photo, name)}
+                "face": found.json}
 
     def enrolment_name(self, identity: str) -> str:
         """The name `identity` is enrolled under: checked, NFKC-normalised, free of look-alike letters.

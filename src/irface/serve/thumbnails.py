@@ -70,12 +70,14 @@ class Thumbnails:
         if not _KEY.match(key):
             return None
         face_id = int(key)
-        row = self.gallery.face(face_id)
-        if row is None:  # removed (or never enrolled): its picture goes with it
-            return None
+        # A stored picture exists only while its face does (removed in the same change), so it needs no
+        # look-up of the face first; the face's row is read only to cut a picture from its photo.
         stored = self.gallery.thumbnail(face_id)
         if stored is not None:
             return stored
+        row = self.gallery.face(face_id)
+        if row is None:  # removed (or never enrolled): its picture goes with it
+            return None
         with self._lock:
             if face_id in self._cache:
                 self._cache.move_to_end(face_id)
