@@ -495,3 +495,21 @@ def test_gallery_build_ray_options_are_one_line_before_any_work(tmp_path, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
     assert not (tmp_path / "s").exists() and not (tmp_path / "g").exists()
+
+
+@pytest.mark.slow
+def test_a_model_that_is_not_square_embeds_on_ray_as_in_one_process(ray_cluster, tmp_path):
+    # A 112x96 (SphereFace-sized) model: the shard's crops are (H, W), not side x side (reshaped as
+    # squares before, which failed).
+    from test_infer_onnx_feed import pixels_model
+
+    model = str(pixels_model(tmp_path / "p.onnx", ["n", 112, 96, 3]))
+    photos = [str(REALFACE / "photos" / "obama" / "obama.jpg"), str(REALFACE / "photos" / "biden" / "biden.jpg")]
+    one, out = tmp_path / "one.npz", tmp_path / "shards"
+    norm = ["--input-mean", "0", "--input-std", "1", "--device", "cpu", "--no-progress"]
+    assert main(["embed", model, *photos, "--output", str(one), *norm]) == 0
+    assert main(["embed", model, *photos, "--ray", "--output", str(out), *norm]) == 0
+    emb, names = read_embeddings(one)
+    data = read_shards(out)
+    assert data.embeddings.shape == (2, 112 * 96 * 3) and data.sources == names
+    np.testing.assert_allclose(data.embeddings, emb, atol=1e-5)

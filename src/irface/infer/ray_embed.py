@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
+from irface.data.images import crop_shape
 from irface.errors import ConfigError, DataError, first_line
 from irface.infer.shards import (Manifest, check_output_folder, exclusive, listing_digest, remove_partial_files,
                                  shard_metadata, shard_name, shard_ranges, write_shard)
@@ -46,7 +47,7 @@ class ShardJob:
 
     output: str
     model: dict[str, Any]  # load_model's keyword arguments (irface.cli._model.model_options)
-    input_size: int
+    input_size: int | tuple[int, int]  # the model's side, or (H, W) for a model that is not square
     embedding_size: int
     mode: str = "auto"
     all_faces: bool = False
@@ -115,8 +116,7 @@ def shard_faces(photos: Sequence[str], job: ShardJob) -> tuple[np.ndarray, dict[
             meta["faces"].append(k)
             meta["boxes"].append(None if face.box is None else [float(v) for v in face.box])
             meta["scores"].append(None if face.score is None else float(face.score))
-    s = job.input_size
-    return (np.stack(crops) if crops else np.zeros((0, s, s, 3), np.uint8)), meta
+    return (np.stack(crops) if crops else np.zeros((0, *crop_shape(job.input_size), 3), np.uint8)), meta
 
 
 def _find_faces(batch: dict[str, Any], job: ShardJob) -> dict[str, Any]:
@@ -152,11 +152,11 @@ class EmbedShards:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from irface.infer.embed import unit_and_norms
 
-        s = self.job.input_size
+        h, w = crop_shape(self.job.input_size)
         done: dict[str, list] = {"shard": [], "photos": [], "faces": [], "skipped": []}
         for k, photos, data, meta_json in zip(batch["shard"], batch["photos"], batch["crops"], batch["meta"]):
             meta = json.loads(meta_json)
-            crops = np.frombuffer(data, np.uint8).reshape(-1, s, s, 3)
+            crops = np.frombuffer(data, np.uint8).reshape(-1, h, w, 3)
             embeddings, norms = unit_and_norms(self.embed(crops))
             write_shard(Path(self.job.output) / shard_name(int(k)), meta["sources"], meta["faces"], meta["boxes"],
                         meta["scores"], embeddings, norms if self.job.quality else None, photos=int(photos),
