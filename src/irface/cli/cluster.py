@@ -89,8 +89,11 @@ def run(args: argparse.Namespace) -> int:
 def _text(report: dict) -> list[str]:
     lines = []
     faces = report["faces"]
-    for c in [*range(max((f["cluster"] for f in faces), default=-1) + 1), -1]:  # people, then noise
-        members = [f for f in faces if f["cluster"] == c]
+    by_cluster: dict[int, list[dict]] = {}
+    for f in faces:  # grouped once: a scan of every face per person was quadratic in a large library
+        by_cluster.setdefault(f["cluster"], []).append(f)
+    for c in [*range(max(by_cluster, default=-1) + 1), -1]:  # people, then noise
+        members = by_cluster.get(c)
         if not members:
             continue
         lines.append(f"{'noise' if c < 0 else f'person {c}'}: {len(members)} face(s)")
