@@ -36,11 +36,15 @@ from irface.errors import DataError
 TEMPLATE_SIZE = 112
 
 
+# The SphereFace / CosFace 96x112 template (x, y in a crop 96 wide, 112 high), float32 as their code has it.
+SPHEREFACE_TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
+                                [62.7299, 92.2041]], dtype=np.float32).astype(np.float64)
+
+
 def _reference_template() -> np.ndarray:
     # Built as the reference builds it: the 96x112 template in float32, shifted 8 px right in float32
     # (one coordinate differs by an ulp from writing 70.7299 directly; the warp can see that).
-    src = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
-                    [62.7299, 92.2041]], dtype=np.float32)
+    src = SPHEREFACE_TEMPLATE.astype(np.float32)
     src[:, 0] += 8.0
     return src.astype(np.float64)
 
@@ -49,10 +53,6 @@ def _reference_template() -> np.ndarray:
 # (38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041).
 ARCFACE_TEMPLATE = _reference_template()
 
-
-# The SphereFace / CosFace 96x112 template (x, y in a crop 96 wide, 112 high), float32 as their code has it.
-SPHEREFACE_TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
-                                [62.7299, 92.2041]], dtype=np.float32).astype(np.float64)
 SPHEREFACE_SIZE = (112, 96)  # (height, width)
 
 
