@@ -25,7 +25,7 @@ def _reason(e: OSError) -> str:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary file beside `path` (ending in `suffix`), synced and renamed over `path` only if the
-    block succeeds: for writers that take a path (exporters, RecordIO). The one place files are made
+    block succeeds, the folder synced after the rename: for writers that take a path (exporters, RecordIO). The one place files are made
     atomically.
 
     A crash or an exception leaves either the old file or nothing, never half a file. A folder that
@@ -49,6 +49,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        sync_folder(path.parent)  # the rename itself is on disk only once the folder is
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

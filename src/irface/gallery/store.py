@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from irface.errors import GalleryError
-from irface.utils import atomic_write, sync_folder
+from irface.utils import atomic_write
 
 MAGIC = b"IRFGAL01"
 END = b"IRFGEND1"
@@ -69,7 +69,6 @@ def write_gallery_file(path: str | Path, header: dict[str, Any],
         out.write(struct.pack("<Q", len(body)))
         digest = out.hash.digest()
         f.write(digest + END)
-    sync_folder(path.parent)
     return digest
 
 
