@@ -12,9 +12,10 @@ on synthetic people it never saw.
    `people_sizes`), JPEG files at the model's input size in PEOPLE/<person>/ folders: aligned crops;
 3. `irface cluster evaluate PEOPLE --model model.onnx --aligned --json`, each in a child process of its
    own (wall time, CPU time, peak resident memory of that process, embedding included), at clustering's
-   default threshold; at the model's own: the one stored in or calibrated beside it if any, else the
-   one `irface calibrate --dry-run` picks on the demo's lfw.bin (held-out identities, best accuracy);
-   at the one calibrated there for a false accept rate of --far; and at each of --thresholds.
+   fixed default; at the model's own clustering threshold, as `irface cluster` finds it (the demo
+   calibrates its model on its lfw.bin; for an older demo's folder, `irface calibrate --dry-run`'s there);
+   at the verify threshold `irface calibrate` picks there (best accuracy), to show why clustering does not
+   use it; at the verify threshold calibrated there for a false accept rate of --far; at each of --thresholds.
 
     PYTHONPATH=src python benchmarks/cluster_demo.py [--out DIR | --reuse DEMO_DIR] [--faces 2000] [--json F]
 """
@@ -40,7 +41,7 @@ from cluster_scale import machine, people_sizes  # noqa: E402  (benchmarks/ is n
 # Unseen people start here: far beyond the demo's training identities (0..ids-1) and its held-out pairs.
 UNSEEN_FROM = 1_000_000
 # Clustering links every pair above the threshold, so it needs far fewer false accepts than verifying one
-# pair: also the threshold calibrated for a false accept rate of 1e-3, and a sweep.
+# pair: also the verify threshold calibrated for a false accept rate of 1e-3, and a sweep.
 FAR = 0.001
 SWEEP = (0.7, 0.8, 0.9)
 SUMMARY = "demo.json"  # the demo's --json figures, kept in its --out folder by this script
@@ -115,24 +116,26 @@ def measured(cmd: list[str]) -> tuple[str, dict[str, float]]:
                     "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
-def calibrated(model: Path, data: Path, far: Optional[float] = None) -> tuple[float, str]:
-    """`irface calibrate --dry-run` on the demo's lfw.bin: the best-accuracy threshold, or with `far` the
-    lowest whose false accept rate is at most `far`."""
+def calibrated(model: Path, data: Path, far: Optional[float] = None, key: str = "threshold") -> tuple[float, str]:
+    """`irface calibrate --dry-run` on the demo's lfw.bin: its `key` (the verify threshold: the best-accuracy
+    one, or with `far` the lowest whose false accept rate is at most `far`; or the clustering threshold)."""
     pairs = data / "lfw.bin"
     cmd = irface("calibrate", str(model), str(pairs), "--dry-run", "--json") + (["--far", str(far)] if far else [])
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return float(json.loads(done.stdout)["threshold"]), f"irface calibrate{f' --far {far}' if far else ''} on {pairs}"
+    return float(json.loads(done.stdout)[key]), f"irface calibrate{f' --far {far}' if far else ''} on {pairs}: {key}"
 
 
 def model_threshold(model: Path, data: Path) -> tuple[Optional[float], str]:
-    """The model's own threshold: stored in it or calibrated beside it (None: `evaluate` finds it itself),
-    else the best-accuracy one on the demo's lfw.bin."""
+    """The model's own clustering threshold: what `irface cluster` finds (None: `evaluate` finds it itself:
+    the calibration the demo wrote beside its model), else (an older demo's folder) `irface calibrate
+    --dry-run`'s on the demo's lfw.bin, the same."""
     from irface.infer import load_model
+    from irface.models.metadata import CLUSTER_THRESHOLD_KEY
 
     embedder = load_model(model)
-    if embedder.threshold is not None:
-        return None, str(embedder.threshold_source)
-    return calibrated(model, data)
+    if embedder.cluster_threshold is not None:
+        return None, str(embedder.cluster_threshold_source)
+    return calibrated(model, data, key=CLUSTER_THRESHOLD_KEY)
 
 
 def evaluate(model: Path, people: Path, threshold: Optional[float]) -> dict[str, Any]:
@@ -184,8 +187,9 @@ def main(argv=None) -> int:
     if summary.is_file():  # the demo's own verification figures, when its summary was kept
         trained = json.loads(summary.read_text()).get("trained", {})
         report["demo_verification"] = {k: round(v["accuracy"], 4) for k, v in trained.items()}
-    runs: list[tuple[str, Optional[float], Optional[str]]] = [("default", DEFAULT_THRESHOLD, None),
-                                                               ("model", *model_threshold(setup["model"], setup["data"]))]
+    runs: list[tuple[str, Optional[float], Optional[str]]] = [
+        ("default", DEFAULT_THRESHOLD, None), ("model", *model_threshold(setup["model"], setup["data"])),
+        ("verify", *calibrated(setup["model"], setup["data"]))]
     if args.far:
         runs.append((f"far {args.far:g}", *calibrated(setup["model"], setup["data"], args.far)))
     runs += [("sweep", t, None) for t in args.thresholds]

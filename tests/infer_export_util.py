@@ -41,13 +41,15 @@ def save_state_dict(path: Path, seed: int = 1) -> IResNet:
     return model
 
 
-def save_checkpoint(path: Path, threshold=None, seed: int = 1) -> IResNet:
-    """An irface training checkpoint (the engine's format), optionally with a verify threshold."""
+def save_checkpoint(path: Path, threshold=None, seed: int = 1, cluster_threshold=None) -> IResNet:
+    """An irface training checkpoint (the engine's format), optionally with a verify and a clustering threshold."""
     model = tiny_model(seed)
     ckpt = {"format": "irface-checkpoint", "backbone": model.state_dict(), "config": {"network": "iresnet"},
             "epoch": 1, "step": 10}
     if threshold is not None:
         ckpt["threshold"] = threshold
+    if cluster_threshold is not None:
+        ckpt["cluster_threshold"] = cluster_threshold
     torch.save(ckpt, path)
     return model
 

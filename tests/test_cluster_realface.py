@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys):
     assert state.read_bytes() == kept and not out.exists()
 
 
-def test_the_threshold_comes_from_the_calibration_file(tmp_path):
+def test_the_threshold_comes_from_the_calibration_files_clustering_threshold(tmp_path):
     from irface.cluster.photos import DEFAULT_THRESHOLD, cluster_threshold
     from irface.models.metadata import calibration_path
     from irface.infer import load_model
@@ -193,10 +193,30 @@ def test_the_threshold_comes_from_the_calibration_file(tmp_path):
     model = tmp_path / "m.onnx"
     shutil.copy(MODEL, model)
     assert cluster_threshold(load_model(model)) == (DEFAULT_THRESHOLD, "default")
+    # A verify threshold alone is not used: fit for one pair, it merges a collection.
     calibration_path(model).write_text(json.dumps({"threshold": 0.61, "rule": "best accuracy"}))
+    assert cluster_threshold(load_model(model)) == (DEFAULT_THRESHOLD, "default")
+    calibration_path(model).write_text(json.dumps({"threshold": 0.3, "cluster_threshold": 0.71}))
     embedder = load_model(model)
-    assert cluster_threshold(embedder) == (0.61, "calibration")
+    assert cluster_threshold(embedder) == (0.71, "calibration")
     assert cluster_threshold(embedder, 0.3) == (0.3, "argument")
+
+
+def test_irface_calibrate_on_real_faces_keeps_the_default_for_the_fixture_model(tmp_path, capsys):
+    """The normal tail of the fixture model's 194 different pairs (0.36) lies below a different pair of
+    real faces it has met (0.408): the clustering threshold is never below the default, and the fixtures
+    still cluster as without a calibration."""
+    from irface.cluster.settings import DEFAULT_THRESHOLD
+    from irface.models.metadata import calibration_path
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(MODEL, model)
+    assert _json(capsys, ["calibrate", str(model), str(PHOTOS), "--device", "cpu"])["different_pairs"] == 194
+    stored = json.loads(calibration_path(model).read_text())
+    assert 0.2 < stored["cluster_threshold"] < DEFAULT_THRESHOLD
+    report = _json(capsys, ["cluster", "evaluate", str(PHOTOS), "--model", str(model), *CPU])
+    assert (report["threshold"], report["threshold_source"]) == (DEFAULT_THRESHOLD, "calibration")
+    assert report["bcubed"]["f1"] >= 0.95
 
 
 def test_unreadable_and_faceless_photos_are_reported_and_skipped(tmp_path, capsys):

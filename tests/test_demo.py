@@ -29,6 +29,12 @@ def test_short_demo_runs_every_stage(tmp_path, capsys):
     assert (out / "model.onnx").is_file() and (out / "data" / "train.rec").is_file()
     assert (out / "run" / "config.yaml").is_file()
     assert [v["truth"] for v in report["verify"]] == [True, False]
+    # Calibrated on its lfw.bin: irface verify and irface cluster read their thresholds from it.
+    from irface.infer import load_model
+
+    model = load_model(out / "model.onnx")
+    assert model.threshold_source == model.cluster_threshold_source == "calibration"
+    assert str(out / "model.onnx.irface.json") in text
 
 
 def test_demo_refuses_to_overwrite_an_earlier_run(tmp_path, capsys):

@@ -260,6 +260,7 @@ def test_verification_runs_for_real_every_n_steps_and_keeps_the_best(tmp_path):
     assert result.val == final["val"] and set(final["val"]) == {"lfw"}
     assert final["val"]["lfw"]["accuracy_flip"] == pytest.approx(seen[-1][0], abs=1e-5)
     assert result.threshold == final["threshold"] == final["val"]["lfw"]["threshold_cos"]
+    assert final["cluster_threshold"] == final["val"]["lfw"]["cluster_threshold"] is not None
     best_at = [4, 6, 8, 12][[a for a, _ in seen].index(max(a for a, _ in seen))]
     best = load(tmp_path / "out" / "best.pt")
     assert best["step"] == best_at and best["best"]["step"] == best_at and best["best"]["target"] == "lfw"

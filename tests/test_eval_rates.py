@@ -87,3 +87,24 @@ def test_calibration_where_the_far_cannot_be_measured_or_lets_everything_pass():
     issame = np.array([False, False, True, True])
     assert pick_threshold(scores, issame, far=0.1)["threshold"] == 0.5  # unmeasurable: the highest different
     assert pick_threshold(scores, issame, far=1 - 1e-12)["threshold"] == 0.2  # all pass: the lowest different
+
+
+def test_the_tail_estimate_is_mean_plus_the_normal_quantile_times_the_spread():
+    from irface.eval.rates import CLUSTER_FAR, tail_threshold
+
+    negatives = np.random.default_rng(0).normal(0.05, 0.2, 200_000)
+    # At 1e-4 a normal curve lies 3.719 standard deviations above its mean.
+    assert tail_threshold(negatives, 1e-4) == pytest.approx(negatives.mean() + 3.7190 * negatives.std(), abs=1e-4)
+    assert tail_threshold(negatives) == tail_threshold(negatives, CLUSTER_FAR)
+    # Measured where a normal sample is large enough to count it: the estimate agrees.
+    assert tail_threshold(negatives, 1e-3) == pytest.approx(threshold_at_rate(negatives, 1e-3), abs=0.01)
+    assert tail_threshold(np.array([0.1]), 1e-4) is None and tail_threshold(np.array([0.0, 0.9]), 1e-4) == 1.0
+
+
+def test_calibration_keeps_the_clustering_threshold_beside_the_verify_one():
+    from irface.eval.rates import tail_threshold
+
+    rng = np.random.default_rng(1)
+    scores, issame = np.concatenate([rng.normal(0.0, 0.2, 3000), rng.normal(0.7, 0.15, 3000)]), np.arange(6000) >= 3000
+    r = pick_threshold(scores, issame)
+    assert r["cluster_threshold"] == tail_threshold(scores[~issame]) > r["threshold"]

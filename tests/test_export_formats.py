@@ -35,7 +35,7 @@ def test_fold_batchnorm_matches_and_removes_bns():
 
 @pytest.mark.parametrize("batch_size", [None, 3])
 def test_onnx_parity_contract_and_metadata(tmp_path, batch_size):
-    model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.41)
+    model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.41, cluster_threshold=0.73)
     out = tmp_path / "m.onnx"
     report = export_model(tmp_path / "ckpt.pt", out, ExportOptions("onnx", batch_size=batch_size))
     assert [c["batch"] for c in report["checks"]] == ([1, 7] if batch_size is None else [3])
@@ -43,7 +43,7 @@ def test_onnx_parity_contract_and_metadata(tmp_path, batch_size):
     onnx.checker.check_model(proto)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["input_mean"] == "127.5" and meta["input_std"] == "127.5" and meta["input_color"] == "RGB"
-    assert float(meta["threshold"]) == pytest.approx(0.41)
+    assert float(meta["threshold"]) == pytest.approx(0.41) and float(meta["cluster_threshold"]) == pytest.approx(0.73)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
     assert inp.name == "data" and outp.name == "embedding"

@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
     ("m.safetensors", {}, 1e-5), ("h.onnx", {"fp16": True}, 1e-2),
 ])
 def test_every_format_embeds_like_pytorch(tmp_path, name, kwargs, tol):
-    model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.35)
+    model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.35, cluster_threshold=0.75)
     export_model(tmp_path / "ckpt.pt", tmp_path / name, ExportOptions(**kwargs))
     embedder = load_model(tmp_path / name)
     assert (embedder.input_size, embedder.embedding_size) == (16, 16)
@@ -25,14 +25,15 @@ def test_every_format_embeds_like_pytorch(tmp_path, name, kwargs, tol):
     got = embedder.embed(images)
     assert got.dtype == np.float32 and got.shape == (7, 16)
     assert relative_error(got, torch_embed(model, images)) < tol
-    expected = None if name.endswith(".pth") else 0.35  # a bare state dict holds no threshold
-    assert embedder.threshold == expected
+    bare = name.endswith(".pth")  # a bare state dict holds no threshold
+    assert embedder.threshold == (None if bare else 0.35)
+    assert (embedder.cluster_threshold, embedder.cluster_threshold_source) == ((None, None) if bare else (0.75, "model"))
 
 
 def test_checkpoint_folding_is_on_by_default_and_exact(tmp_path):
-    model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.2)
+    model = save_checkpoint(tmp_path / "ckpt.pt", threshold=0.2, cluster_threshold=0.6)
     folded, plain = load_model(tmp_path / "ckpt.pt"), load_model(tmp_path / "ckpt.pt", fold_bn=False)
-    assert folded.threshold == 0.2
+    assert (folded.threshold, folded.cluster_threshold) == (0.2, 0.6)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.model.modules())
     images = faces(3)
     assert relative_error(folded.embed(images), torch_embed(model, images)) < 1e-5

@@ -178,6 +178,7 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
     from irface.eval import format_seed_lines, module_embed_fn, run_verification
     from irface.export.api import export_model
     from irface.infer import load_model
+    from irface.infer.calibrate import calibrate
     from irface.infer.verify import verify_pair
     from irface.models import create_backbone
 
@@ -249,8 +250,10 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
     seconds["export"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    log.info("[6/6] verify a same and a different pair of held-out faces with the ONNX model")
+    log.info("[6/6] calibrate the ONNX model on lfw.bin (its verify and clustering thresholds, beside it); "
+             "verify a same and a different pair of held-out faces with it")
     onnx_model = load_model(onnx_path)
+    calibrate(onnx_model, onnx_path, data_dir / "lfw.bin")
     pairs_dir = out / "pairs"
     pairs_dir.mkdir(parents=True, exist_ok=True)
     checks = []
@@ -278,6 +281,8 @@ def _train_figures(result: TrainResult) -> dict[str, Any]:
 
 def summary_lines(result: DemoResult) -> list[str]:
     """The closing summary: untrained -> trained accuracy, speed, where files went, what to run next."""
+    from irface.models.metadata import calibration_path
+
     lines = ["", "irface demo: done", "", "Held-out synthetic identities (10-fold verification, +- = std over folds):"]
     for name in TARGETS:
         before, after = result.untrained[name], result.trained[name]
@@ -303,7 +308,7 @@ def summary_lines(result: DemoResult) -> list[str]:
     lines += ["", "Time (s): " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()), "",
               "Files:", f"  data        {result.data_dir}  (train.rec/.idx/property, lfw/cfp_fp/agedb_30.bin)",
               f"  run         {result.run_dir}  (checkpoints, train.log, config.yaml)",
-              f"  ONNX model  {result.onnx}", "",
+              f"  ONNX model  {result.onnx}  (calibrated on lfw.bin: {calibration_path(result.onnx)})", "",
               "Same steps on MS1MV2 (see README, 'From the demo to MS1MV2'):",
               "  irface data info /data/ms1m-retinaface-t1",
               "  bash scripts/run_distribute_train.sh /data/ms1m-retinaface-t1 8",

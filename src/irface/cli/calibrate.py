@@ -16,7 +16,9 @@ def register(sub) -> None:
                     "accuracy (or the lowest whose false accept rate is at most --far). PAIRS is a verification "
                     ".bin or a folder of identity folders (people/alice/*.jpg; photos are detected and aligned, "
                     "every two faces make a pair). The threshold, with the model's input settings given here, "
-                    "goes to MODEL.irface.json beside the model, which verify and embed read. "
+                    "goes to MODEL.irface.json beside the model, which verify and embed read, with the clustering "
+                    "threshold irface cluster reads (a normal curve fitted to the different pairs, at a far lower "
+                    "false accept rate: docs/cluster.md). "
                     "See docs/inference.md.")
     add_model_argument(p, positional=True)
     p.add_argument("pairs", metavar="PAIRS", help="a verification .bin, or a folder of identity folders")
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     where = f"stored in {report['file']}" if "file" in report else "not stored (--dry-run)"
     text = (f"threshold {report['threshold']:.4f} ({report['rule']}) on {report['same_pairs']} same and "
             f"{report['different_pairs']} different pairs: accuracy {report['accuracy']:.4f}, "
-            f"FAR {report['far']:.4f}, TAR {report['tar']:.4f}; {where}")
+            f"FAR {report['far']:.4f}, TAR {report['tar']:.4f}; clustering threshold "
+            f"{report['cluster_threshold']:.4f} ({report['cluster_rule']}); {where}")
     if report["skipped"]:
         text += f"\nskipped {len(report['skipped'])}: " + "; ".join(s["reason"] for s in report["skipped"])
     emit(report, args.json, text)

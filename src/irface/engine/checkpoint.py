@@ -3,7 +3,7 @@
 A checkpoint is one `torch.save`d dict that loads with `weights_only=True` (tensors, numbers,
 strings, lists, dicts only). Keys (see docs/training.md): `format`, `version`, `config`, `backbone`,
 `head`, `head_layout`, `optimizer`, `head_optimizer`, `scheduler`, `scaler`, `rng` (one entry per
-rank), `head_sampler` (per rank), `sampler`, `epoch`, `step`, `threshold`, `val`, `digest`.
+rank), `head_sampler` (per rank), `sampler`, `epoch`, `step`, `threshold`, `cluster_threshold`, `val`, `digest`.
 The head and its optimizer state are gathered into whole tensors (all classes), so a run can resume
 on a different number of ranks.
 """

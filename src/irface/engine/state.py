@@ -130,6 +130,7 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     threshold: Optional[float] = None
+    cluster_threshold: Optional[float] = None
     val: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     best: dict[str, Any] = dataclasses.field(default_factory=lambda: {"target": None, "value": None, "step": None})
     rng: Optional[dict[str, Any]] = None
@@ -161,6 +162,7 @@ class TrainState:
             "step": self.step,
             "world_size": parts.world,
             "threshold": self.threshold,
+            "cluster_threshold": self.cluster_threshold,
             "val": self.val,
             "best": self.best,
         }
@@ -201,7 +203,7 @@ class TrainState:
                 parts.head.load_sampler_state(samplers[parts.rank])
         else:
             log.warning("%s: saved by %d processes, resumed by %d: random streams start afresh", path, len(rngs), parts.world)
-        self.threshold = ckpt["threshold"]
+        self.threshold, self.cluster_threshold = ckpt["threshold"], ckpt.get("cluster_threshold")
         self.val = ckpt["val"] or {}
         if ckpt["best"] and ckpt["best"].get("target") == cfg.best_target:
             self.best = dict(ckpt["best"])

@@ -348,7 +348,8 @@ class Trainer:
             summary = validation.summarize(results)
             state.val = summary
             key = self.cfg.best_target or next(iter(summary), None)
-            state.threshold = summary[key]["threshold_cos"] if key in summary else None
+            picked = summary.get(key or "", {})
+            state.threshold, state.cluster_threshold = picked.get("threshold_cos"), picked.get("cluster_threshold")
             self.logger.scalars(state.step, {f"val/{n}/accuracy_flip": v["accuracy_flip"] for n, v in summary.items()})
             target = self.cfg.best_target
             if target and target in summary:

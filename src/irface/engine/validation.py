@@ -74,4 +74,5 @@ def seed_lines(results: dict[str, Any]) -> list[str]:
 def summarize(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Plain numbers for checkpoints, JSON and TensorBoard."""
     return {name: {"accuracy_flip": float(r.accuracy_flip), "accuracy_flip_std": float(r.accuracy_flip_std),
-                   "threshold_cos": float(r.threshold_cos)} for name, r in results.items()}
+                   "threshold_cos": float(r.threshold_cos), "cluster_threshold": r.cluster_threshold}
+            for name, r in results.items()}

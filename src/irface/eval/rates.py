@@ -1,4 +1,4 @@
-"""The two rules every threshold of irface is chosen by, written once (pure numpy).
+"""The three rules every threshold of irface is chosen by, written once (pure numpy).
 
 - **Threshold at a rate** (TAR at FAR, TPIR at FPIR, `irface calibrate --far`): scores above it are
   accepted, and of n negatives (different-person pairs, non-mated probes' top scores) at most
@@ -7,14 +7,27 @@
   lets every negative pass gives -inf.
 - **The middle of the best run** (the best-accuracy threshold of `irface eval` and `irface calibrate`):
   of equally good neighbouring thresholds, the middle of the first run: a margin on both sides.
+- **The tail estimate** (the clustering threshold of `irface calibrate` and of training's validation,
+  which `irface cluster` uses): mean + z x standard deviation of the negatives, z the normal quantile of
+  `CLUSTER_FAR`. A clustering of N faces links every one of its N^2/2 pairs above its threshold, so it
+  needs a false accept rate far below what a few thousand pairs can count (lfw.bin has 3,000 different
+  pairs: 1e-3 at best); a normal curve fitted to all of them estimates the far tail.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Optional
 
 import numpy as np
+
+
+# The false accept rate of the clustering threshold. Chosen on 2,000 photos of 604 people irface's demo model
+# never saw (benchmarks/cluster_demo.py): estimated from the demo's lfw.bin at this rate the threshold
+# (0.753) was within 0.005 of the best BCubed F1 of a sweep; 1e-3 (0.627) merged people, 1e-5 (0.862) left
+# half the faces alone. In a larger collection each face meets more strangers: raise --threshold there.
+CLUSTER_FAR = 1e-4
 
 
 def allowed_false(rate: float, n: int) -> int:
@@ -45,3 +58,12 @@ def middle_of_best_run(values: np.ndarray) -> int:
     while last + 1 < len(values) and values[last + 1] == values[first]:
         last += 1
     return (first + last) // 2
+
+
+def tail_threshold(negatives: np.ndarray, rate: float = CLUSTER_FAR) -> Optional[float]:
+    """The score a normal curve fitted to `negatives` exceeds with probability `rate` (None below two
+    negatives), at most 1."""
+    negatives = np.asarray(negatives, dtype=np.float64).ravel()
+    if len(negatives) < 2:
+        return None
+    return min(1.0, float(negatives.mean() + NormalDist().inv_cdf(1.0 - rate) * negatives.std()))

@@ -25,7 +25,8 @@ class TargetResult:
     named by `scores_from` ("flip" when flip was on, else "plain"): `tar_at_far` maps each FAR to
     the TAR, or None where there are too few different pairs to measure it; `threshold` is the
     protocol distance threshold with the best accuracy on all pairs (middle of a tied run) and
-    `threshold_cos` the same as a cosine similarity (faces match when their cosine is > it).
+    `threshold_cos` the same as a cosine similarity (faces match when their cosine is > it);
+    `cluster_threshold` the cosine of `irface.eval.rates.tail_threshold` on the different pairs.
     """
 
     name: str
@@ -50,6 +51,7 @@ class TargetResult:
     seconds: float = 0.0
     roc_fpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     roc_tpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    cluster_threshold: Optional[float] = None
 
     @property
     def flip(self) -> bool:
@@ -70,7 +72,7 @@ class TargetResult:
             "far_unsupported": [far_key(k) for k, v in self.tar_at_far.items() if v is None],
             "auc": self.auc, "eer": self.eer,
             "threshold": self.threshold, "threshold_cos": self.threshold_cos,
-            "threshold_accuracy": self.threshold_accuracy,
+            "threshold_accuracy": self.threshold_accuracy, "cluster_threshold": self.cluster_threshold,
             "seconds": self.seconds,
         }
         if include_roc:

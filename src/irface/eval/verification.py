@@ -34,6 +34,7 @@ from irface.eval.protocol import (
     roc_curve,
     tar_at_far,
 )
+from irface.eval.rates import tail_threshold
 from irface.eval.result import TargetResult
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def evaluate_embeddings(name: str, embeddings: np.ndarray, issame: Sequence[bool
         eer=equal_error_rate(scores, issame), threshold=thr, threshold_cos=1.0 - thr / 2.0,
         threshold_accuracy=thr_acc, scores_from="flip" if acc_flip is not None else "plain",
         fold_accuracies=acc.tolist(), fold_accuracies_flip=None if acc_flip is None else acc_flip.tolist(),
-        seconds=seconds, roc_fpr=fpr, roc_tpr=tpr)
+        seconds=seconds, roc_fpr=fpr, roc_tpr=tpr, cluster_threshold=tail_threshold(scores[~issame]))
 
 
 def _model_attr(embed_fn: EmbedFn, attr: str) -> Optional[Any]:

@@ -9,7 +9,8 @@ for the best accuracy over all pairs, or for a target FAR. Best accuracy: the ca
 between neighbouring distinct scores (and one just outside each end); of equally accurate neighbours the
 middle one of the first run is taken (`irface.eval.rates.middle_of_best_run`, the rule `irface eval`'s
 threshold follows), a margin on both sides for new faces. Target FAR: `irface.eval.rates.threshold_at_rate`
-of the different-person pairs, the rule of `irface eval`'s TAR at FAR. It is written
+of the different-person pairs, the rule of `irface eval`'s TAR at FAR. Beside it, always, the clustering
+threshold `irface cluster` uses: `irface.eval.rates.tail_threshold` of the different-person pairs. Both are written
 with how it was found to `<model>.irface.json` (`irface.models.metadata.calibration_path`), which
 `load_model` reads: `irface verify` then uses it.
 """
@@ -25,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from irface.errors import ConfigError, DataError
-from irface.models.metadata import THRESHOLD_KEY, calibration_path
+from irface.models.metadata import CLUSTER_THRESHOLD_KEY, THRESHOLD_KEY, calibration_path
 from irface.infer.embed import l2_normalize
 from irface.infer.model_file import Embedder
 from irface.utils import atomic_write
@@ -69,7 +70,7 @@ def scores_from_folder(embedder: Embedder, folder: str | Path, batch_size: int =
 def pick_threshold(scores: np.ndarray, issame: np.ndarray, far: Optional[float] = None) -> dict[str, Any]:
     """The threshold (cosine; same when score > threshold) and what it gives on these pairs."""
     from irface.eval.protocol import roc_auc
-    from irface.eval.rates import middle_of_best_run, min_negatives, threshold_at_rate
+    from irface.eval.rates import CLUSTER_FAR, middle_of_best_run, min_negatives, tail_threshold, threshold_at_rate
 
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
     pos, neg = scores[issame], scores[~issame]
@@ -100,7 +101,8 @@ def pick_threshold(scores: np.ndarray, issame: np.ndarray, far: Optional[float] 
             "accuracy": float(np.mean(accepted == issame)), "far": float(np.mean(neg > threshold)),
             "tar": float(np.mean(pos > threshold)), "auc": roc_auc(scores, issame),
             "same_pairs": int(len(pos)), "different_pairs": int(len(neg)),
-            "lowest_same": float(pos.min()), "highest_different": float(neg.max())}
+            "lowest_same": float(pos.min()), "highest_different": float(neg.max()),
+            CLUSTER_THRESHOLD_KEY: tail_threshold(neg), "cluster_rule": f"normal tail at far {CLUSTER_FAR:g}"}
 
 
 def calibrate(embedder: Embedder, model_path: str | Path, pairs: str | Path, far: Optional[float] = None,

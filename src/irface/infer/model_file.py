@@ -6,7 +6,7 @@ Normalisation happens here, once, as `irface.data.transforms` defines it.
 
 Every Embedder also carries `threshold`: the verify threshold (cosine similarity) stored with the
 model (checkpoint key `threshold`, ONNX metadata, TorchScript `irface.json`, safetensors header),
-or None.
+or None; and `cluster_threshold`, the clustering one (key `cluster_threshold`), read the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from irface.data.transforms import MEAN, STD, embed_images
 from irface.device import precision_dtype, resolve_device
 from irface.errors import ConfigError, ModelFileError, first_line
 from irface.models.fold import fold_batchnorm
-from irface.models.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
+from irface.models.metadata import (CLUSTER_THRESHOLD_KEY, THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
                                     threshold_from)
 from irface.models.loading import is_torchscript_archive, load_backbone
 
@@ -39,6 +39,8 @@ class Embedder:
     embedding_size: int = 512
     threshold: Optional[float] = None
     threshold_source: Optional[str] = None  # "calibration" (irface calibrate) or "model" (stored inside)
+    cluster_threshold: Optional[float] = None
+    cluster_threshold_source: Optional[str] = None  # as threshold_source
     norm: "InputNorm"
     info: dict[str, Any]
 
@@ -341,6 +343,12 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
         embedder.threshold, embedder.threshold_source = calibrated, "calibration"
     elif embedder.threshold is not None:
         embedder.threshold_source = "model"
+    stored = embedder.info.get("metadata", embedder.info)  # a file's metadata strings, or a checkpoint's keys
+    for where, values in (("calibration", calibration), ("model", stored)):
+        embedder.cluster_threshold = threshold_from(values.get(CLUSTER_THRESHOLD_KEY), str(path))
+        if embedder.cluster_threshold is not None:
+            embedder.cluster_threshold_source = where
+            break
     return embedder
 
 

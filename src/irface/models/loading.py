@@ -169,7 +169,7 @@ def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return obj["backbone"], {"kind": "irface-checkpoint", "path": str(path), "config": obj.get("config", {}),
-                                 "threshold": obj.get("threshold")}
+                                 "threshold": obj.get("threshold"), "cluster_threshold": obj.get("cluster_threshold")}
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "backbone"):
             if isinstance(obj.get(key), dict):

@@ -1,4 +1,4 @@
-"""What an exported file says about itself: preprocessing constants, sizes, precision, verify threshold.
+"""What an exported file says about itself: preprocessing constants, sizes, precision, verify and clustering thresholds.
 
 Stored as ONNX `metadata_props`, as the TorchScript extra file `irface.json`, and in the safetensors
 header; all values are strings (what those containers hold). `irface.infer.load_model` reads the
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 TORCHSCRIPT_EXTRA_FILE = "irface.json"
 THRESHOLD_KEY = "threshold"
+# The clustering threshold (irface.eval.rates.tail_threshold): a checkpoint's key, a metadata key, a calibration key.
+CLUSTER_THRESHOLD_KEY = "cluster_threshold"
 
 
 def threshold_from(value: Any, source: str = "model") -> Optional[float]:
@@ -57,10 +59,11 @@ def export_metadata(info: Mapping[str, Any], input_size: int, embedding_size: in
         "output_l2_normalised": "false",
         "precision": precision,
     }
-    threshold = threshold_from(info.get(THRESHOLD_KEY), str(info.get("path", "checkpoint")))
-    if threshold is not None:
-        meta[THRESHOLD_KEY] = repr(threshold)
-        meta["threshold_metric"] = "cosine"
+    for key in (THRESHOLD_KEY, CLUSTER_THRESHOLD_KEY):
+        threshold = threshold_from(info.get(key), str(info.get("path", "checkpoint")))
+        if threshold is not None:
+            meta[key] = repr(threshold)
+            meta["threshold_metric"] = "cosine"
     return meta
 
 
