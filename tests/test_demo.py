@@ -29,6 +29,7 @@ def test_short_demo_runs_every_stage(tmp_path, capsys):
     assert (out / "model.onnx").is_file() and (out / "data" / "train.rec").is_file()
     assert (out / "run" / "config.yaml").is_file()
     assert [v["truth"] for v in report["verify"]] == [True, False]
+    assert all(v["threshold_source"] == "calibration" for v in report["verify"])
     # Calibrated on its lfw.bin: irface verify and irface cluster read their thresholds from it.
     from irface.infer import load_model
 
