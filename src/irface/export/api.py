@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from irface.errors import ConfigError, UserError, first_line
+from irface.errors import ConfigError, UserError, first_line, import_extra
 from irface.export.calibration import load_calibration_images
 from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
@@ -253,10 +253,7 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
             torch.save(_bare_state(model, fp16), tmp)
             checks = _check_weights_file(tmp, model, label, tolerance, batches)
         else:
-            try:
-                from safetensors.torch import save_file
-            except ImportError:
-                raise ConfigError("safetensors export needs the 'safetensors' package (pip install safetensors)") from None
+            save_file = import_extra("safetensors.torch", "safetensors export", "export").save_file
             save_file(_bare_state(model, fp16), str(tmp), metadata=meta)
             checks = _check_weights_file(tmp, model, label, tolerance, batches)
     if fmt == "onnx":

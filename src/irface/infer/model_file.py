@@ -23,7 +23,7 @@ import torch
 
 from irface.data.transforms import MEAN, STD, embed_images
 from irface.device import precision_dtype, resolve_device
-from irface.errors import ConfigError, ModelFileError, first_line
+from irface.errors import ConfigError, ModelFileError, first_line, import_extra
 from irface.models.fold import fold_batchnorm
 from irface.models.metadata import (THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
                                     threshold_from)
@@ -171,10 +171,7 @@ class OnnxEmbedder(Embedder):
 
     def __init__(self, path: Path, device: torch.device, norm: Optional[InputNorm] = None,
                  layout: Optional[str] = None, output_name: Optional[str] = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ModelFileError(f"{path}: running ONNX models needs onnxruntime (pip install onnxruntime)") from None
+        ort = import_extra("onnxruntime", f"{path}: running ONNX models", "export", ModelFileError)
         from irface.infer.onnx_feed import Port, load_pruned, plan_feed
 
         providers = ["CPUExecutionProvider"]
