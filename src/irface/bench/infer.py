@@ -28,7 +28,7 @@ from irface.bench.options import RUNTIMES, InferOptions
 from irface.bench.runner import Prepared, RunResult, Variant, create_network, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
 from irface.data.transforms import embed_images, normalize, to_nchw_tensor
-from irface.device import DTYPES, autocast
+from irface.device import DTYPES, autocast, onnx_session
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -170,18 +170,6 @@ def default_variant(name: str, base: nn.Module, opts: InferOptions, device: torc
 
 # --- ONNX Runtime paths ---------------------------------------------------------------------------
 
-def ort_session_options(threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return so
-
-
 def _onnx_file(base: nn.Module, workdir: Path) -> Path:
     """The BN-folded fp32 export, as `irface export` writes it, made once per run."""
     path = workdir / "fp32.onnx"
@@ -213,13 +201,10 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
                 write_int8_onnx(base, path, calib_faces, int8_form, workdir=workdir)
         else:
             path = _onnx_file(base, workdir)
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-            providers.insert(0, "CUDAExecutionProvider")
-        sess = ort.InferenceSession(str(path), sess_options=ort_session_options(torch.get_num_threads()),
-                                    providers=providers)
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+        # onnxruntime's defaults (every graph optimisation, sequential), with torch's threads as the torch paths
+        sess = onnx_session(str(path), device, torch.get_num_threads())
         input_name = sess.get_inputs()[0].name
         gen = np.random.default_rng(0)
         x = gen.uniform(-1, 1, (batch, 3, base.input_size, base.input_size)).astype(np.float32)

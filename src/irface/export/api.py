@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from irface.device import onnx_session
 from irface.errors import ConfigError, UserError, first_line, import_extra
 from irface.export.calibration import load_calibration_images
 from irface.export.check import (
@@ -26,7 +27,7 @@ from irface.export.check import (
 from irface.models.fold import fold_batchnorm
 from irface.models.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
-    INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
+    INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, set_metadata,
 )
 from irface.export.options import (  # noqa: F401 (FORMATS and the options are re-exported)
     DEFAULT_OPSET, FORMATS, INT8_FORMS, INT8_METHOD, INT8_MIN_COSINE, ExportOptions, Int8Options,
@@ -71,7 +72,7 @@ def _check_onnx_file(path: Path, label: str):
     except Exception as e:
         raise ParityError(f"{label}: onnx.checker refused the export ({first_line(e)}); output removed") from None
     try:
-        sess = onnx_session(path)
+        sess = onnx_session(str(path))  # on the CPU: the checks run where the export runs
     except Exception as e:
         raise ParityError(f"{label}: onnxruntime cannot load the export ({first_line(e)}); output removed") from None
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
