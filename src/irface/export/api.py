@@ -214,8 +214,6 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
         raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
     if fmt == "onnx" and opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
-    if output.exists() and output.is_dir():
-        raise ConfigError(f"{output}: is a folder; give a file name")
     check_writable(output)
 
     model, info = load_backbone(model_path, network)
