@@ -158,9 +158,9 @@ def make_pairs(folder: str | Path, out_bin: str | Path, pairs: int, seed: int = 
 
 def reindex_recordio(rec_dir: str | Path, progress: Optional[bool] = None) -> dict:
     """Rebuild `train.idx` from the framing of `train.rec` (keys 0..N-1 in file order)."""
-    from irface.data.recordio import IDX_NAME, REC_NAME, _resolve_folder
+    from irface.data.recordio import IDX_NAME, REC_NAME, recordio_folder
 
-    folder = _resolve_folder(rec_dir)
+    folder = recordio_folder(rec_dir)
     reader = RecordIOReader(folder / REC_NAME)
     offsets = reader.scan_offsets()
     with atomic_write(folder / IDX_NAME, "w") as f:

@@ -96,11 +96,10 @@ def open_train_dataset(path: str | Path, image_size: int = 112,
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such training data folder")
-    if path.is_file() and path.suffix in (".rec", ".idx"):
-        path = path.parent
-    if (path / "train.rec").exists():
-        from irface.data.recordio import RecordIODataset
+    from irface.data.recordio import REC_NAME, RecordIODataset, recordio_folder
 
+    path = recordio_folder(path)
+    if (path / REC_NAME).exists():
         # The limit is passed only when set, so the call stays `RecordIODataset(path, image_size=...)`.
         extra = {} if max_bad_images == DEFAULT_MAX_BAD_IMAGES else {"max_bad_images": max_bad_images}
         return RecordIODataset(path, image_size=image_size, **extra)

@@ -582,7 +582,8 @@ def _label_of(record: bytes, rec_path: Path, key: int) -> int:
 
 # ----------------------------------------------------------------------------- dataset
 
-def _resolve_folder(path: str | Path) -> Path:
+def recordio_folder(path: str | Path) -> Path:
+    """The folder a RecordIO path names: the path itself, or the folder of the `.rec` / `.idx` given."""
     path = Path(path)
     if path.is_file() and path.suffix in (".rec", ".idx"):
         path = path.parent
@@ -600,7 +601,7 @@ class RecordIODataset(Dataset):
     """
 
     def __init__(self, path: str | Path, image_size: int | tuple[int, int] = 112, max_bad_images: int = 100):
-        folder = _resolve_folder(path)
+        folder = recordio_folder(path)
         rec, idx = folder / REC_NAME, folder / IDX_NAME
         if not rec.is_file():
             raise DataError(f"{folder}: no {REC_NAME} here")
