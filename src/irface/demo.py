@@ -77,14 +77,11 @@ class _Probe:
 
     def step_seconds(self, threads: int, repeats: int = 3) -> float:
         """Seconds of one forward + backward on the batch with `threads` torch threads."""
+        from irface.bench.timing import step_times_ms
+
         torch.set_num_threads(threads)
-        self.model(self.x).sum().backward()  # the first step at a thread count picks kernels: not timed
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            self.model(self.x).sum().backward()
-            best = min(best, time.perf_counter() - t0)
-        return best
+        # The first step at a thread count picks kernels: a warm-up, not timed.
+        return min(step_times_ms(lambda: self.model(self.x).sum().backward(), torch.device("cpu"), repeats, 1)) / 1e3
 
 
 def pick_threads(cfg: TrainConfig) -> tuple[int, float]:
