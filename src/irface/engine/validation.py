@@ -43,22 +43,18 @@ def open_targets(val_targets: list[str], data_path: str, image_size: int) -> dic
 
 def run(backbone: nn.Module, targets: dict[str, Path], device: torch.device, precision: str,
         batch_size: int, channels_last: bool = False) -> dict[str, Any]:
-    """Verify on every target; returns the eval package's result objects by name. Restores train mode."""
+    """Verify on every target; returns the eval package's result objects by name. The backbone embeds in
+    eval mode and is left in the mode it was in (`module_embed_fn`)."""
     from irface.eval import module_embed_fn, run_verification
 
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        embed = module_embed_fn(backbone, device, DTYPES[precision], channels_last)
-        by_dir: dict[Path, list[str]] = defaultdict(list)
-        for name, path in targets.items():
-            by_dir[path.parent].append(name)
-        results: dict[str, Any] = {}
-        for folder, names in by_dir.items():
-            results.update(run_verification(embed, folder, names, batch_size))
-        return results
-    finally:
-        backbone.train(was_training)
+    embed = module_embed_fn(backbone, device, DTYPES[precision], channels_last)
+    by_dir: dict[Path, list[str]] = defaultdict(list)
+    for name, path in targets.items():
+        by_dir[path.parent].append(name)
+    results: dict[str, Any] = {}
+    for folder, names in by_dir.items():
+        results.update(run_verification(embed, folder, names, batch_size))
+    return results
 
 
 def seed_lines(results: dict[str, Any]) -> list[str]:
