@@ -171,9 +171,8 @@ class EmbedShards:
 # ---- the driver ---------------------------------------------------------------------------------
 
 def _import_ray():
+    ray = import_ray_extra("ray")
     import_ray_extra("ray.data")
-    import ray
-
     return ray
 
 
