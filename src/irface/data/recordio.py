@@ -223,21 +223,19 @@ class RecordIOReader:
 
     def __iter__(self) -> Iterator[bytes]:
         """Every record in file order (no `.idx` needed)."""
-        pos = 0
-        n = 0
-        while pos < self.size:
-            record, pos = self.read_at(pos, f"record #{n} (in file order)")
-            n += 1
-            yield record
+        return (record for _, record in self.walk())
 
     def scan_offsets(self) -> list[int]:
         """Byte offsets of every record in file order, read off the framing (to rebuild a lost `.idx`)."""
-        out = []
-        pos = 0
+        return [offset for offset, _ in self.walk()]
+
+    def walk(self) -> Iterator[tuple[int, bytes]]:
+        """(byte offset, record) of every record, in file order, read off the framing."""
+        pos, n = 0, 0
         while pos < self.size:
-            out.append(pos)
-            _, pos = self.read_at(pos, f"record #{len(out) - 1} (in file order)")
-        return out
+            record, end = self.read_at(pos, f"record #{n} (in file order)")
+            yield pos, record
+            pos, n = end, n + 1
 
 
 def _parse_idx_fast(text: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
