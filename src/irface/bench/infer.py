@@ -13,6 +13,7 @@ similarity moves: a verification decision can only flip for pairs that close to 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -230,39 +231,30 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
                      calib_faces: np.ndarray) -> list[Variant]:
     """Baseline first, then the faster paths this device offers."""
     b = opts.batch_size
+    # What every path shares, given once: the network, device, batch and work per image.
+    t = functools.partial(torch_variant, base=base, device=device, batch=b, flop=flop)
+    o = functools.partial(ort_variant, base=base, device=device, batch=b, workdir=workdir, flop=flop)
+    low = functools.partial(t, fold="all", channels_last=True, cast_weights=True)  # weights held in fp16 / bf16
     v = [
-        torch_variant("eager-fp32", base, device, b, fold="none", channels_last=False, flop=flop,
-                      description="baseline: eager fp32 NCHW, BatchNorm as trained"),
+        t("eager-fp32", fold="none", channels_last=False, description="baseline: eager fp32 NCHW, BatchNorm as trained"),
         default_variant("default", base, opts, device, b, flop, workdir),
-        torch_variant("channels-last", base, device, b, fold="none", channels_last=True, flop=flop,
-                      description="NHWC memory format"),
-        torch_variant("folded-cl", base, device, b, fold="conv", channels_last=True, flop=flop,
-                      description="BN folded into the convs they follow, NHWC"),
-        torch_variant("folded-all-cl", base, device, b, fold="all", channels_last=True, flop=flop,
-                      description="every BN folded (shifted residual stream), NHWC"),
-        torch_variant("compiled", base, device, b, fold="all", channels_last=True, compile=True, flop=flop,
-                      description="every BN folded, NHWC, torch.compile (inductor, frozen weights on CPU)"),
+        t("channels-last", fold="none", channels_last=True, description="NHWC memory format"),
+        t("folded-cl", fold="conv", channels_last=True, description="BN folded into the convs they follow, NHWC"),
+        t("folded-all-cl", fold="all", channels_last=True, description="every BN folded (shifted residual stream), NHWC"),
+        t("compiled", fold="all", channels_last=True, compile=True,
+          description="every BN folded, NHWC, torch.compile (inductor, frozen weights on CPU)"),
     ]
     if device.type == "cuda":
-        v += [
-            torch_variant("fp16", base, device, b, fold="all", channels_last=True, precision="fp16",
-                          cast_weights=True, flop=flop, description="fp16 weights, folded, NHWC"),
-            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
-                          cast_weights=True, flop=flop, description="bf16 weights, folded, NHWC"),
-            torch_variant("bf16-compiled", base, device, b, fold="all", channels_last=True, precision="bf16",
-                          cast_weights=True, compile=True, flop=flop, description="bf16, folded, NHWC, compiled"),
-        ]
+        v += [low("fp16", precision="fp16", description="fp16 weights, folded, NHWC"),
+              low("bf16", precision="bf16", description="bf16 weights, folded, NHWC"),
+              low("bf16-compiled", precision="bf16", compile=True, description="bf16, folded, NHWC, compiled")]
     elif cpu_has_fast_bf16():
-        v += [
-            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
-                          cast_weights=True, flop=flop, description="bf16 weights (AMX / AVX-512 bf16), folded, NHWC"),
-        ]
+        v += [low("bf16", precision="bf16", description="bf16 weights (AMX / AVX-512 bf16), folded, NHWC")]
     v += [
-        ort_variant("ort-fp32", base, device, b, workdir, flop, description="onnxruntime fp32, BN folded"),
-        ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces,
-                    description="onnxruntime int8 QDQ (irface export --int8)"),
-        ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu",
-                    description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)"),
+        o("ort-fp32", description="onnxruntime fp32, BN folded"),
+        o("ort-int8", calib_faces=calib_faces, description="onnxruntime int8 QDQ (irface export --int8)"),
+        o("ort-int8-cpu", calib_faces=calib_faces, int8_form="cpu",
+          description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)"),
     ]
     return select_variants(v, opts.variants)
 
