@@ -233,7 +233,6 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
     b = opts.batch_size
     # What every path shares, given once: the network, device, batch and work per image.
     t = functools.partial(torch_variant, base=base, device=device, batch=b, flop=flop)
-    o = functools.partial(ort_variant, base=base, device=device, batch=b, workdir=workdir, flop=flop)
     low = functools.partial(t, fold="all", channels_last=True, cast_weights=True)  # weights held in fp16 / bf16
     v = [
         t("eager-fp32", fold="none", channels_last=False, description="baseline: eager fp32 NCHW, BatchNorm as trained"),
@@ -250,24 +249,25 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
               low("bf16-compiled", precision="bf16", compile=True, description="bf16, folded, NHWC, compiled")]
     elif cpu_has_fast_bf16():
         v += [low("bf16", precision="bf16", description="bf16 weights (AMX / AVX-512 bf16), folded, NHWC")]
-    v += [
-        o("ort-fp32", description="onnxruntime fp32, BN folded"),
-        o("ort-int8", calib_faces=calib_faces, description="onnxruntime int8 QDQ (irface export --int8)"),
-        o("ort-int8-cpu", calib_faces=calib_faces, int8_form="cpu",
-          description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)"),
-    ]
+    v += list(_ort_paths(base, device, b, workdir, flop, calib_faces).values())
     return select_variants(v, opts.variants)
+
+
+def _ort_paths(base: nn.Module, device: torch.device, batch: int, workdir: Path, flop: float,
+               calib_faces: np.ndarray) -> dict[str, Variant]:
+    """The onnxruntime paths by their --runtime name: fp32, int8 as exported (QDQ), int8 in the CPU form."""
+    o = functools.partial(ort_variant, base=base, device=device, batch=batch, workdir=workdir, flop=flop)
+    return {"ort": o("ort-fp32", description="onnxruntime fp32, BN folded"),
+            "ort-int8": o("ort-int8", calib_faces=calib_faces, description="onnxruntime int8 QDQ (irface export --int8)"),
+            "ort-int8-cpu": o("ort-int8-cpu", calib_faces=calib_faces, int8_form="cpu",
+                              description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)")}
 
 
 def single_variant(base: nn.Module, opts: InferOptions, device: torch.device, flop: float, workdir: Path,
                    calib_faces: np.ndarray) -> Variant:
     b = opts.batch_size
-    if opts.runtime == "ort":
-        return ort_variant("ort-fp32", base, device, b, workdir, flop)
-    if opts.runtime == "ort-int8":
-        return ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces)
-    if opts.runtime == "ort-int8-cpu":
-        return ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu")
+    if opts.runtime != "torch":
+        return _ort_paths(base, device, b, workdir, flop, calib_faces)[opts.runtime]
     if opts.fold_bn and opts.channels_last and not opts.compile:
         return default_variant("default", base, opts, device, b, flop, workdir)
     parts = [opts.precision, "folded" if opts.fold_bn else "unfolded", "NHWC" if opts.channels_last else "NCHW"]
