@@ -172,7 +172,7 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
     from irface.data.synth import write_synthetic
     from irface.engine import train
     from irface.device import resolve_device
-    from irface.eval import format_seed_lines, module_embed_fn, run_verification
+    from irface.eval import module_embed_fn, run_verification, seed_lines
     from irface.export.api import export_model
     from irface.infer import load_model
     from irface.infer.verify import verify_pair
@@ -213,9 +213,8 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
         if stride > 1:
             _write_every_nth_pair(data_dir, Path(subset), stride)
         untrained = run_verification(module_embed_fn(untrained_model), subset if stride > 1 else data_dir, TARGETS)
-    for name, r in untrained.items():
-        for line in format_seed_lines(name, r):
-            log.info("  untrained %s", line)
+    for line in seed_lines(untrained):
+        log.info("  untrained %s", line)
     del untrained_model
     seconds["eval_untrained"] = time.perf_counter() - t0
 

@@ -33,6 +33,7 @@ from irface.engine.precision import configure_backends
 from irface.engine.state import Components, TrainState, build_components
 from irface.engine.step import NonFiniteLossError, StepOutput, train_step
 from irface.errors import ConfigError, UserError
+from irface.eval.result import seed_lines
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ class Trainer:
                 # costs this report, not the run.
                 self.logger.info(f"verification at step {state.step} skipped: {e}")
                 return False
-            for line in validation.seed_lines(results):
+            for line in seed_lines(results):
                 self.logger.info(line)
             summary = validation.summarize(results)
             state.val = summary

@@ -57,16 +57,6 @@ def run(backbone: nn.Module, targets: dict[str, Path], device: torch.device, pre
     return results
 
 
-def seed_lines(results: dict[str, Any]) -> list[str]:
-    """The seed's `[lfw]Accuracy-Flip: 0.99750+-0.00214` lines (and whatever else eval prints)."""
-    from irface.eval import format_seed_lines
-
-    lines: list[str] = []
-    for name, result in results.items():
-        lines += format_seed_lines(name, result)
-    return lines
-
-
 def summarize(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Plain numbers for checkpoints, JSON and TensorBoard."""
     return {name: {"accuracy_flip": float(r.accuracy_flip), "accuracy_flip_std": float(r.accuracy_flip_std),
