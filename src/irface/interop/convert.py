@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from irface.errors import UserError, import_extra
+from irface.models.loading import CHECKPOINT_FORMAT
 from irface.models.variants import check_network, network_for_layers
 from irface.utils import atomic_write
 
@@ -38,7 +39,7 @@ def irface_checkpoint(state: dict[str, torch.Tensor], info: dict[str, Any]) -> d
     if head:
         values["num_classes"] = head["num_classes"]
     ckpt: dict[str, Any] = {
-        "format": "irface-checkpoint",
+        "format": CHECKPOINT_FORMAT,
         "config": TrainConfig(**values).to_dict(),
         "arch": arch,
         "backbone": state,
