@@ -22,6 +22,7 @@ from irface.utils import atomic_write
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BAD_IMAGES = 100  # as the config key `max_bad_images`
+CLASSES_NAME = "classes.txt"  # an image folder's class names, line i = class i: beside a packed .rec, in a run
 
 
 class ArrayDataset(Dataset):
@@ -84,9 +85,9 @@ class ImageFolderDataset(Dataset):
             return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), label
         raise DataError(f"{self.root}: no decodable image left")
 
-    def save_classes(self, path: str | Path) -> None:
-        """Write the class names in index order, one a line (line i is class i)."""
-        with atomic_write(path, "w") as f:
+    def save_classes(self, folder: str | Path) -> None:
+        """Write the class names in index order into `folder`/CLASSES_NAME, one a line (line i is class i)."""
+        with atomic_write(Path(folder) / CLASSES_NAME, "w") as f:
             f.write("".join(f"{name}\n" for name in self.classes))
 
 

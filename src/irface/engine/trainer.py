@@ -124,7 +124,7 @@ class Trainer:
         if self.is_main:
             save_config(cfg, self.out / "config.yaml")
             if hasattr(self.dataset, "save_classes"):  # image folders: which folder is class i
-                self.dataset.save_classes(self.out / "classes.txt")
+                self.dataset.save_classes(self.out)
 
     def _check_output_dir(self) -> None:
         def probe() -> None:
