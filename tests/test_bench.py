@@ -94,6 +94,14 @@ def test_infer_builds_the_network_when_no_model_given(capsys):
     assert 0 < report["gflop_per_image"] < 0.01
 
 
+@pytest.mark.parametrize("runtime, name", [("ort", "ort-fp32"), ("ort-int8-cpu", "ort-int8-cpu")])
+def test_infer_runtime_times_that_onnxruntime_path(capsys, runtime, name):
+    pytest.importorskip("onnxruntime")
+    report = _json_stdout(capsys, ["bench", "infer", *TINY_ARGS, *QUICK, "--runtime", runtime, "--json"])
+    (t,) = report["timings"]
+    assert t["name"] == name and t["extra"]["runtime"].startswith("onnxruntime") and t["ms_per_step"] > 0
+
+
 def test_train_compare_reports_every_variant(capsys):
     report = _json_stdout(capsys, ["bench", "train", *TINY_ARGS, *QUICK, "--num-classes", "10", "--compare",
                                    "--variants", "channels-last", "--json"])

@@ -95,3 +95,20 @@ def test_help_texts_from_their_constants(capsys):
     assert f"(default {DEFAULT_DETECTOR.min_score:g})" in helps["detect"]
     assert f"(default {DEFAULT_DETECTOR.det_size})" in helps["detect"]
     assert f"else {DEFAULT_THRESHOLD:g}" in helps["serve"] and f"else {DEFAULT_THRESHOLD:g}" in helps["verify"]
+
+
+def test_skipped_text_closes_every_summary_the_same_way():
+    from irface.cli._output import skipped_text
+
+    assert skipped_text({"skipped": []}) == skipped_text({}) == ""
+    two = {"skipped": [{"name": "a.jpg", "reason": "a.jpg: no face found"}, {"name": "b", "reason": "b: unreadable"}]}
+    assert skipped_text(two) == "\nskipped 2: a.jpg: no face found; b: unreadable"
+
+
+@pytest.mark.parametrize("argv, name", [(["embed", "m.onnx", "photos", "--output"], "e.npy"),
+                                        (["export", "--model", "m.pth", "--output"], "m.onnx")])
+def test_an_output_that_is_a_folder_is_one_line_before_any_work(argv, name, tmp_path, capsys):
+    (tmp_path / name).mkdir()
+    assert main([*argv, str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"irface {argv[0]}: error: {tmp_path / name}: is a folder; give a file name"], err

@@ -18,6 +18,7 @@ from irface.eval import (
     kfold_sizes,
     protocol_thresholds,
     roc_auc,
+    seed_lines,
     tar_at_far,
     verification_accuracy,
 )
@@ -304,6 +305,7 @@ def test_seed_lines_byte_for_byte():
     ]
     r.accuracy_flip = None
     assert format_seed_lines("cfp_fp", r)[-1] == "[cfp_fp]Accuracy: 0.99700+-0.00277"
+    assert seed_lines({"lfw": r, "cfp_fp": r}) == format_seed_lines("lfw", r) + format_seed_lines("cfp_fp", r)
 
 
 def test_to_dict_is_json_with_far_keys():

@@ -160,3 +160,17 @@ def test_every_head_answers_the_hooks_partial_fc_calls(kind):
     assert tuple(head.weight.shape) == tuple(head.centre_shape(C))
     assert tuple(head.init_rows(head.centre_shape(C)).shape) == tuple(head.weight.shape)
     assert (head.regularizer(norms) is None) == (kind != "magface")
+
+
+@pytest.mark.parametrize("kind, params, expected", [
+    ("softmax", {}, {}),
+    ("arcface", {"s": 30, "m": 0.3}, {"s": 30.0, "m": 0.3}),
+    ("cosface", {"m": 0.35}, {"s": 64.0, "m": 0.35}),
+    ("combined", {"m2": 0.3, "m3": 0.2}, {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2}),
+    ("curricularface", {"t_alpha": 0.05}, {"s": 64.0, "m": 0.5, "t_alpha": 0.05}),
+    ("subcenter", {"base": "cosface"}, {"s": 64.0, "m": 0.4, "k": 3, "base": "cosface"}),
+])
+def test_hparams_are_the_arguments_that_rebuild_the_head(kind, params, expected):
+    head = create_head(kind, 8, 4, **params)
+    assert head.hparams() == expected
+    assert create_head(kind, 8, 4, **head.hparams()).hparams() == expected

@@ -7,6 +7,7 @@ may import the rows above, never each other.
 
 import ast
 import functools
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,28 @@ def test_top_level_imports_are_read():
     tree = ast.parse("import ray\ntry:\n    from pyarrow import parquet\nexcept ImportError:\n    pass\n"
                      "def f():\n    import psycopg\n")
     assert _top_level_imports(tree) == {"ray", "pyarrow"}
+
+
+def _missing_extra_cases():
+    from irface.errors import GalleryError, UserError
+    from irface.eval.plot import require_matplotlib
+    from irface.gallery.index import import_faiss
+    from irface.gallery.pg import _psycopg
+    from irface.infer.shards import check_output_folder
+    from irface.serve.app import _fastapi_class
+
+    return [("faiss", import_faiss, GalleryError, "a gallery needs faiss, from the gallery extra: "
+                                                  "pip install 'irface[gallery]'"),
+            ("psycopg", _psycopg, GalleryError, "a PostgreSQL gallery needs psycopg, from the postgres extra"),
+            ("fastapi_offline", _fastapi_class, UserError, "irface serve needs fastapi_offline, from the serve extra"),
+            ("matplotlib", require_matplotlib, UserError, "--plot needs matplotlib, from the plot extra"),
+            ("pyarrow", lambda: check_output_folder("unused"), UserError, "irface embed --ray needs pyarrow, from the ray")]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_a_missing_extra_is_one_error_naming_it(case, monkeypatch):
+    module, call, error, text = _missing_extra_cases()[case]
+    monkeypatch.setitem(sys.modules, module, None)  # import -> ImportError, as if not installed
+    with pytest.raises(error) as e:
+        call()
+    assert str(e.value).startswith(text), e.value

@@ -241,8 +241,8 @@ def test_without_the_ray_extra_one_line_names_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     capsys.readouterr()
     assert main(["embed", MODEL, str(REALFACE / "photos"), "--ray", "--output", str(tmp_path / "shards")]) == 2
-    assert capsys.readouterr().err.strip() == ("irface embed: error: irface embed --ray needs the ray extra: "
-                                                "pip install 'irface[ray]'")
+    assert capsys.readouterr().err.strip() == ("irface embed: error: irface embed --ray needs ray, from the ray "
+                                                "extra: pip install 'irface[ray]'")
     assert not (tmp_path / "shards").exists()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -235,14 +236,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-_TYPES = None
-
-
+@functools.cache
 def _field_types() -> dict[str, Any]:
-    global _TYPES
-    if _TYPES is None:
-        _TYPES = typing.get_type_hints(TrainConfig)
-    return _TYPES
+    return typing.get_type_hints(TrainConfig)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -77,14 +77,11 @@ class _Probe:
 
     def step_seconds(self, threads: int, repeats: int = 3) -> float:
         """Seconds of one forward + backward on the batch with `threads` torch threads."""
+        from irface.bench.timing import step_times_ms
+
         torch.set_num_threads(threads)
-        self.model(self.x).sum().backward()  # the first step at a thread count picks kernels: not timed
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            self.model(self.x).sum().backward()
-            best = min(best, time.perf_counter() - t0)
-        return best
+        # The first step at a thread count picks kernels: a warm-up, not timed.
+        return min(step_times_ms(lambda: self.model(self.x).sum().backward(), torch.device("cpu"), repeats, 1)) / 1e3
 
 
 def pick_threads(cfg: TrainConfig) -> tuple[int, float]:
@@ -175,7 +172,7 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
     from irface.data.synth import write_synthetic
     from irface.engine import train
     from irface.device import resolve_device
-    from irface.eval import format_seed_lines, module_embed_fn, run_verification
+    from irface.eval import module_embed_fn, run_verification, seed_lines
     from irface.export.api import export_model
     from irface.infer import load_model
     from irface.infer.calibrate import calibrate
@@ -217,9 +214,8 @@ def _run_stages(settings: DemoSettings) -> DemoResult:
         if stride > 1:
             _write_every_nth_pair(data_dir, Path(subset), stride)
         untrained = run_verification(module_embed_fn(untrained_model), subset if stride > 1 else data_dir, TARGETS)
-    for name, r in untrained.items():
-        for line in format_seed_lines(name, r):
-            log.info("  untrained %s", line)
+    for line in seed_lines(untrained):
+        log.info("  untrained %s", line)
     del untrained_model
     seconds["eval_untrained"] = time.perf_counter() - t0
 

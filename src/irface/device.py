@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+from typing import Any, ContextManager, Optional
 
 import torch
 
@@ -47,3 +47,20 @@ def resolve_device(name: str = "auto", key: str = "device") -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"{key}: {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
     return device
+
+
+def onnx_session(source: str | bytes, device: str | torch.device = "cpu", threads: int = 0) -> Any:
+    """An onnxruntime session of the ONNX file or bytes `source`, on CUDA when `device` is a GPU and this
+    onnxruntime has its provider (else the CPU), with `threads` intra-op threads (0: onnxruntime's choice).
+    Quiet: its load-time notices (unused initializers, on every load) are not the user's concern. Callers
+    that may lack onnxruntime check for it first (`irface.errors.import_extra`), naming their extra."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(source, sess_options=opts, providers=providers)

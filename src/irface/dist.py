@@ -99,9 +99,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         ctx.batch = tensor.shape[0]
         ctx.rank = dist.get_rank()
-        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, tensor.contiguous())
-        return torch.cat(out)
+        return all_gather(tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

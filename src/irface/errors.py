@@ -4,6 +4,11 @@ The CLI turns any `UserError` into one line on stderr and a non-zero exit instea
 everything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input from the user: the message names the file or key and what is wrong."""
@@ -46,3 +51,17 @@ def first_line(e: BaseException) -> str:
     """`Type: first line of the message` (or just `Type`): a foreign exception inside our one-line errors."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def missing_extra(what: str, package: str, extra: str) -> str:
+    """The one wording of a missing optional dependency: the pyproject extra that brings it, and how."""
+    return f"{what} needs {package}, from the {extra} extra: pip install 'irface[{extra}]'"
+
+
+def import_extra(module: str, what: str, extra: str, error: type[UserError] = ConfigError) -> Any:
+    """`module`, imported when first needed (extras are never imported at a module's top), or `error` in
+    one line naming the extra when it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise error(missing_extra(what, module.split(".")[0], extra)) from None

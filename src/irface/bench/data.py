@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from irface.bench.options import DataOptions
-from irface.bench.timing import device_info, peak_memory_mb, reset_peak_memory
+from irface.bench.timing import device_info, peak_memory_mb, reset_peak_memory, step_times_ms
 from irface.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def bench_data(opts: DataOptions) -> dict[str, Any]:
         raise ConfigError("--batch-size and --steps must be positive, --warmup and --workers not negative")
     from irface.data.datasets import open_train_dataset
     from irface.data.loader import build_train_loader, set_loader_epoch
+    from irface.data.transforms import normalize
     from irface.device import resolve_device
 
     dev = resolve_device(opts.device)
@@ -55,18 +56,14 @@ def bench_data(opts: DataOptions) -> dict[str, Any]:
     for _ in range(warmup):
         next(it)
     startup = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        images, labels = next(it)
-        if dev.type == "cuda":
-            # As the trainer: uint8 across, normalised on the device.
-            from irface.data.transforms import normalize
 
+    def step() -> None:
+        images, _ = next(it)
+        if dev.type == "cuda":  # as the trainer: uint8 across, normalised on the device
             normalize(images.to(dev, non_blocking=True))
-            torch.cuda.synchronize(dev)
-        times.append((time.perf_counter() - t0) * 1e3)
-    del it
+
+    times = step_times_ms(step, dev, steps, 0)
+    it = None  # the loader's workers stop
     # Throughput over the whole timed span: the workers prefetch, so single batches can come for free.
     ms = sum(times) / len(times)
     return {

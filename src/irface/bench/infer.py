@@ -13,6 +13,7 @@ similarity moves: a verification decision can only flip for pairs that close to 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ from irface.bench.options import RUNTIMES, InferOptions
 from irface.bench.runner import Prepared, RunResult, Variant, create_network, run_variants, select_variants
 from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
 from irface.data.transforms import embed_images, normalize, to_nchw_tensor
-from irface.device import DTYPES, autocast
+from irface.device import DTYPES, autocast, onnx_session
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -170,18 +171,6 @@ def default_variant(name: str, base: nn.Module, opts: InferOptions, device: torc
 
 # --- ONNX Runtime paths ---------------------------------------------------------------------------
 
-def ort_session_options(threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return so
-
-
 def _onnx_file(base: nn.Module, workdir: Path) -> Path:
     """The BN-folded fp32 export, as `irface export` writes it, made once per run."""
     path = workdir / "fp32.onnx"
@@ -213,13 +202,10 @@ def ort_variant(name: str, base: nn.Module, device: torch.device, batch: int, wo
                 write_int8_onnx(base, path, calib_faces, int8_form, workdir=workdir)
         else:
             path = _onnx_file(base, workdir)
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-            providers.insert(0, "CUDAExecutionProvider")
-        sess = ort.InferenceSession(str(path), sess_options=ort_session_options(torch.get_num_threads()),
-                                    providers=providers)
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+        # onnxruntime's defaults (every graph optimisation, sequential), with torch's threads as the torch paths
+        sess = onnx_session(str(path), device, torch.get_num_threads())
         input_name = sess.get_inputs()[0].name
         gen = np.random.default_rng(0)
         x = gen.uniform(-1, 1, (batch, 3, base.input_size, base.input_size)).astype(np.float32)
@@ -245,52 +231,43 @@ def compare_variants(base: nn.Module, opts: InferOptions, device: torch.device, 
                      calib_faces: np.ndarray) -> list[Variant]:
     """Baseline first, then the faster paths this device offers."""
     b = opts.batch_size
+    # What every path shares, given once: the network, device, batch and work per image.
+    t = functools.partial(torch_variant, base=base, device=device, batch=b, flop=flop)
+    low = functools.partial(t, fold="all", channels_last=True, cast_weights=True)  # weights held in fp16 / bf16
     v = [
-        torch_variant("eager-fp32", base, device, b, fold="none", channels_last=False, flop=flop,
-                      description="baseline: eager fp32 NCHW, BatchNorm as trained"),
+        t("eager-fp32", fold="none", channels_last=False, description="baseline: eager fp32 NCHW, BatchNorm as trained"),
         default_variant("default", base, opts, device, b, flop, workdir),
-        torch_variant("channels-last", base, device, b, fold="none", channels_last=True, flop=flop,
-                      description="NHWC memory format"),
-        torch_variant("folded-cl", base, device, b, fold="conv", channels_last=True, flop=flop,
-                      description="BN folded into the convs they follow, NHWC"),
-        torch_variant("folded-all-cl", base, device, b, fold="all", channels_last=True, flop=flop,
-                      description="every BN folded (shifted residual stream), NHWC"),
-        torch_variant("compiled", base, device, b, fold="all", channels_last=True, compile=True, flop=flop,
-                      description="every BN folded, NHWC, torch.compile (inductor, frozen weights on CPU)"),
+        t("channels-last", fold="none", channels_last=True, description="NHWC memory format"),
+        t("folded-cl", fold="conv", channels_last=True, description="BN folded into the convs they follow, NHWC"),
+        t("folded-all-cl", fold="all", channels_last=True, description="every BN folded (shifted residual stream), NHWC"),
+        t("compiled", fold="all", channels_last=True, compile=True,
+          description="every BN folded, NHWC, torch.compile (inductor, frozen weights on CPU)"),
     ]
     if device.type == "cuda":
-        v += [
-            torch_variant("fp16", base, device, b, fold="all", channels_last=True, precision="fp16",
-                          cast_weights=True, flop=flop, description="fp16 weights, folded, NHWC"),
-            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
-                          cast_weights=True, flop=flop, description="bf16 weights, folded, NHWC"),
-            torch_variant("bf16-compiled", base, device, b, fold="all", channels_last=True, precision="bf16",
-                          cast_weights=True, compile=True, flop=flop, description="bf16, folded, NHWC, compiled"),
-        ]
+        v += [low("fp16", precision="fp16", description="fp16 weights, folded, NHWC"),
+              low("bf16", precision="bf16", description="bf16 weights, folded, NHWC"),
+              low("bf16-compiled", precision="bf16", compile=True, description="bf16, folded, NHWC, compiled")]
     elif cpu_has_fast_bf16():
-        v += [
-            torch_variant("bf16", base, device, b, fold="all", channels_last=True, precision="bf16",
-                          cast_weights=True, flop=flop, description="bf16 weights (AMX / AVX-512 bf16), folded, NHWC"),
-        ]
-    v += [
-        ort_variant("ort-fp32", base, device, b, workdir, flop, description="onnxruntime fp32, BN folded"),
-        ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces,
-                    description="onnxruntime int8 QDQ (irface export --int8)"),
-        ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu",
-                    description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)"),
-    ]
+        v += [low("bf16", precision="bf16", description="bf16 weights (AMX / AVX-512 bf16), folded, NHWC")]
+    v += list(_ort_paths(base, device, b, workdir, flop, calib_faces).values())
     return select_variants(v, opts.variants)
+
+
+def _ort_paths(base: nn.Module, device: torch.device, batch: int, workdir: Path, flop: float,
+               calib_faces: np.ndarray) -> dict[str, Variant]:
+    """The onnxruntime paths by their --runtime name: fp32, int8 as exported (QDQ), int8 in the CPU form."""
+    o = functools.partial(ort_variant, base=base, device=device, batch=batch, workdir=workdir, flop=flop)
+    return {"ort": o("ort-fp32", description="onnxruntime fp32, BN folded"),
+            "ort-int8": o("ort-int8", calib_faces=calib_faces, description="onnxruntime int8 QDQ (irface export --int8)"),
+            "ort-int8-cpu": o("ort-int8-cpu", calib_faces=calib_faces, int8_form="cpu",
+                              description="onnxruntime int8 CPU form (irface export --int8 --int8-form cpu)")}
 
 
 def single_variant(base: nn.Module, opts: InferOptions, device: torch.device, flop: float, workdir: Path,
                    calib_faces: np.ndarray) -> Variant:
     b = opts.batch_size
-    if opts.runtime == "ort":
-        return ort_variant("ort-fp32", base, device, b, workdir, flop)
-    if opts.runtime == "ort-int8":
-        return ort_variant("ort-int8", base, device, b, workdir, flop, calib_faces)
-    if opts.runtime == "ort-int8-cpu":
-        return ort_variant("ort-int8-cpu", base, device, b, workdir, flop, calib_faces, int8_form="cpu")
+    if opts.runtime != "torch":
+        return _ort_paths(base, device, b, workdir, flop, calib_faces)[opts.runtime]
     if opts.fold_bn and opts.channels_last and not opts.compile:
         return default_variant("default", base, opts, device, b, flop, workdir)
     parts = [opts.precision, "folded" if opts.fold_bn else "unfolded", "NHWC" if opts.channels_last else "NCHW"]

@@ -20,14 +20,13 @@ from __future__ import annotations
 import gc
 import logging
 import statistics
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from irface.bench.options import ScaleOptions
-from irface.bench.timing import device_info, proc_field, synchronize
+from irface.bench.timing import device_info, peak_memory_mb, proc_field, reset_peak_memory, step_times_ms
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -117,13 +116,8 @@ def measure_row(opts: ScaleOptions, classes: int, ranks: int, rate: float, devic
     _release_freed_memory()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device) / 2 ** 20
-    else:
-        from irface.bench.timing import reset_peak_memory
-
-        before = _rss_mb()
-        reset_peak_memory(device)
+    reset_peak_memory(device)
+    before = torch.cuda.memory_allocated(device) / 2 ** 20 if device.type == "cuda" else _rss_mb()
     try:
         head = _make_head(opts, classes, ranks, rate, device)
     except (RuntimeError, ValueError) as e:
@@ -143,21 +137,8 @@ def measure_row(opts: ScaleOptions, classes: int, ranks: int, rate: float, devic
         opt.zero_grad(set_to_none=True)
         emb.grad = None
 
-    for _ in range(opts.warmup):
-        step()
-    synchronize(device)
-    times = []
-    for _ in range(opts.steps):
-        t0 = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 - before
-    else:
-        from irface.bench.timing import peak_memory_mb
-
-        peak = peak_memory_mb(device) - before
+    times = step_times_ms(step, device, opts.steps, opts.warmup)
+    peak = peak_memory_mb(device) - before
     row.update(ms_per_step=round(statistics.median(times), 2), peak_memory_mb=round(peak, 1),
                implementation=type(head).__name__)
     return row

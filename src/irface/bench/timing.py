@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from irface.device import DTYPES
+from irface.device import DTYPES, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _ort_int8_probe(n: int, threads: int) -> Optional[tuple[Step, float]]:
     """One n x n MatMulInteger (uint8 x int8) on onnxruntime and its FLOPs; None without onnxruntime."""
     try:
         import numpy as np
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
         from onnx import TensorProto, helper
     except ImportError:
         return None
@@ -227,11 +227,7 @@ def _ort_int8_probe(n: int, threads: int) -> Optional[tuple[Step, float]]:
         [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = min(model.ir_version, 8)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = onnx_session(model.SerializeToString(), threads=threads)
     rng = np.random.default_rng(0)
     feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
     return (lambda: sess.run(None, feeds)), 2.0 * n ** 3

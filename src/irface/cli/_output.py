@@ -29,6 +29,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def skipped_text(report: dict[str, Any]) -> str:
+    """The line that closes a command's summary when it left inputs out: "\nskipped N: reason; ..." (or "")."""
+    skipped = report.get("skipped") or []
+    return f"\nskipped {len(skipped)}: " + "; ".join(s["reason"] for s in skipped) if skipped else ""
+
+
 def emit(report: dict[str, Any], json_target: Optional[str], text: Optional[str]) -> None:
     """Print `text` (human lines; None: the command printed its own) unless the JSON goes to stdout;
     write the JSON where asked."""

@@ -87,7 +87,7 @@ def register(sub) -> None:
     t.add_argument("--sample-rate", type=float, default=d.sample_rate, metavar="R",
                    help=f"Partial FC sample rate (default {d.sample_rate})")
     t.add_argument("--fused-sgd", action="store_true", help="fused SGD kernels")
-    t.set_defaults(func=run_train)
+    t.set_defaults(func=_runner("train:bench_train", TrainOptions))
 
     d = InferOptions()
     i = bsub.add_parser("infer", help="a forward pass in inference mode",
@@ -104,7 +104,7 @@ def register(sub) -> None:
     i.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep the BatchNorms")
     i.add_argument("--calib", metavar="PATH", help="faces (folder or .bin) for int8 calibration and the agreement "
                                                    "check (default: synthetic faces)")
-    i.set_defaults(func=run_infer)
+    i.set_defaults(func=_runner("infer:bench_infer", InferOptions))
 
     d = DataOptions()
     r = bsub.add_parser("data", help="the training loader from a RecordIO folder",
@@ -113,7 +113,7 @@ def register(sub) -> None:
     _common(r, d)
     r.add_argument("--workers", type=int, default=d.workers, metavar="N",
                    help=f"loader worker processes (default {d.workers})")
-    r.set_defaults(func=run_data)
+    r.set_defaults(func=_runner("data:bench_data", DataOptions))
 
     d = EvalOptions()
     e = bsub.add_parser("eval", help="the whole verification pass over a .bin",
@@ -125,7 +125,7 @@ def register(sub) -> None:
     e.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=d.precision,
                    help=f"as `irface eval` (default {d.precision})")
     e.add_argument("--no-flip", dest="flip", action="store_false", help="skip the mirrored images")
-    e.set_defaults(func=run_eval)
+    e.set_defaults(func=_runner("evalpass:bench_eval", EvalOptions))
 
     d = PhotoOptions()
     ph = bsub.add_parser("photo", help="a photo to faces and embeddings (detection, and end to end)",
@@ -143,7 +143,7 @@ def register(sub) -> None:
                     help=f"untimed calls of each step first (default {d.warmup})")
     ph.add_argument("--device", default=d.device, help=f"cpu, cuda or cuda:N (default {d.device})")
     add_json_argument(ph)
-    ph.set_defaults(func=run_photo)
+    ph.set_defaults(func=_runner("photo:bench_photo", PhotoOptions))
 
     d = ScaleOptions()
     s = bsub.add_parser("scale", help="the classification head's cost at 100k..10M classes",
@@ -170,7 +170,7 @@ def register(sub) -> None:
         default = getattr(d, flag[2:].replace("-", "_"))
         s.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (default {default})")
     add_json_argument(s)
-    s.set_defaults(func=run_scale)
+    s.set_defaults(func=_runner("scale:bench_scale", ScaleOptions))
 
     p.set_defaults(help_parser=p)
 
@@ -190,62 +190,31 @@ def _backbone_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _options(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
-    """`cls` (an options dataclass of `irface.bench.options`) from the parsed arguments of the same names."""
+def _options(cls: type, args: argparse.Namespace) -> Any:
+    """`cls` (an options dataclass of `irface.bench.options`) from the parsed arguments of the same names; a
+    reshaped network (--layers, --widths, ...) as its `backbone_kwargs` (but for the options it has itself:
+    train's --embedding-size is its head's), --sequential as `interleave=False`."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **extra})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if "backbone_kwargs" in names:
+        values["backbone_kwargs"] = {k: v for k, v in _backbone_kwargs(args).items() if k not in names}
+    if "interleave" in names:
+        values["interleave"] = False if args.sequential else None
+    return cls(**values)
 
 
-def _report(run: Callable[[Any], dict[str, Any]], opts: Any, args: argparse.Namespace) -> int:
-    from irface.bench.report import format_report
+def _runner(run: str, cls: type) -> Callable[[argparse.Namespace], int]:
+    """A bench command's `func`: its options (`cls`) from the arguments, then `run` ("module:function" of
+    `irface.bench`, imported only now: the parser imports no torch) on them; the report printed or written."""
 
-    report = run(opts)
-    emit(report, args.json, format_report(report))
-    return 0
+    def command(args: argparse.Namespace) -> int:
+        import importlib
 
+        from irface.bench.report import format_report
 
-def run_train(args: argparse.Namespace) -> int:
-    from irface.bench.options import TrainOptions
-    from irface.bench.train import bench_train
+        module, function = run.split(":")
+        report = getattr(importlib.import_module(f"irface.bench.{module}"), function)(_options(cls, args))
+        emit(report, args.json, format_report(report))
+        return 0
 
-    kw = _backbone_kwargs(args)
-    kw.pop("embedding_size", None)
-    opts = _options(TrainOptions, args, interleave=False if args.sequential else None, backbone_kwargs=kw)
-    return _report(bench_train, opts, args)
-
-
-def run_infer(args: argparse.Namespace) -> int:
-    from irface.bench.infer import bench_infer
-    from irface.bench.options import InferOptions
-
-    opts = _options(InferOptions, args, interleave=False if args.sequential else None,
-                    backbone_kwargs=_backbone_kwargs(args))
-    return _report(bench_infer, opts, args)
-
-
-def run_data(args: argparse.Namespace) -> int:
-    from irface.bench.data import bench_data
-    from irface.bench.options import DataOptions
-
-    return _report(bench_data, _options(DataOptions, args), args)
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    from irface.bench.evalpass import bench_eval
-    from irface.bench.options import EvalOptions
-
-    return _report(bench_eval, _options(EvalOptions, args, backbone_kwargs=_backbone_kwargs(args)), args)
-
-
-def run_photo(args: argparse.Namespace) -> int:
-    from irface.bench.options import PhotoOptions
-    from irface.bench.photo import bench_photo
-
-    return _report(bench_photo, _options(PhotoOptions, args), args)
-
-
-def run_scale(args: argparse.Namespace) -> int:
-    from irface.bench.options import ScaleOptions
-    from irface.bench.scale import bench_scale
-
-    return _report(bench_scale, _options(ScaleOptions, args), args)
+    return command

@@ -6,7 +6,7 @@ import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
-from irface.cli._output import add_json_argument, emit
+from irface.cli._output import add_json_argument, emit, skipped_text
 
 
 def register(sub) -> None:
@@ -42,7 +42,5 @@ def run(args: argparse.Namespace) -> int:
             f"{report['different_pairs']} different pairs: accuracy {report['accuracy']:.4f}, "
             f"FAR {report['far']:.4f}, TAR {report['tar']:.4f}; clustering threshold "
             f"{report['cluster_threshold']:.4f} ({report['cluster_rule']}); {where}")
-    if report["skipped"]:
-        text += f"\nskipped {len(report['skipped'])}: " + "; ".join(s["reason"] for s in report["skipped"])
-    emit(report, args.json, text)
+    emit(report, args.json, text + skipped_text(report))
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_argument, add_model_arguments, model_from_args
-from irface.cli._output import add_json_argument, emit
+from irface.cli._output import add_json_argument, emit, skipped_text
 
 EVALUATE = "evaluate"
 
@@ -50,11 +50,6 @@ def _options(args: argparse.Namespace) -> dict:
             "progress": args.progress}
 
 
-def _skips(report: dict) -> list[str]:
-    skipped = report.get("skipped") or []
-    return [f"skipped {len(skipped)}: " + "; ".join(s["reason"] for s in skipped)] if skipped else []
-
-
 def run(args: argparse.Namespace) -> int:
     if args.photos[0] == EVALUATE and not Path(EVALUATE).exists():
         return run_evaluate(args)
@@ -82,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         report["state"] = args.into
     if args.output:
         emit(report, args.output, None)
-    emit(report, args.json, "\n".join(_text(report)))
+    emit(report, args.json, "\n".join(_text(report)) + skipped_text(report))
     return 0
 
 
@@ -105,7 +100,7 @@ def _text(report: dict) -> list[str]:
                  f"min {report['min_faces']} faces a person")
     if report.get("state"):
         lines.append(f"kept in {report['state']}")
-    return lines + _skips(report)
+    return lines
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -131,5 +126,5 @@ def run_evaluate(args: argparse.Namespace) -> int:
              f"BCubed    precision {b3['precision']:.4f}  recall {b3['recall']:.4f}  F1 {b3['f1']:.4f}",
              (f"(threshold {report['threshold']:g} from the {report['threshold_source']}, "
               f"min {report['min_faces']} faces a person)")]
-    emit(report, args.json, "\n".join(lines + _skips(report)))
+    emit(report, args.json, "\n".join(lines) + skipped_text(report))
     return 0

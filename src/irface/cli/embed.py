@@ -6,7 +6,7 @@ import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_argument, add_model_arguments, model_from_args, model_options
-from irface.cli._output import add_json_argument, emit
+from irface.cli._output import add_json_argument, emit, skipped_text
 from irface.cli._ray import add_ray_arguments, ray_options, refuse_without_ray
 
 
@@ -62,9 +62,7 @@ def _norms_and_skips(summary: dict) -> str:
     if "norm" in summary:
         n = summary["norm"]
         text += f"\nfeature norms {n['min']:.4g} to {n['max']:.4g} (median {n['median']:.4g})"
-    if summary["skipped"]:
-        text += f"\nskipped {len(summary['skipped'])}: " + "; ".join(s["reason"] for s in summary["skipped"])
-    return text
+    return text + skipped_text(summary)
 
 
 def run_ray(args: argparse.Namespace) -> int:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return run_ijb(args)
     if not args.model or not args.data:
         raise UserError("irface eval needs --model MODEL and --data DIR (or --ijb ROOT for IJB-B/IJB-C)")
-    from irface.eval import format_seed_lines, format_table, run_verification
+    from irface.eval import format_table, run_verification, seed_lines
     from irface.cli._output import emit
     from irface.eval.result import report
     from irface.infer import load_model
@@ -82,10 +82,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_verification(model.embed, args.data, targets, args.batch_size, flip=not args.no_flip)
 
     out = sys.stderr if args.json == "-" else sys.stdout
-    for name, result in results.items():
-        for line in format_seed_lines(name, result):
-            print(line, file=out)
-    for line in format_table(results):
+    for line in seed_lines(results) + format_table(results):
         print(line, file=out)
 
     if args.json:

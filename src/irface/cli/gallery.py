@@ -6,7 +6,7 @@ import argparse
 
 from irface.cli._faces import add_face_arguments, detector_from_args
 from irface.cli._model import add_model_argument, add_model_arguments, model_from_args, model_options
-from irface.cli._output import add_json_argument, emit
+from irface.cli._output import add_json_argument, emit, skipped_text
 from irface.cli._ray import add_ray_arguments, ray_options, refuse_without_ray
 from irface.errors import ConfigError
 from irface.infer.settings import DEFAULT_THRESHOLD
@@ -123,11 +123,6 @@ def _options(args: argparse.Namespace) -> dict:
     return {"mode": args.face_mode, "detector": detector_from_args(args), "batch_size": args.batch_size}
 
 
-def _skips(summary: dict) -> str:
-    skipped = summary.get("skipped") or []
-    return f"\nskipped {len(skipped)}: " + "; ".join(s["reason"] for s in skipped) if skipped else ""
-
-
 def _open(args: argparse.Namespace):
     """(gallery, embedder): the gallery checked whole, the model checked against its fingerprint."""
     from irface.errors import GalleryError
@@ -169,7 +164,7 @@ def run_build(args: argparse.Namespace) -> int:
     summary = build_from_folders(args.folder, embedder, args.output, templates=args.templates, index=args.index,
                                  params=params, model=args.model, **_options(args))
     emit(summary, args.json, f"wrote {describe(args.output)}: {summary['faces']} faces of {summary['identities']} identities "
-                             f"({args.index} index{', templates' if args.templates else ''})" + _skips(summary))
+                             f"({args.index} index{', templates' if args.templates else ''})" + skipped_text(summary))
     return 0
 
 
@@ -186,7 +181,7 @@ def _build_on_ray(args: argparse.Namespace, params: dict) -> int:
     emit(summary, args.json, f"wrote {describe(args.output)}: {summary['faces']} faces of {summary['identities']} "
                              f"identities ({args.index} index{', templates' if args.templates else ''}) from "
                              f"{shards['total']} shards in {args.shards} ({shards['written']} now, "
-                             f"{shards['done_before']} done before)" + _skips(summary))
+                             f"{shards['done_before']} done before)" + skipped_text(summary))
     return 0
 
 
@@ -200,7 +195,7 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict) -> int:
                                     params=params)
     emit(summary, args.json, f"wrote {args.output}: {summary['faces']} faces of {summary['identities']} identities "
                              f"({args.index} index{', templates' if args.templates else ''}) from the embeddings in "
-                             f"{', '.join(args.from_embeddings)}" + _skips(summary))
+                             f"{', '.join(args.from_embeddings)}" + skipped_text(summary))
     return 0
 
 
@@ -228,7 +223,7 @@ def run_add(args: argparse.Namespace) -> int:
         gallery.save()
         summary.update(gallery=gallery.location, identity=args.identity, total_faces=len(gallery))
     emit(summary, args.json, f"added {summary['faces']} faces of '{args.identity}' to {gallery.location} "
-                             f"({summary['total_faces']} faces in all)" + _skips(summary))
+                             f"({summary['total_faces']} faces in all)" + skipped_text(summary))
     return 0
 
 
@@ -285,7 +280,7 @@ def run_search(args: argparse.Namespace) -> int:
             head += f" (closest {best['identity']} {best['similarity']:.4f}, threshold {threshold:g})"
         lines.append(head)
         lines += [f"  {m['identity']:<24} {m['similarity']:.4f}  {m['source']}" for m in row["matches"]]
-    emit(report, args.json, "\n".join(lines) + f"\n(threshold {threshold:g}, from the {source})" + _skips(report))
+    emit(report, args.json, "\n".join(lines) + f"\n(threshold {threshold:g}, from the {source})" + skipped_text(report))
     return 0
 
 
@@ -306,7 +301,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"TPIR@FPIR={key}: " + (
             f"n/a (needs at least {round(1 / float(key))} non-mated probes)" if t["threshold"] is None else
             f"{pct(t['tpir'])} (threshold {t['threshold']:.4f})"))
-    emit(report, args.json, "\n".join(lines) + _skips(report))
+    emit(report, args.json, "\n".join(lines) + skipped_text(report))
     return 0
 
 

@@ -107,7 +107,7 @@ def _check_before_workers(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from irface.errors import ConfigError
+    from irface.errors import ConfigError, import_extra
     from irface.serve.hosts import AllowedHosts
     from irface.serve.http import HEADER_DEADLINE_PROTOCOL, server_config
 
@@ -116,10 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port}: use 1..65535")
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: use 1 or more")
-    try:
-        import uvicorn
-    except ImportError:
-        raise ConfigError("irface serve needs the serve extra: pip install 'irface[serve]'") from None
+    uvicorn = import_extra("uvicorn", "irface serve", "serve")
     if args.workers > 1:
         _check_before_workers(args)
     else:

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from irface.data.datasets import ImageFolderDataset
+from irface.data.datasets import CLASSES_NAME, ImageFolderDataset
 from irface.data.pairs import plan_pairs
 from irface.data.progress import progress_bar
 from irface.data.recordio import RecordIODataset, RecordIOReader, write_recordio_dataset
@@ -19,7 +19,6 @@ from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
-CLASSES_NAME = "classes.txt"  # written by `pack` beside the .rec: line i is the folder name of class i
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 
 
@@ -76,7 +75,7 @@ def pack_image_folder(folder: str | Path, out_dir: str | Path, image_size: Optio
     from irface.data.recordio import PROPERTY_NAME, write_property
 
     write_property(out / PROPERTY_NAME, src.num_classes, size[0], size[1])
-    src.save_classes(out / CLASSES_NAME)
+    src.save_classes(out)
     if stats["other_size"]:
         log.warning("%d images are not %dx%d; readers resize them (short side, centre crop)",
                     stats["other_size"], size[1], size[0])
@@ -158,9 +157,9 @@ def make_pairs(folder: str | Path, out_bin: str | Path, pairs: int, seed: int = 
 
 def reindex_recordio(rec_dir: str | Path, progress: Optional[bool] = None) -> dict:
     """Rebuild `train.idx` from the framing of `train.rec` (keys 0..N-1 in file order)."""
-    from irface.data.recordio import IDX_NAME, REC_NAME, _resolve_folder
+    from irface.data.recordio import IDX_NAME, REC_NAME, recordio_folder
 
-    folder = _resolve_folder(rec_dir)
+    folder = recordio_folder(rec_dir)
     reader = RecordIOReader(folder / REC_NAME)
     offsets = reader.scan_offsets()
     with atomic_write(folder / IDX_NAME, "w") as f:

@@ -22,6 +22,7 @@ from irface.utils import atomic_write
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BAD_IMAGES = 100  # as the config key `max_bad_images`
+CLASSES_NAME = "classes.txt"  # an image folder's class names, line i = class i: beside a packed .rec, in a run
 
 
 class ArrayDataset(Dataset):
@@ -84,9 +85,9 @@ class ImageFolderDataset(Dataset):
             return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), label
         raise DataError(f"{self.root}: no decodable image left")
 
-    def save_classes(self, path: str | Path) -> None:
-        """Write the class names in index order, one a line (line i is class i)."""
-        with atomic_write(path, "w") as f:
+    def save_classes(self, folder: str | Path) -> None:
+        """Write the class names in index order into `folder`/CLASSES_NAME, one a line (line i is class i)."""
+        with atomic_write(Path(folder) / CLASSES_NAME, "w") as f:
             f.write("".join(f"{name}\n" for name in self.classes))
 
 
@@ -96,11 +97,10 @@ def open_train_dataset(path: str | Path, image_size: int = 112,
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such training data folder")
-    if path.is_file() and path.suffix in (".rec", ".idx"):
-        path = path.parent
-    if (path / "train.rec").exists():
-        from irface.data.recordio import RecordIODataset
+    from irface.data.recordio import REC_NAME, RecordIODataset, recordio_folder
 
+    path = recordio_folder(path)
+    if (path / REC_NAME).exists():
         # The limit is passed only when set, so the call stays `RecordIODataset(path, image_size=...)`.
         extra = {} if max_bad_images == DEFAULT_MAX_BAD_IMAGES else {"max_bad_images": max_bad_images}
         return RecordIODataset(path, image_size=image_size, **extra)

@@ -95,9 +95,10 @@ def describe(path: str | Path, scan: bool = False, progress: Optional[bool] = No
         raise DataError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix == ".bin":
         return describe_bin(path)
-    folder = path.parent if path.is_file() and path.suffix in (".rec", ".idx") else path
-    if (folder / "train.rec").exists():
-        return describe_recordio(folder, scan=scan, progress=progress)
+    from irface.data.recordio import REC_NAME, recordio_folder  # torch: not for a .bin
+
+    if (recordio_folder(path) / REC_NAME).exists():
+        return describe_recordio(recordio_folder(path), scan=scan, progress=progress)
     if path.is_dir():
         return describe_image_folder(path)
     raise DataError(f"{path}: not a .bin, a RecordIO folder or an image folder")

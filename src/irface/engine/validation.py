@@ -43,32 +43,18 @@ def open_targets(val_targets: list[str], data_path: str, image_size: int) -> dic
 
 def run(backbone: nn.Module, targets: dict[str, Path], device: torch.device, precision: str,
         batch_size: int, channels_last: bool = False) -> dict[str, Any]:
-    """Verify on every target; returns the eval package's result objects by name. Restores train mode."""
+    """Verify on every target; returns the eval package's result objects by name. The backbone embeds in
+    eval mode and is left in the mode it was in (`module_embed_fn`)."""
     from irface.eval import module_embed_fn, run_verification
 
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        embed = module_embed_fn(backbone, device, DTYPES[precision], channels_last)
-        by_dir: dict[Path, list[str]] = defaultdict(list)
-        for name, path in targets.items():
-            by_dir[path.parent].append(name)
-        results: dict[str, Any] = {}
-        for folder, names in by_dir.items():
-            results.update(run_verification(embed, folder, names, batch_size))
-        return results
-    finally:
-        backbone.train(was_training)
-
-
-def seed_lines(results: dict[str, Any]) -> list[str]:
-    """The seed's `[lfw]Accuracy-Flip: 0.99750+-0.00214` lines (and whatever else eval prints)."""
-    from irface.eval import format_seed_lines
-
-    lines: list[str] = []
-    for name, result in results.items():
-        lines += format_seed_lines(name, result)
-    return lines
+    embed = module_embed_fn(backbone, device, DTYPES[precision], channels_last)
+    by_dir: dict[Path, list[str]] = defaultdict(list)
+    for name, path in targets.items():
+        by_dir[path.parent].append(name)
+    results: dict[str, Any] = {}
+    for folder, names in by_dir.items():
+        results.update(run_verification(embed, folder, names, batch_size))
+    return results
 
 
 def summarize(results: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -21,7 +21,7 @@ from irface.eval.protocol import (
     tar_at_far,
     verification_accuracy,
 )
-from irface.eval.result import TargetResult, format_seed_lines, format_table
+from irface.eval.result import TargetResult, format_seed_lines, format_table, seed_lines
 from irface.eval.verification import (
     embed_bin,
     evaluate_bin,
@@ -34,5 +34,5 @@ __all__ = [
     "FARS", "N_FOLDS", "best_threshold", "equal_error_rate", "fold_accuracies", "kfold_slices", "kfold_sizes",
     "l2_normalize", "mean_norm", "pair_distances", "protocol_thresholds", "roc_auc", "roc_curve", "tar_at_far",
     "verification_accuracy", "TargetResult", "format_seed_lines", "format_table", "embed_bin", "evaluate_bin",
-    "evaluate_embeddings", "module_embed_fn", "run_verification",
+    "evaluate_embeddings", "module_embed_fn", "run_verification", "seed_lines",
 ]

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from irface.errors import UserError
+from irface.errors import UserError, import_extra
 from irface.eval.result import TargetResult
 from irface.utils import atomic_write
 
 
-def require_matplotlib() -> None:
-    """Fail early, in one line, when a plot is asked for and matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UserError("--plot needs matplotlib, which is not installed (pip install 'irface[plot]')") from None
+def require_matplotlib() -> Any:
+    """matplotlib; fails early, in one line, when a plot is asked for and matplotlib is missing."""
+    return import_extra("matplotlib", "--plot", "plot", UserError)
 
 
 def plot_roc(results: Mapping[str, TargetResult], path: str | Path) -> None:
@@ -32,9 +29,7 @@ def plot_roc(results: Mapping[str, TargetResult], path: str | Path) -> None:
 
 def plot_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> None:
     """ROC curves {label: (fpr, tpr)}, TAR against FAR on a log axis, written atomically to `path` as PNG."""
-    require_matplotlib()
-    import matplotlib
-
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")  # no display needed; the figure only goes to a file
     import matplotlib.pyplot as plt
 

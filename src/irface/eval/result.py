@@ -89,6 +89,11 @@ def format_seed_lines(name: str, result: TargetResult) -> list[str]:
     return lines
 
 
+def seed_lines(results: Mapping[str, TargetResult]) -> list[str]:
+    """`format_seed_lines` of every target, in order: what eval prints, and training logs, first."""
+    return [line for name, r in results.items() for line in format_seed_lines(name, r)]
+
+
 TABLE_FARS = (1e-2, 1e-3, 1e-4)
 
 

@@ -17,7 +17,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from irface.errors import ConfigError, UserError, first_line
+from irface.device import onnx_session
+from irface.errors import ConfigError, UserError, first_line, import_extra
 from irface.export.calibration import load_calibration_images
 from irface.export.check import (
     CHECK_BATCHES, FP16_TOLERANCE, FP32_TOLERANCE, ParityError, check_parity, cosine_similarity, random_input,
@@ -26,7 +27,7 @@ from irface.export.check import (
 from irface.models.fold import fold_batchnorm
 from irface.models.metadata import TORCHSCRIPT_EXTRA_FILE, export_metadata
 from irface.export.onnx_export import (
-    INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, onnx_session, set_metadata,
+    INPUT_NAME, OUTPUT_NAME, HalfPrecision, export_onnx, set_metadata,
 )
 from irface.export.options import (  # noqa: F401 (FORMATS and the options are re-exported)
     DEFAULT_OPSET, FORMATS, INT8_FORMS, INT8_METHOD, INT8_MIN_COSINE, ExportOptions, Int8Options,
@@ -71,7 +72,7 @@ def _check_onnx_file(path: Path, label: str):
     except Exception as e:
         raise ParityError(f"{label}: onnx.checker refused the export ({first_line(e)}); output removed") from None
     try:
-        sess = onnx_session(path)
+        sess = onnx_session(str(path))  # on the CPU: the checks run where the export runs
     except Exception as e:
         raise ParityError(f"{label}: onnxruntime cannot load the export ({first_line(e)}); output removed") from None
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
@@ -213,8 +214,6 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
         raise ConfigError(f"--batch-size must be positive or 'dynamic', got {batch_size}")
     if fmt == "onnx" and opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
-    if output.exists() and output.is_dir():
-        raise ConfigError(f"{output}: is a folder; give a file name")
     check_writable(output)
 
     model, info = load_backbone(model_path, network)
@@ -253,10 +252,7 @@ def export_model(model_path: str | Path, output: str | Path, opts: Optional[Expo
             torch.save(_bare_state(model, fp16), tmp)
             checks = _check_weights_file(tmp, model, label, tolerance, batches)
         else:
-            try:
-                from safetensors.torch import save_file
-            except ImportError:
-                raise ConfigError("safetensors export needs the 'safetensors' package (pip install safetensors)") from None
+            save_file = import_extra("safetensors.torch", "safetensors export", "export").save_file
             save_file(_bare_state(model, fp16), str(tmp), metadata=meta)
             checks = _check_weights_file(tmp, model, label, tolerance, batches)
     if fmt == "onnx":

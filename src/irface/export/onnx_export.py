@@ -64,10 +64,3 @@ def set_metadata(proto, metadata: Mapping[str, str]) -> None:
             entry.key, entry.value = key, str(value)
 
 
-def onnx_session(path: str | Path):
-    """A CPU onnxruntime session (the checks run where the export runs)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # quiet: onnxruntime warns about unused initializers on every load
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

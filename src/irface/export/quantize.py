@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from irface.data.transforms import normalize, to_nchw_tensor
-from irface.errors import UserError, first_line
+from irface.errors import UserError, first_line, import_extra
 from irface.export.options import CALIB_METHODS, INT8_FORMS, INT8_METHOD, INT8_OP_TYPES, Int8Form
 
 log = logging.getLogger(__name__)
@@ -144,11 +144,10 @@ def quantize_int8(fp32_onnx: str | Path, output: str | Path, calib_images: np.nd
     with `activations` "uint8" writes onnxruntime's CPU operators (QLinearConv, ...) with uint8
     activations instead: CPU-only, and faster there (`irface bench infer --compare`, benchmarks/README.md).
     """
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise UserError("int8 export needs onnxruntime (pip install onnxruntime)") from None
+    import_extra("onnxruntime.quantization.shape_inference", "int8 export", "export", UserError)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     if method not in CALIB_METHODS:
         raise UserError(f"unknown calibration method '{method}'; known: {', '.join(CALIB_METHODS)}")
     if quant_format not in QUANT_FORMATS or activations not in ACTIVATION_TYPES:

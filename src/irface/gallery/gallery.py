@@ -326,24 +326,20 @@ class Gallery:
 
     def faces(self, identity: Optional[str] = None) -> list[dict[str, Any]]:
         """The rows of the metadata table (of one identity if given): id, identity, source, box."""
-        query = "SELECT id, identity, source, x1, y1, x2, y2 FROM faces"
-        args: tuple = ()
-        if identity is not None:
-            query, args = query + " WHERE identity = ?", (identity,)
-        self._sync()
-        with self._lock.read(), self._db_lock:
-            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
-        return [{"id": r[0], "identity": r[1], "source": r[2],
-                 "box": None if r[3] is None else [r[3], r[4], r[5], r[6]]} for r in rows]
+        return self._face_rows(*(("", ()) if identity is None else ("WHERE identity = ?", (identity,))))
 
     def face(self, face_id: int) -> Optional[dict[str, Any]]:
         """One face's row (as `faces()` gives it), or None when no such face is enrolled."""
+        rows = self._face_rows("WHERE id = ?", (int(face_id),))
+        return rows[0] if rows else None
+
+    def _face_rows(self, where: str, args: tuple) -> list[dict[str, Any]]:
         self._sync()
         with self._lock.read(), self._db_lock:
-            r = self._db.execute("SELECT id, identity, source, x1, y1, x2, y2 FROM faces WHERE id = ?",
-                                 (int(face_id),)).fetchone()
-        return None if r is None else {"id": r[0], "identity": r[1], "source": r[2],
-                                       "box": None if r[3] is None else [r[3], r[4], r[5], r[6]]}
+            rows = self._db.execute(f"SELECT id, identity, source, x1, y1, x2, y2 FROM faces {where} ORDER BY id",
+                                    args).fetchall()
+        return [{"id": r[0], "identity": r[1], "source": r[2],
+                 "box": None if r[3] is None else [r[3], r[4], r[5], r[6]]} for r in rows]
 
     def thumbnail(self, face_id: int) -> Optional[bytes]:
         """The picture (JPEG) stored with an enrolled face, or None (no such face, or none stored)."""

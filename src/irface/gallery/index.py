@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from irface.errors import GalleryError, first_line
+from irface.errors import GalleryError, first_line, import_extra
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,7 @@ _TRAIN_POINTS_PER_LIST = 64
 def import_faiss() -> Any:
     # faiss's loader logs which CPU build it tried at INFO level: not the user's concern.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    try:
-        import faiss
-    except ImportError:
-        raise GalleryError("galleries need faiss: pip install 'irface[gallery]' (faiss-cpu)") from None
-    return faiss
+    return import_extra("faiss", "a gallery", "gallery", GalleryError)
 
 
 def index_params(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:

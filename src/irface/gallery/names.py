@@ -2,7 +2,7 @@
 
 `validate_identity` (gallery.py) says what a name may contain. Here: the same name typed differently
 is one name. A name is NFKC-normalised (full-width `ｏｂａｍａ`, ligatures and compatibility forms
-become `obama`); two names that differ only in case are the same person (`same_name`); and a word
+become `obama`); two names that differ only in case are the same person (`identity_key`); and a word
 that mixes Latin, Cyrillic and Greek letters (`оbama` with a Cyrillic `о`) is refused, since it reads
 as one name and is stored as another.
 """
@@ -45,18 +45,6 @@ def check_lookalikes(name: str) -> str:
             raise GalleryError(f"identity name {name!r}: the word {word!r} mixes {' and '.join(s.title() for s in scripts)} "
                                "letters (look-alike characters?); write it in one script")
     return name
-
-
-def same_name(name: str, existing: Iterable[str]) -> Optional[str]:
-    """The enrolled name that is `name` up to case and NFKC, if any (the exact name first)."""
-    key = identity_key(name)
-    match = None
-    for other in existing:
-        if other == name:
-            return other
-        if match is None and identity_key(other) == key:
-            match = other
-    return match
 
 
 class NameTaken(GalleryError):

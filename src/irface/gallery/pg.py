@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from irface.errors import GalleryError, GalleryUnavailable
+from irface.errors import GalleryError, GalleryUnavailable, import_extra
 from irface.gallery.gallery import Gallery, empty_db, new_header, rows_by_identity
 from irface.gallery.index import FaceIndex
 from irface.gallery.names import identity_key, name_taken
@@ -84,11 +84,7 @@ def redact(url: str) -> str:
 
 
 def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise GalleryError("a PostgreSQL gallery needs psycopg: pip install 'irface[postgres]'") from None
-    return psycopg
+    return import_extra("psycopg", "a PostgreSQL gallery", "postgres", GalleryError)
 
 
 def _connect(url: str, where: str) -> Any:

@@ -15,7 +15,7 @@ distributed CurricularFace does). Either way, the state is identical on every ra
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +55,6 @@ class AdaFaceHead(MarginHead):
         self.m, self.h, self.t_alpha = float(m), float(h), float(t_alpha)
         self.register_buffer("batch_mean", torch.full((1,), 20.0))
         self.register_buffer("batch_std", torch.full((1,), 100.0))
-
-    def hparams(self) -> dict[str, Any]:
-        return {"s": self.s, "m": self.m, "h": self.h, "t_alpha": self.t_alpha}
 
     def margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:
         """z of each sample, after updating the EMA with this batch (as the reference, in training only)."""
@@ -105,10 +102,6 @@ class MagFaceHead(MarginHead):
         self.l_a, self.u_a, self.l_m, self.u_m = float(l_a), float(u_a), float(l_m), float(u_m)
         self.lambda_g, self.easy_margin = float(lambda_g), bool(easy_margin)
 
-    def hparams(self) -> dict[str, Any]:
-        return {"s": self.s, "l_a": self.l_a, "u_a": self.u_a, "l_m": self.l_m, "u_m": self.u_m,
-                "lambda_g": self.lambda_g, "easy_margin": self.easy_margin}
-
     def margin_of(self, norms: torch.Tensor) -> torch.Tensor:
         a = norms.clamp(self.l_a, self.u_a)
         return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (a - self.l_a) + self.l_m
@@ -146,9 +139,6 @@ class SubCenterHead(ArcFaceHead):
         _check("subcenter", int(k) == k and k >= 1, f"k must be a positive integer, got {k}")
         self.k, self.base = int(k), base
         super().__init__(embedding_size, num_classes, s, (0.5 if base == "arcface" else 0.4) if m is None else m)
-
-    def hparams(self) -> dict[str, Any]:
-        return {"s": self.s, "m": self.m, "k": self.k, "base": self.base}
 
     def centre_shape(self, num_classes: int) -> tuple[int, ...]:
         return (num_classes, self.k, self.embedding_size)
@@ -201,9 +191,6 @@ class CurricularFaceHead(ArcFaceHead):
         _check("curricularface", 0.0 < t_alpha <= 1.0, f"t_alpha must be in (0, 1], got {t_alpha}")
         self.t_alpha = float(t_alpha)
         self.register_buffer("t", torch.zeros(1))
-
-    def hparams(self) -> dict[str, Any]:
-        return {"s": self.s, "m": self.m, "t_alpha": self.t_alpha}
 
     def margin_logits(self, cos: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, norms: torch.Tensor,
                       distributed: bool = False) -> torch.Tensor:

@@ -11,6 +11,7 @@ the loss, MagFace's). `norms` are the embeddings' L2 norms before normalisation.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Optional
 
@@ -97,8 +98,9 @@ class MarginHead(nn.Module):
         self.weight = nn.Parameter(self.init_rows(self.centre_shape(num_classes)))
 
     def hparams(self) -> dict[str, Any]:
-        """The keyword arguments of `create_head` that rebuild this head's margin."""
-        return {"s": self.s, "m": self.m}
+        """The keyword arguments of `create_head` that rebuild this head's margin: its constructor's after the
+        two sizes, each kept by the head under its own name."""
+        return {name: getattr(self, name) for name in list(inspect.signature(type(self)).parameters)[2:]}
 
     def centre_shape(self, num_classes: int) -> tuple[int, ...]:
         """Shape of the centres of `num_classes` classes (sub-center heads add a k axis)."""
@@ -201,9 +203,6 @@ class CombinedMarginHead(MarginHead):
             raise ValueError(f"combined head: m1 must be positive, got {m1}")
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
         self.mm = math.sin(m2) * m2
-
-    def hparams(self) -> dict[str, Any]:
-        return {"s": self.s, "m1": self.m1, "m2": self.m2, "m3": self.m3}
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
         if self.m1 == 1.0:

@@ -128,8 +128,6 @@ def check_output(path: str | Path) -> Path:
             import pyarrow  # noqa: F401
         except ImportError:
             raise ConfigError(f"{path}: writing parquet needs pyarrow (pip install pyarrow); or use .npy / .npz") from None
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder; give a file name")
     return check_writable(path)
 
 

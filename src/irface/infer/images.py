@@ -53,7 +53,9 @@ class FaceSource:
 
 
 def _is_recordio(path: Path) -> bool:
-    return (path.is_dir() and (path / "train.rec").exists()) or (path.is_file() and path.suffix.lower() == ".rec")
+    from irface.data.recordio import REC_NAME
+
+    return (path.is_dir() and (path / REC_NAME).exists()) or (path.is_file() and path.suffix.lower() == ".rec")
 
 
 def _recordio_sources(path: Path, size: int | tuple[int, int]) -> list[FaceSource]:

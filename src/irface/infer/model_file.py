@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from irface.data.transforms import MEAN, STD, embed_images
-from irface.device import precision_dtype, resolve_device
-from irface.errors import ConfigError, ModelFileError, first_line
+from irface.device import onnx_session, precision_dtype, resolve_device
+from irface.errors import ConfigError, ModelFileError, first_line, import_extra
 from irface.models.fold import fold_batchnorm
 from irface.models.metadata import (CLUSTER_THRESHOLD_KEY, THRESHOLD_KEY, TORCHSCRIPT_EXTRA_FILE, calibration_path, read_calibration,
                                     threshold_from)
@@ -173,21 +173,12 @@ class OnnxEmbedder(Embedder):
 
     def __init__(self, path: Path, device: torch.device, norm: Optional[InputNorm] = None,
                  layout: Optional[str] = None, output_name: Optional[str] = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ModelFileError(f"{path}: running ONNX models needs onnxruntime (pip install onnxruntime)") from None
+        import_extra("onnxruntime", f"{path}: running ONNX models", "export", ModelFileError)
         from irface.infer.onnx_feed import Port, load_pruned, plan_feed
-
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # onnxruntime's load-time notices are not the user's concern
 
         def session(source: str | bytes):
             try:
-                return ort.InferenceSession(source, sess_options=opts, providers=providers)
+                return onnx_session(source, device)
             except Exception as e:
                 raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
 

@@ -97,13 +97,10 @@ def faces_from_image(image_rgb: np.ndarray, name: str, *, mode: str = "auto", al
     faces = detector.detect(image_rgb)
     if not faces:
         return []
-    if not all_faces:
-        if len(faces) > 1:
-            log.warning("%s: %d faces found; using the largest (--all-faces embeds each)", name, len(faces))
-        f = faces[0]
-        return [PhotoFace(name, align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)]
-    return [PhotoFace(face_name(name, k), align_face(image_rgb, f.landmarks, size), f.box, f.score, f.landmarks)
-            for k, f in enumerate(faces)]
+    if not all_faces and len(faces) > 1:
+        log.warning("%s: %d faces found; using the largest (--all-faces embeds each)", name, len(faces))
+    return [PhotoFace(face_name(name, k) if all_faces else name, align_face(image_rgb, f.landmarks, size), f.box,
+                      f.score, f.landmarks) for k, f in enumerate(faces if all_faces else faces[:1])]
 
 
 def faces_from_file(path: str | Path, *, mode: str = "auto", all_faces: bool = False, detector=None,

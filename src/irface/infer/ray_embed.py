@@ -30,15 +30,14 @@ import numpy as np
 
 from irface.data.images import crop_shape
 from irface.errors import ConfigError, DataError, first_line
-from irface.infer.shards import (Manifest, check_output_folder, exclusive, listing_digest, remove_partial_files,
-                                 shard_metadata, shard_name, shard_ranges, write_shard)
+from irface.infer.shards import (Manifest, check_output_folder, exclusive, import_ray_extra, listing_digest,
+                                 remove_partial_files, shard_metadata, shard_name, shard_ranges, write_shard)
 
 if TYPE_CHECKING:
     from irface.infer.images import FaceSource
 
 log = logging.getLogger(__name__)
 
-RAY_HINT = "irface embed --ray needs the ray extra: pip install 'irface[ray]'"
 
 
 @dataclass(frozen=True)
@@ -172,11 +171,8 @@ class EmbedShards:
 # ---- the driver ---------------------------------------------------------------------------------
 
 def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise ConfigError(RAY_HINT) from None
+    ray = import_ray_extra("ray")
+    import_ray_extra("ray.data")
     return ray
 
 

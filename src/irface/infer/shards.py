@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from irface.errors import ConfigError, DataError, OutputError
+from irface.errors import ConfigError, DataError, OutputError, import_extra
 from irface.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,11 @@ VERSION = 1
 SHARD_META_KEY = b"irface.shard"
 # The run's settings a rerun must share to continue the same shards (batch size and device may change).
 SAME_RUN_KEYS = ("fingerprint", "embedding_size", "input_size", "precision", "options", "listing", "shard_size")
+
+
+def import_ray_extra(module: str) -> Any:
+    """`module` of the ray extra (ray, pyarrow), or one line naming the extra when it is missing."""
+    return import_extra(module, "irface embed --ray", "ray")
 
 
 def shard_name(k: int) -> str:
@@ -134,10 +139,7 @@ def check_output_folder(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: is a file; irface embed --ray writes a folder of Parquet shards there")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise ConfigError("irface embed --ray needs the ray extra: pip install 'irface[ray]'") from None
+    import_ray_extra("pyarrow")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

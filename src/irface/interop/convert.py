@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 import torch
 
-from irface.errors import UserError
+from irface.errors import UserError, import_extra
+from irface.models.loading import CHECKPOINT_FORMAT
 from irface.models.variants import check_network, network_for_layers
 from irface.utils import atomic_write
 
@@ -38,7 +39,7 @@ def irface_checkpoint(state: dict[str, torch.Tensor], info: dict[str, Any]) -> d
     if head:
         values["num_classes"] = head["num_classes"]
     ckpt: dict[str, Any] = {
-        "format": "irface-checkpoint",
+        "format": CHECKPOINT_FORMAT,
         "config": TrainConfig(**values).to_dict(),
         "arch": arch,
         "backbone": state,
@@ -57,11 +58,7 @@ def write_converted(state: dict[str, torch.Tensor], info: dict[str, Any], output
         raise UserError(f"{output}: the output must end in {', '.join(OUTPUT_SUFFIXES)} "
                         "(bare state dict, safetensors, irface checkpoint)")
     if suffix == ".safetensors":
-        try:
-            from safetensors.torch import save
-        except ImportError:
-            raise UserError(f"{output}: writing safetensors needs the 'safetensors' package "
-                            "(pip install safetensors)") from None
+        save = import_extra("safetensors.torch", f"{output}: writing safetensors", "export", UserError).save
         data = save({k: v.contiguous() for k, v in state.items()},
                     metadata={"format": "pt", "source": str(info.get("format", ""))})
         with atomic_write(output, "wb") as f:

@@ -41,30 +41,27 @@ def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, 
     return a, beta - mean * a
 
 
+def _fold_into(fused: nn.Module, layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """`fused` (a layer shaped as `layer`, with a bias) set to `bn(layer(x))`: each output channel's weights
+    and bias scaled by the BN's a, shifted by its b (in float64, then the layer's dtype)."""
+    a, b = _bn_scale_shift(bn)
+    dtype = layer.weight.dtype
+    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(a)
+    with torch.no_grad():
+        fused.weight.copy_((layer.weight.double() * a.view(-1, *[1] * (layer.weight.dim() - 1))).to(dtype))
+        fused.bias.copy_((bias * a + b).to(dtype))
+    return fused.to(layer.weight.device)
+
+
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A conv with bias equal to `bn(conv(x))` in eval mode."""
-    a, b = _bn_scale_shift(bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    dtype = conv.weight.dtype
-    w = conv.weight.double() * a.view(-1, 1, 1, 1)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(a)
-    with torch.no_grad():
-        fused.weight.copy_(w.to(dtype))
-        fused.bias.copy_((bias * a + b).to(dtype))
-    return fused.to(conv.weight.device)
+    return _fold_into(nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode), conv, bn)
 
 
 def fold_linear_bn(fc: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
     """A Linear with bias equal to `bn(fc(x))` in eval mode."""
-    a, b = _bn_scale_shift(bn)
-    fused = nn.Linear(fc.in_features, fc.out_features, bias=True)
-    dtype = fc.weight.dtype
-    bias = fc.bias.double() if fc.bias is not None else torch.zeros_like(a)
-    with torch.no_grad():
-        fused.weight.copy_((fc.weight.double() * a.view(-1, 1)).to(dtype))
-        fused.bias.copy_((bias * a + b).to(dtype))
-    return fused.to(fc.weight.device)
+    return _fold_into(nn.Linear(fc.in_features, fc.out_features, bias=True), fc, bn)
 
 
 def fold_sequential_pairs(model: nn.Module) -> int:

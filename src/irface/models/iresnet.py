@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from irface.models.registry import run_blocks
 
 BN_EPS = 1e-5
 
@@ -117,12 +118,7 @@ class IResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prelu(self.bn1(self.conv1(x)))
-        for stage in self.stages:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(stage, x, use_reentrant=False)
-            else:
-                x = stage(x)
-        return self.bn2(x)
+        return self.bn2(run_blocks(self, self.stages, x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.forward_features(x), 1)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from irface.errors import ModelFileError, first_line
+from irface.errors import ModelFileError, first_line, import_extra
 from irface.models.iresnet import IResNet
 from irface.models.variants import check_network, identify_state_dict
 
@@ -156,10 +156,7 @@ def read_backbone_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         state, info = read_mindspore_backbone(path)
         return state, {"kind": "mindspore", "path": str(path), **info}
     if suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ModelFileError(f"{path}: reading safetensors needs the 'safetensors' package (pip install safetensors)") from None
+        load_file = import_extra("safetensors.torch", f"{path}: reading safetensors", "export", ModelFileError).load_file
         try:
             return _strip_prefix(load_file(str(path))), {"kind": "safetensors", "path": str(path)}
         except Exception as e:

@@ -15,9 +15,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from irface.models.registry import refuse_options, register_backbone
+from irface.models.registry import refuse_options, register_backbone, run_blocks
 
 
 class ConvUnit(nn.Module):
@@ -134,12 +133,7 @@ class MobileFaceNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, use_reentrant=False)
-            else:
-                x = layer(x)
-        return self.features(self.conv_sep(x))
+        return self.features(self.conv_sep(run_blocks(self, self.layers, x)))
 
 
 SPECS: dict[str, dict[str, Any]] = {

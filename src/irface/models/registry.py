@@ -1,11 +1,14 @@
-"""A small explicit registry of backbones: one function per variant, names checked on the way in and out."""
+"""A small explicit registry of backbones: one function per variant, names checked on the way in and out;
+and what every registered backbone shares at run time (`run_blocks`)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -41,3 +44,12 @@ def refuse_options(network: str, options: Mapping[str, Any]) -> None:
     if options:
         given = ", ".join(f"{k}={v!r}" for k, v in options.items())
         raise ValueError(f"{network} does not take {given}")
+
+
+def run_blocks(model: nn.Module, blocks: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """`x` through `blocks` in turn; with `model.grad_checkpointing`, while training with gradients, each
+    block's activations are recomputed in backward instead of kept (less memory, one more forward)."""
+    recompute = model.grad_checkpointing and model.training and torch.is_grad_enabled()
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+    return x

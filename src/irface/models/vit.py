@@ -19,9 +19,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from irface.models.registry import refuse_options, register_backbone
+from irface.models.registry import refuse_options, register_backbone, run_blocks
 
 FEATURE_BN_EPS = 2e-5
 
@@ -181,12 +180,7 @@ class VisionTransformer(nn.Module):
         masking = self.training and self.mask_ratio > 0
         if masking:
             x, restore = self._mask(x)
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        x = self.norm(x)
+        x = self.norm(run_blocks(self, self.blocks, x))
         if masking:
             # The masked tokens come back as the (un-normalised) mask token, in the original order.
             fill = self.mask_token.to(x.dtype).expand(x.shape[0], restore.shape[1] - x.shape[1], -1)

@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any, AsyncIterator, Callable, Optional
 from urllib.parse import urlsplit
 
-from irface.errors import GalleryError, OutputError, UserError
+from irface.errors import GalleryError, OutputError, UserError, import_extra
 from irface.serve.hosts import AllowedHosts, HostCheck
 from irface.serve.limits import (BodySizeLimit, Limits, PixelBudget, RequestError, check_request_pixels,
                                  decode_opened, open_upload)
@@ -30,12 +30,7 @@ _PAGE_HEADERS = {
 
 def _fastapi_class():
     """FastAPI whose /docs page is served from the installed package (the machines have no internet)."""
-    try:
-        import fastapi  # noqa: F401
-        from fastapi_offline import FastAPIOffline
-    except ImportError:
-        raise UserError("irface serve needs the serve extra: pip install 'irface[serve]'") from None
-    return FastAPIOffline
+    return import_extra("fastapi_offline", "irface serve", "serve", UserError).FastAPIOffline
 
 
 def create_app(service: FaceService, *, api_key: Optional[str] = None, limits: Limits = Limits(),
