@@ -7,6 +7,7 @@ must agree to float noise: the only differences are the order of additions in th
 
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -22,6 +23,16 @@ SEED_LOSS = re.compile(r"^epoch: (\d+) step: (\d+), loss is ([0-9.e+-]+)$", re.M
 
 # One thread per process: equal float results between in-process and subprocess runs.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_a_torchrun_worker_leaves_with_its_output_flushed_and_its_exit_code():
+    """`irface train` ends a torchrun worker through dist.leave, skipping the interpreter's teardown (where
+    gloo's threads aborted workers that had finished): what it printed or logged still arrives, and the
+    exit code is the one given."""
+    code = ("import logging; from irface.dist import leave; logging.basicConfig(level=logging.INFO); "
+            "print('printed', end=''); logging.getLogger('irface').info('logged'); leave(3)")
+    r = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (3, "printed") and "logged" in r.stderr
 
 
 @pytest.mark.slow  # torchrun: two gloo ranks and a restart

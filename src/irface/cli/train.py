@@ -43,11 +43,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*args.set, *args.overrides])
     if args.json and args.json != "-":
         check_writable(args.json)  # before hours of training, not after
+    code = 0
     try:
         result = train(cfg)
+        if args.json and dist.get_rank() == 0:
+            emit(result.to_dict(), args.json, None)
     except NonFiniteLossError as e:
         print(f"irface train: stopped: {e}", file=sys.stderr)
-        return 1
-    if args.json and dist.get_rank() == 0:
-        emit(result.to_dict(), args.json, None)
-    return 0
+        code = 1
+    if dist.get_world_size() > 1:  # a torchrun worker, its process group torn down by train
+        dist.leave(code)
+    return code
