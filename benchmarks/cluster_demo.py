@@ -23,6 +23,7 @@ on synthetic people it never saw.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from cluster_scale import machine, people_sizes  # noqa: E402  (benchmarks/ is not a package)
+from cluster_scale import finish, machine, people_sizes  # noqa: E402  (benchmarks/ is not a package)
 
 # Unseen people start here: far beyond the demo's training identities (0..ids-1) and its held-out pairs.
 UNSEEN_FROM = 1_000_000
@@ -116,13 +117,18 @@ def measured(cmd: list[str]) -> tuple[str, dict[str, float]]:
                     "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
+@functools.lru_cache(maxsize=None)
+def _dry_run(model: Path, pairs: Path, far: Optional[float]) -> dict[str, Any]:
+    """`irface calibrate --dry-run --json`'s report, once per model, pairs and FAR (both thresholds are in it)."""
+    cmd = irface("calibrate", str(model), str(pairs), "--dry-run", "--json") + (["--far", str(far)] if far else [])
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
 def calibrated(model: Path, data: Path, far: Optional[float] = None, key: str = "threshold") -> tuple[float, str]:
     """`irface calibrate --dry-run` on the demo's lfw.bin: its `key` (the verify threshold: the best-accuracy
     one, or with `far` the lowest whose false accept rate is at most `far`; or the clustering threshold)."""
     pairs = data / "lfw.bin"
-    cmd = irface("calibrate", str(model), str(pairs), "--dry-run", "--json") + (["--far", str(far)] if far else [])
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return float(json.loads(done.stdout)[key]), f"irface calibrate{f' --far {far}' if far else ''} on {pairs}: {key}"
+    return float(_dry_run(model, pairs, far)[key]), f"irface calibrate{f' --far {far}' if far else ''} on {pairs}: {key}"
 
 
 def model_threshold(model: Path, data: Path) -> tuple[Optional[float], str]:
@@ -199,12 +205,7 @@ def main(argv=None) -> int:
             row["threshold_source"] = source
         report["runs"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
-    return 0
+    return finish(report, args.json)
 
 
 if __name__ == "__main__":

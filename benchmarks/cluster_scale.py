@@ -25,14 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+from irface.bench.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.5
@@ -172,10 +174,18 @@ def fixtures() -> dict:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def finish(report: dict, json_path: Optional[str]) -> int:
+    """The report, with the load average at its end, printed and (with --json) written to `json_path`."""
+    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    text = json.dumps(report, indent=2)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+    print(text)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -211,12 +221,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
     if args.fixtures:
         report["fixtures"] = fixtures()
-    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
-    return 0
+    return finish(report, args.json)
 
 
 if __name__ == "__main__":

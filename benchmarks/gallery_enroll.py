@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from irface.bench.machine import cpu_model
+
 DIM = 512
 PICTURE = bytes(6000)
 
@@ -133,19 +135,11 @@ def main() -> None:
     finally:
         if server is not None:
             server.close()
-    report = {"rows": rows, "machine": _cpu(), "load": subprocess.run(["uptime"], capture_output=True,
+    report = {"rows": rows, "machine": cpu_model(), "load": subprocess.run(["uptime"], capture_output=True,
                                                                       text=True).stdout.strip(),
               "python": platform.python_version(), "command": " ".join(sys.argv)}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ import argparse
 import gc
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from irface.bench.machine import cpu_model
 
 
 def rss_mb() -> float:
@@ -102,14 +102,6 @@ def measure(g, q, exact_ids, exact_top, args) -> dict:
             "batch_64": latency(g, q, 64, len(q))}
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--faces", type=int, default=1_000_000)
@@ -136,7 +128,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     faces, who, q, _ = make_faces(args.faces, args.dim, args.per_identity, args.queries)
     report = {"faces": args.faces, "dim": args.dim, "per_identity": args.per_identity, "queries": args.queries,
-              "threads": args.threads, "machine": machine(), "faiss": faiss.__version__,
+              "threads": args.threads, "machine": cpu_model(), "faiss": faiss.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": os.getloadavg(),
               "data_seconds": time.perf_counter() - t, "kinds": {}}
     print(f"{args.faces:,} x {args.dim} faces made in {report['data_seconds']:.1f} s; {args.threads} threads",

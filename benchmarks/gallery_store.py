@@ -37,6 +37,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from irface.bench.machine import cpu_model
+
 DIM = 512
 PICTURE = bytes(6000)
 FINGERPRINT = "sha256:bench-store"
@@ -234,7 +236,7 @@ def run(sizes: list[int], rounds: int, worker_counts: list[int], pg_server: Any 
     finally:
         for url in kept.values():
             _drop(pg_server, url)
-    return {"rows": rows, "postgres_enrol_interleaved": ratio, "machine": _cpu(),
+    return {"rows": rows, "postgres_enrol_interleaved": ratio, "machine": cpu_model(),
             "load": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
             "python": platform.python_version(), "command": " ".join(sys.argv)}
 
@@ -270,14 +272,6 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return report
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from irface.bench.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "realface"
@@ -101,8 +102,7 @@ def main() -> None:
 
     report: dict = {"photos": args.photos, "ray_cpus": args.cpus, "shard_size": args.shard_size,
                     "load_before": os.getloadavg()[0],
-                    "cpu": subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True,
-                                          text=True).stdout.split(":")[-1].strip()}
+                    "cpu": cpu_model()}
     with tempfile.TemporaryDirectory() as tmp:
         photos = make_photos(Path(tmp) / "photos", args.photos)
         start = time.perf_counter()

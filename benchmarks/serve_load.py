@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: more `irface serve` options")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
+    from irface.bench.machine import cpu_model
     from irface.cli._output import emit
 
     people = _photos(args.photos)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    report = {"date": started, "machine": cpu_name(),
+    report = {"date": started, "machine": cpu_model(),
               "cores": os.cpu_count(), "python": platform.python_version(), "model": str(args.model),
               "gallery_identities": len(people), "photos": len(every),
               "load_average_before": load_before[0], "load_average_after": load_after[0], "results": results}
@@ -172,16 +173,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['requests_per_s']:>7.2f} {r['p50_ms'] or 0:>8.0f} {r['p99_ms'] or 0:>8.0f}")
     emit(report, args.json, "\n".join(lines))
     return 1 if any(r["failed"] for r in results) else 0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

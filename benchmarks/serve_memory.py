@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from serve_load import cpu_name, free_port, start_server  # noqa: E402  (benchmarks/ is not a package)
+from serve_load import free_port, start_server  # noqa: E402  (benchmarks/ is not a package)
 
 FIXTURES = ROOT / "tests" / "fixtures" / "realface"
 KEY = "bench-key"
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import httpx
 
+    from irface.bench.machine import cpu_model
     from irface.cli._output import emit
 
     extra = [a for a in args.serve_args if a != "--"]
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     results = [_probe(f"{args.clients} x verify", args.model, extra, verify),
                _probe(f"enrol {args.enrol}", args.model, extra, enrol)]
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": cpu_name(),
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": cpu_model(),
               "cores": os.cpu_count(), "python": platform.python_version(), "side": args.side,
               "png_kb": [round(len(a) / 1024), round(len(b) / 1024)], "serve_args": extra,
               "load_average_before": load_before, "load_average_after": os.getloadavg()[0], "results": results}

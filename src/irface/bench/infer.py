@@ -27,7 +27,8 @@ from irface.bench.flops import count_flops
 from irface.bench.inputs import calibrate_batchnorm
 from irface.bench.options import RUNTIMES, InferOptions
 from irface.bench.runner import Prepared, RunResult, Variant, create_network, run_variants, select_variants
-from irface.bench.timing import cpu_has_fast_bf16, device_info, sig
+from irface.bench.machine import cpu_has_fast_bf16
+from irface.bench.timing import device_info, sig
 from irface.data.transforms import embed_images, normalize, to_nchw_tensor
 from irface.device import DTYPES, autocast, onnx_session
 from irface.errors import ConfigError

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from irface.bench.options import ScaleOptions
-from irface.bench.timing import device_info, peak_memory_mb, proc_field, reset_peak_memory, step_times_ms
+from irface.bench.machine import proc_field
+from irface.bench.timing import device_info, peak_memory_mb, reset_peak_memory, step_times_ms
 from irface.errors import ConfigError
 
 log = logging.getLogger(__name__)

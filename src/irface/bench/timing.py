@@ -8,7 +8,6 @@ ratios are then taken between medians measured in the same rounds.
 from __future__ import annotations
 
 import logging
-import platform
 import resource
 import statistics
 import time
@@ -17,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
+from irface.bench.machine import cpu_flags, cpu_model, proc_field
 from irface.device import DTYPES, onnx_session
 
 log = logging.getLogger(__name__)
@@ -141,32 +141,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 # --- the device ---------------------------------------------------------------------------------
-
-def proc_field(path: str, key: str) -> Optional[str]:
-    """The value of the first `key: value` line of a /proc file (None where there is no such file or line)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip() == key:
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_model() -> str:
-    return proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    return set((proc_field("/proc/cpuinfo", "flags") or "").split())
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 bf16: where bf16 convolutions beat fp32 on a CPU."""
-    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
-
 
 def device_info(device: torch.device) -> dict:
     """What the figures were measured on: card or CPU model, cores, threads, library versions."""

@@ -22,7 +22,8 @@ import torch
 from irface.bench.flops import count_flops, head_flops, train_flops
 from irface.bench.options import TrainOptions
 from irface.bench.runner import Prepared, Variant, create_network, run_variants, select_variants
-from irface.bench.timing import cpu_has_fast_bf16, sig
+from irface.bench.machine import cpu_has_fast_bf16
+from irface.bench.timing import sig
 from irface.config import TrainConfig
 from irface.engine.precision import LossScaler, configure_backends
 from irface.engine.state import Components, TrainState, build_components
