@@ -200,7 +200,6 @@ class OnnxEmbedder(Embedder):
         self.input_hw = (self.feed.height, self.feed.width)
         self.fixed_batch = self.feed.fixed_batch
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.threshold = threshold_from(meta.get(THRESHOLD_KEY), str(path))
         self.info = {"kind": "onnx", "path": str(path), "metadata": meta}
         # What a flag changed from the graph's own answer: it changes the embeddings (the gallery's fingerprint).
         self.forced: dict[str, str] = {}
@@ -329,17 +328,16 @@ def load_model(path: str | Path, network: Optional[str] = None, device: str | to
         raise ConfigError(f"{path}: --layout and --output-name apply to ONNX models only")
     else:
         embedder = _open(path, network, device, precision, fold_bn, channels_last, norm)
-    calibrated = threshold_from(calibration.get(THRESHOLD_KEY), str(calibration_path(path)))
-    if calibrated is not None:
-        embedder.threshold, embedder.threshold_source = calibrated, "calibration"
-    elif embedder.threshold is not None:
-        embedder.threshold_source = "model"
-    stored = embedder.info.get("metadata", embedder.info)  # a file's metadata strings, or a checkpoint's keys
-    for where, values in (("calibration", calibration), ("model", stored)):
-        embedder.cluster_threshold = threshold_from(values.get(CLUSTER_THRESHOLD_KEY), str(path))
-        if embedder.cluster_threshold is not None:
-            embedder.cluster_threshold_source = where
-            break
+    # Each threshold from the calibration file beside the model, else from the model itself (a file's
+    # metadata strings, or a checkpoint's keys).
+    stored = embedder.info.get("metadata", embedder.info)
+    for key, attr in ((THRESHOLD_KEY, "threshold"), (CLUSTER_THRESHOLD_KEY, "cluster_threshold")):
+        for where, values, named in (("calibration", calibration, calibration_path(path)), ("model", stored, path)):
+            value = threshold_from(values.get(key), str(named))
+            if value is not None:
+                setattr(embedder, attr, value)
+                setattr(embedder, f"{attr}_source", where)
+                break
     return embedder
 
 
@@ -351,17 +349,11 @@ def _open(path: Path, network: Optional[str], device: torch.device, precision: s
         size = int(meta.get("input_size", 112))
         with torch.inference_mode():
             emb = model.eval()(torch.zeros(1, 3, size, size, device=device)).shape[1]
-        embedder = TorchEmbedder(model, {"kind": "torchscript", "path": str(path), "metadata": meta}, device,
-                                 size, emb, dtype, norm=norm or norm_from_metadata(meta, str(path)))
-        embedder.threshold = threshold_from(meta.get(THRESHOLD_KEY), str(path))
-        return embedder
+        return TorchEmbedder(model, {"kind": "torchscript", "path": str(path), "metadata": meta}, device,
+                             size, emb, dtype, norm=norm or norm_from_metadata(meta, str(path)))
     model, info = load_backbone(path, network)
-    stored = info.get("threshold")
     if info.get("kind") == "safetensors":
         info["metadata"] = _safetensors_meta(path)
-        stored = info["metadata"].get(THRESHOLD_KEY)
     if fold_bn:
         model = fold_batchnorm(model, leading=True)
-    embedder = TorchEmbedder(model, info, device, model.input_size, model.embedding_size, dtype, channels_last, norm)
-    embedder.threshold = threshold_from(stored, str(path))
-    return embedder
+    return TorchEmbedder(model, info, device, model.input_size, model.embedding_size, dtype, channels_last, norm)
